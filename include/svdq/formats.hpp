@@ -1,0 +1,109 @@
+// svdq/formats.hpp — the 4-bit formats, bit for bit (docs/formats.md states the same).
+//
+//   format  element                               group (along K)  group scale           tensor scale
+//   int4    two's complement nibble, range [-7,7]  64               fp16 (W) / fp32 (act)  -
+//   nvfp4   E2M1: sign bit 3, |v| in               16               E4M3 (finite, 448)     fp32
+//           {0, .5, 1, 1.5, 2, 3, 4, 6}
+//
+// Packing: two elements per byte along K, element k even in the LOW nibble. A packed matrix of N
+// rows and K columns is uint8[N][K/2] row-major; its group scales are [N][K/group] row-major.
+//
+// All rounding here is round-to-nearest, ties-to-even, in IEEE fp32 (no fast-math anywhere).
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+#include <vector>
+
+#include "svdq/status.hpp"
+#include "svdq/types.hpp"
+
+namespace svdq {
+
+/// The 4-bit weight/activation formats.
+enum class Format : uint8_t {
+  kInt4 = 0,   ///< signed int4 in [-7, 7], group 64, fp16 weight scales, fp32 activation scales
+  kNvfp4 = 1,  ///< E2M1, group 16, E4M3 group scales, fp32 tensor scale
+};
+
+/// Elements per group along K: 64 for int4, 16 for nvfp4.
+constexpr int group_size(Format f) noexcept { return f == Format::kInt4 ? 64 : 16; }
+/// "int4" or "nvfp4".
+const char* format_name(Format f) noexcept;
+/// Parses "int4" / "nvfp4" (case-sensitive); anything else is kErrorInvalidArgument.
+Result<Format> parse_format(std::string_view name);
+
+// ---------------------------------------------------------------------------------------------
+// Element codecs. A "code" is the 4-bit (or 8-bit for E4M3) pattern in the low bits of a uint8_t.
+
+/// E2M1 round-to-nearest-even with saturation to +-6. NaN -> 0x7 (+6), +-Inf -> +-6, as the CUDA
+/// toolkit's cvt.rn.satfinite.e2m1x2.f32. Negative values that round to zero keep the sign (0x8).
+uint8_t encode_e2m1(float x) noexcept;
+/// Exact value of a 4-bit E2M1 code (only the low 4 bits are read).
+float decode_e2m1(uint8_t code) noexcept;
+
+/// E4M3 (the "fn" variant: bias 7, no Inf, NaN = S.1111.111) round-to-nearest-even, saturating
+/// finite values and +-Inf to +-448. NaN -> 0x7F.
+uint8_t encode_e4m3(float x) noexcept;
+/// Exact value of an E4M3 byte; 0x7F and 0xFF are NaN.
+float decode_e4m3(uint8_t code) noexcept;
+
+/// INT4: clamp(rint(x), -7, 7) as a two's complement nibble (e.g. -7 -> 0x9). NaN -> 0.
+uint8_t encode_int4(float x) noexcept;
+/// Value of a two's complement nibble, in [-8, 7] (only the low 4 bits are read).
+int decode_int4(uint8_t code) noexcept;
+
+/// Value of a nibble in the given format (int4 as an integer-valued float).
+inline float decode_code(Format f, uint8_t code) noexcept {
+  return f == Format::kInt4 ? static_cast<float>(decode_int4(code)) : decode_e2m1(code);
+}
+
+/// Packs n nibble codes (n even) into n/2 bytes: codes[2i] -> low nibble of out[i].
+void pack_nibbles(const uint8_t* codes, int64_t n, uint8_t* out) noexcept;
+/// Unpacks n/2 bytes into n codes, the inverse of pack_nibbles.
+void unpack_nibbles(const uint8_t* packed, int64_t n, uint8_t* codes) noexcept;
+/// Code of element k of a packed row.
+inline uint8_t packed_nibble(const uint8_t* packed_row, int64_t k) noexcept {
+  const uint8_t b = packed_row[k >> 1];
+  return (k & 1) ? static_cast<uint8_t>(b >> 4) : static_cast<uint8_t>(b & 0xF);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The activation-quantization contract (DESIGN §2). Per token row, per group, in IEEE fp32:
+//
+//   xh_k  = float(x_k) * inv_s_k            (inv_s_k = 1.0f / s_k, computed once at load)
+//   a     = max_k |xh_k|                     over the group
+//   int4:  scale = a / 7.0f ; inv = 7.0f / a ; q_k = clamp(rint(xh_k * inv), -7, 7)
+//   nvfp4: d = float(E4M3_rn_sat(a / 6.0f / t_act)) * t_act ; inv = 1.0f / d ; q_k = E2M1_rn(xh_k*inv)
+//          (the stored scale is the E4M3 byte)
+//   a == 0 (or d == 0): scale = 0, every q = 0.
+//   a not finite: scale = NaN, every q = 0 — the NaN then reaches the output row.
+//
+// GPU kernels must produce the same codes and scales byte for byte.
+
+/// Quantized activations in the canonical layout.
+struct QuantizedActivations {
+  Format format = Format::kInt4;
+  int64_t rows = 0;        ///< M tokens
+  int64_t cols = 0;        ///< K channels
+  float tensor_scale = 1;  ///< t_act (nvfp4 only; 1 for int4)
+  std::vector<uint8_t> codes;  ///< uint8[M][K/2], packed nibbles
+  /// int4: float[M][K/64] stored as little-endian fp32 bytes; nvfp4: E4M3 bytes [M][K/16].
+  std::vector<uint8_t> scales;
+
+  int64_t groups_per_row() const noexcept { return cols / group_size(format); }
+  /// Group scale (m, g) as a float (int4: the fp32; nvfp4: the decoded E4M3, without t_act).
+  float scale(int64_t m, int64_t g) const noexcept;
+  /// Decoded value of code (m, k) (int4 integer or E2M1 value).
+  float code_value(int64_t m, int64_t k) const noexcept {
+    return decode_code(format, packed_nibble(codes.data() + m * (cols / 2), k));
+  }
+};
+
+/// Quantizes x (M x K, fp32/fp16/bf16) by the contract above. inv_smooth: K floats (1/s_k), or
+/// null for no smoothing. tensor_scale: t_act for nvfp4 (must be finite and > 0; ignored for int4).
+/// Errors: null out or x.data, K not a multiple of the group, ld < cols, bad tensor_scale.
+Status quantize_activations(Format format, ConstMatrixRef x, const float* inv_smooth,
+                            float tensor_scale, QuantizedActivations* out);
+
+}  // namespace svdq

@@ -1,0 +1,126 @@
+// svdq/linear.hpp — quantizing a linear layer offline and the CPU reference W4A4 forward.
+//
+// PyTorch layout: W is N x K (out x in), y = x W^T + b, x holds M token rows of K channels.
+//
+// Offline (quantize_linear):
+//   s_j      = amax_x[j]^alpha / amax_w[j]^beta   (zero/non-finite -> 1; rounded to `storage`)
+//   W_hat    = W diag(s)
+//   W_hat   ~= L_up L_down_hat + R               (truncated SVD, rank r)
+//   Q(R)                                         (int4 group 64 or nvfp4 group 16)
+// Runtime (reference_forward, the GPU kernels):
+//   y = Q(x diag(1/s)) Q(R)^T + (x lora_down) lora_up^T + b
+// with lora_down = diag(1/s) V_r (K x r) reading the RAW x and lora_up = U_r Sigma_r (N x r),
+// Nunchaku's conventions (proj_down, proj_up).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "svdq/formats.hpp"
+#include "svdq/stats.hpp"
+#include "svdq/status.hpp"
+#include "svdq/types.hpp"
+
+namespace svdq {
+
+/// How the truncated SVD is computed.
+enum class SvdMethod : uint8_t {
+  kRandomized = 0,  ///< Halko-Martinsson-Tropp range finder (oversampling, power iterations)
+  kExact = 1,       ///< Eigen BDCSVD of the whole matrix, in double (slow on big layers)
+};
+
+struct SvdOptions {
+  SvdMethod method = SvdMethod::kRandomized;
+  int oversample = 16;        ///< extra columns in the range finder (>= 0)
+  int power_iterations = 2;   ///< subspace iterations (>= 0), each re-orthonormalised
+  uint64_t seed = 0x5eed5eedULL;  ///< the Gaussian test matrix is drawn from it: same seed, same bits
+};
+
+/// Options of quantize_linear(). Defaults are the plain SVDQuant recipe.
+struct QuantConfig {
+  Format format = Format::kInt4;
+  int rank = 32;        ///< low-rank branch rank r, 0 <= r <= min(N, K); 0 disables the branch
+  float alpha = 0.5f;   ///< smoothing exponent on activation absmax (0 with beta = 0: no smoothing)
+  float beta = 0.5f;    ///< smoothing exponent on weight absmax (SmoothQuant: beta = 1 - alpha)
+  DType storage = DType::kBF16;  ///< dtype of smooth, lora_down, lora_up, bias: kF16 or kBF16
+  SvdOptions svd;
+  /// nvfp4 only: static activation tensor scale t_act (> 0, finite); 1 means none.
+  float act_tensor_scale = 1.0f;
+};
+
+/// The comparison recipes of the SVDQuant paper, built from the same parts.
+enum class Recipe : uint8_t {
+  kNaive = 0,        ///< no smoothing, rank 0: plain W4A4 round-to-nearest
+  kSmoothOnly = 1,   ///< smoothing, rank 0
+  kLowRankOnly = 2,  ///< no smoothing, low-rank branch
+  kSvdquant = 3,     ///< smoothing + low-rank branch
+};
+/// "naive", "smooth", "lowrank", "svdquant".
+const char* recipe_name(Recipe r) noexcept;
+/// `base` with the parts the recipe leaves out switched off (alpha = beta = 0 and/or rank = 0).
+QuantConfig recipe_config(Recipe r, QuantConfig base) noexcept;
+
+/// A quantized linear layer in svdq's canonical (checkpoint) layout. Plain data: copyable,
+/// comparable field by field. 16-bit fields hold raw bits of `storage` (fp16 or bf16).
+struct QuantizedLinear {
+  Format format = Format::kInt4;
+  DType storage = DType::kBF16;
+  int64_t in_features = 0;   ///< K
+  int64_t out_features = 0;  ///< N
+  int rank = 0;              ///< r
+  int group = 64;            ///< group_size(format)
+
+  std::vector<uint16_t> smooth;     ///< [K] s_j (1 everywhere when smoothing is off)
+  std::vector<uint16_t> lora_down;  ///< [K][r] row-major, = diag(1/s) V_r
+  std::vector<uint16_t> lora_up;    ///< [N][r] row-major, = U_r Sigma_r
+  std::vector<uint8_t> qweight;     ///< [N][K/2] packed codes of Q(R)
+  /// int4: fp16 [N][K/64] as little-endian bytes; nvfp4: E4M3 bytes [N][K/16].
+  std::vector<uint8_t> wscales;
+  float wtscale = 1.0f;             ///< nvfp4 weight tensor scale t_w (1 for int4)
+  float act_tensor_scale = 1.0f;    ///< nvfp4 static t_act (1 = dynamic per group only)
+  std::vector<uint16_t> bias;       ///< [N], or empty for no bias
+
+  /// What produced it (for reports and checkpoint metadata).
+  struct Info {
+    float alpha = 0, beta = 0;
+    SvdMethod svd = SvdMethod::kRandomized;
+    double weight_norm = 0;    ///< ||W_hat||_F
+    double residual_norm = 0;  ///< ||R||_F, R = W_hat - (low-rank branch as stored)
+    double seconds = 0;        ///< wall time of quantize_linear
+  } info;
+
+  /// Bytes of all tensors above (what a checkpoint stores).
+  int64_t size_bytes() const noexcept;
+  /// size_bytes() * 8 / (N * K).
+  double bits_per_weight() const noexcept;
+  /// Group scale (n, g) of the weight as a float (int4: the fp16; nvfp4: the E4M3, without t_w).
+  float wscale(int64_t n, int64_t g) const noexcept;
+  /// inv_s_k = 1.0f / s_k for all k: what a runtime computes once at load.
+  std::vector<float> inverse_smooth() const;
+};
+
+/// Quantizes a linear layer.
+///   W:     N x K (fp32/fp16/bf16), finite. K must be a multiple of group_size(config.format).
+///   bias:  1 x N or empty (data == nullptr); finite.
+///   stats: input statistics with K channels; required when smoothing (alpha != 0), else may be null.
+/// Errors name the argument and rule: shapes, divisibility, rank > min(N, K), null data,
+/// NaN/Inf in W or bias, alpha/beta not finite, storage not 16-bit, bad SVD options.
+Result<QuantizedLinear> quantize_linear(ConstMatrixRef W, ConstMatrixRef bias,
+                                        const ActivationStats* stats, const QuantConfig& config);
+
+/// Checks that a QuantizedLinear is self-consistent (sizes of every field against K, N, r, group).
+Status validate(const QuantizedLinear& layer);
+
+/// The CPU reference W4A4 forward, bit-exact to the activation-quantization contract:
+///   acc[m,n] = 0; for g in order: acc = fmaf(float(P_g[m,n]), sx[m,g] * sw[n,g], acc)
+///   nvfp4: acc *= t_act * t_w
+///   lora[m,:] = sum_k x[m,k] lora_down[k,:]   (fp32)
+///   y[m,n] = dtype_y(acc + sum_r lora[m,r] lora_up[n,r] + b[n])
+///   x: M x K (fp32/fp16/bf16); y: M x N (fp32/fp16/bf16), must not alias x.
+///   act: if not null, receives the quantized activations (codes and scales) for GPU checks.
+/// A NaN/Inf in row m of x makes row m of y NaN and leaves the other rows untouched.
+Status reference_forward(const QuantizedLinear& layer, ConstMatrixRef x, MatrixRef y,
+                         QuantizedActivations* act = nullptr);
+
+}  // namespace svdq

@@ -1,0 +1,11 @@
+// svdq/svdq.hpp — everything public in one include.
+#pragma once
+
+#include "svdq/formats.hpp"
+#include "svdq/linear.hpp"
+#include "svdq/metrics.hpp"
+#include "svdq/stats.hpp"
+#include "svdq/status.hpp"
+#include "svdq/synth.hpp"
+#include "svdq/types.hpp"
+#include "svdq/version.hpp"

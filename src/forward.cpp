@@ -1,0 +1,117 @@
+// The CPU reference W4A4 forward (DESIGN §2, "GEMM and epilogue").
+//
+// The group sums P_g = sum_{k in g} qx[m,k] qw[n,k] are computed with a float GEMM on the decoded
+// codes. That is exact, whatever order the GEMM sums in: int4 products are integers and every
+// partial sum is an integer of magnitude <= 64 * 49 < 2^24; nvfp4 products are multiples of 1/4
+// and every partial sum is a multiple of 1/4 of magnitude <= 16 * 36 = 576, i.e. < 2^24 quarters.
+// The cross-group accumulation then follows the contract literally: fmaf in group order.
+#include <algorithm>
+#include <cmath>
+
+#include "check.hpp"
+#include "core.hpp"
+
+namespace svdq {
+
+namespace {
+
+using detail::MatrixRM;
+using MatrixCM = Eigen::MatrixXf;
+
+constexpr int64_t kRowBlock = 32;  // rows of x per task: acc (kRowBlock, N) stays in cache
+
+// Decoded weight codes, one (group, N) column-major block per group: wg[g](e, n) = q[n, g*gs + e].
+std::vector<MatrixCM> decode_weight_groups(const QuantizedLinear& l) {
+  const int64_t n = l.out_features, k = l.in_features;
+  const int gs = l.group;
+  std::vector<MatrixCM> wg(static_cast<size_t>(k / gs), MatrixCM(gs, n));
+  for (int64_t i = 0; i < n; ++i) {
+    const uint8_t* row = l.qweight.data() + i * (k / 2);
+    for (int64_t j = 0; j < k; ++j)
+      wg[j / gs](j % gs, i) = decode_code(l.format, packed_nibble(row, j));
+  }
+  return wg;
+}
+
+Status check_forward_args(const QuantizedLinear& layer, ConstMatrixRef x, MatrixRef y) {
+  constexpr const char* kFn = "reference_forward";
+  SVDQ_RETURN_IF_ERROR(validate(layer));
+  SVDQ_RETURN_IF_ERROR(detail::check_matrix(kFn, "x", x));
+  SVDQ_RETURN_IF_ERROR(detail::check_matrix(kFn, "y", y));
+  if (x.cols != layer.in_features)
+    return detail::error(StatusCode::kErrorShape, kFn, ": x.cols (", x.cols,
+                         ") must equal in_features (", layer.in_features, ")");
+  if (y.rows != x.rows || y.cols != layer.out_features)
+    return detail::error(StatusCode::kErrorShape, kFn, ": y must be ", x.rows, " x ",
+                         layer.out_features, " (x.rows x out_features), got ", y.rows, " x ",
+                         y.cols);
+  if (x.rows > 0 && y.data == x.data)
+    return detail::error(StatusCode::kErrorInvalidArgument, kFn, ": y must not alias x");
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status reference_forward(const QuantizedLinear& layer, ConstMatrixRef x, MatrixRef y,
+                         QuantizedActivations* act) {
+  SVDQ_RETURN_IF_ERROR(check_forward_args(layer, x, y));
+  const int64_t m_rows = x.rows, n = layer.out_features, k = layer.in_features;
+  const int gs = layer.group, r = layer.rank;
+  const int64_t groups = k / gs;
+
+  QuantizedActivations local;
+  QuantizedActivations& qa = act != nullptr ? *act : local;
+  const std::vector<float> inv_s = layer.inverse_smooth();
+  SVDQ_RETURN_IF_ERROR(
+      quantize_activations(layer.format, x, inv_s.data(), layer.act_tensor_scale, &qa));
+  if (m_rows == 0) return Status::Ok();
+
+  const std::vector<MatrixCM> wg = decode_weight_groups(layer);
+  std::vector<float> sw(static_cast<size_t>(n * groups));  // (N, groups) weight scales
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t g = 0; g < groups; ++g) sw[i * groups + g] = layer.wscale(i, g);
+  const float t_prod = layer.act_tensor_scale * layer.wtscale;
+
+  // Low-rank branch operands as floats: lora_down (K, r), lora_up (N, r).
+  MatrixRM down(k, r), up(n, r);
+  for (int64_t i = 0; i < k * r; ++i) down.data()[i] = bits16_to_float(layer.lora_down[i], layer.storage);
+  for (int64_t i = 0; i < n * r; ++i) up.data()[i] = bits16_to_float(layer.lora_up[i], layer.storage);
+  std::vector<float> bias(static_cast<size_t>(n), 0.0f);
+  for (size_t i = 0; i < layer.bias.size(); ++i) bias[i] = bits16_to_float(layer.bias[i], layer.storage);
+
+  const int64_t blocks = (m_rows + kRowBlock - 1) / kRowBlock;
+#pragma omp parallel for schedule(dynamic)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t m0 = blk * kRowBlock, mb = std::min(kRowBlock, m_rows - m0);
+    // Decoded activation codes of this block, (mb, K) row-major.
+    MatrixRM xq(mb, k);
+    for (int64_t i = 0; i < mb; ++i)
+      for (int64_t j = 0; j < k; ++j) xq(i, j) = qa.code_value(m0 + i, j);
+
+    MatrixRM acc = MatrixRM::Zero(mb, n), p(mb, n);
+    for (int64_t g = 0; g < groups; ++g) {
+      p.noalias() = xq.middleCols(g * gs, gs) * wg[g];  // exact group sums P_g, (mb, N)
+      for (int64_t i = 0; i < mb; ++i) {
+        const float sx = qa.scale(m0 + i, g);
+        float* a = acc.row(i).data();
+        const float* pr = p.row(i).data();
+        for (int64_t c = 0; c < n; ++c) a[c] = std::fma(pr[c], sx * sw[c * groups + g], a[c]);
+      }
+    }
+    if (layer.format == Format::kNvfp4) acc *= t_prod;
+
+    // Low-rank branch from the RAW x: lora = x lora_down (fp32), then lora lora_up^T.
+    MatrixRM branch = MatrixRM::Zero(mb, n);
+    if (r > 0) {
+      MatrixRM xr(mb, k);
+      for (int64_t i = 0; i < mb; ++i) detail::load_row(x, m0 + i, xr.row(i).data());
+      const MatrixRM lora = xr * down;  // (mb, r)
+      branch.noalias() = lora * up.transpose();
+    }
+    for (int64_t i = 0; i < mb; ++i)
+      for (int64_t c = 0; c < n; ++c) y.store(m0 + i, c, (acc(i, c) + branch(i, c)) + bias[c]);
+  }
+  return Status::Ok();
+}
+
+}  // namespace svdq

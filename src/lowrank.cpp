@@ -1,0 +1,71 @@
+// Truncated SVD: a randomized range finder (Halko, Martinsson, Tropp 2011, Alg. 4.4 with
+// re-orthonormalised subspace iterations) and an exact path through Eigen's BDCSVD.
+#include <Eigen/QR>
+#include <Eigen/SVD>
+#include <algorithm>
+
+#include "core.hpp"
+#include "random.hpp"
+
+namespace svdq::detail {
+
+namespace {
+
+using MatrixCMd = Eigen::MatrixXd;
+
+// Orthonormal basis (thin Q) of the columns of y, computed in double for a clean basis.
+MatrixRM orthonormalize(const MatrixRM& y) {
+  const MatrixCMd yd = y.cast<double>();
+  Eigen::HouseholderQR<MatrixCMd> qr(yd);
+  const MatrixCMd q = qr.householderQ() * MatrixCMd::Identity(y.rows(), y.cols());
+  return q.cast<float>();
+}
+
+// Turns a (U, sigma, V) triple into the (up, down) factors of rank r.
+LowRank from_svd(const MatrixCMd& u, const Eigen::VectorXd& sigma, const MatrixCMd& v, int r) {
+  LowRank out;
+  out.up = (u.leftCols(r) * sigma.head(r).asDiagonal()).cast<float>();
+  out.down = v.leftCols(r).transpose().cast<float>();
+  out.singular_values.assign(sigma.data(), sigma.data() + r);
+  return out;
+}
+
+LowRank exact_svd(const MatrixRM& a, int r) {
+  const MatrixCMd ad = a.cast<double>();
+  Eigen::BDCSVD<MatrixCMd> svd(ad, Eigen::ComputeThinU | Eigen::ComputeThinV);
+  return from_svd(svd.matrixU(), svd.singularValues(), svd.matrixV(), r);
+}
+
+}  // namespace
+
+LowRank truncated_svd(const MatrixRM& a, int rank, const SvdOptions& options) {
+  const int64_t n = a.rows(), k = a.cols();
+  if (rank <= 0) {
+    LowRank out;
+    out.up = MatrixRM::Zero(n, 0);
+    out.down = MatrixRM::Zero(0, k);
+    return out;
+  }
+  const int64_t l = std::min<int64_t>(rank + std::max(options.oversample, 0), std::min(n, k));
+  // When the sketch would be as wide as the matrix, the randomized path saves nothing.
+  if (options.method == SvdMethod::kExact || l >= std::min(n, k)) return exact_svd(a, rank);
+
+  // Gaussian test matrix (k, l), drawn column by column from the seed: same seed, same bits.
+  Rng rng(options.seed);
+  MatrixRM omega(k, l);
+  for (int64_t j = 0; j < l; ++j)
+    for (int64_t i = 0; i < k; ++i) omega(i, j) = static_cast<float>(rng.normal());
+
+  MatrixRM q = orthonormalize(a * omega);  // (n, l): basis of the range sketch
+  for (int it = 0; it < options.power_iterations; ++it) {
+    const MatrixRM z = orthonormalize(a.transpose() * q);  // (k, l)
+    q = orthonormalize(a * z);                              // (n, l)
+  }
+  // Project: B = Q^T A (l, k), then the exact SVD of the small B, in double.
+  const MatrixCMd b = (q.transpose() * a).cast<double>();
+  Eigen::BDCSVD<MatrixCMd> svd(b, Eigen::ComputeThinU | Eigen::ComputeThinV);
+  const MatrixCMd u = q.cast<double>() * svd.matrixU();  // (n, l)
+  return from_svd(u, svd.singularValues(), svd.matrixV(), rank);
+}
+
+}  // namespace svdq::detail
