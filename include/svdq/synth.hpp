@@ -15,7 +15,7 @@ struct LayerSpec {
   int64_t out_features = 3072;  ///< N
   uint64_t seed = 1;
   int spectrum_rank = 64;          ///< rank of the structured (decaying) part of W
-  double spectrum_decay = 0.9;     ///< singular values of the structured part: 12 * decay^i ... see docs
+  double spectrum_decay = 0.9;     ///< sigma_i = 0.5 sqrt(min(N, K)) noise decay^i (docs/synthetic.md)
   double noise = 1.0;              ///< std of the full-rank Gaussian part of W (before 1/sqrt(K))
   int weight_outlier_columns = 8;  ///< input-channel columns of W scaled up
   int act_outlier_channels = 16;   ///< input channels with activation outliers (x20 .. x100)
@@ -30,7 +30,8 @@ struct Layer {
   std::vector<int64_t> act_outliers;  ///< the outlier channels, ascending
 };
 
-/// Draws a layer; same spec, same bits on every platform (own PRNG, no <random> distributions).
+/// Draws a layer; same spec, same bits (own PRNG, no <random> distributions; see the docs for the
+/// libm functions it relies on).
 /// Errors: non-positive sizes, counts larger than K.
 Result<Layer> make_layer(const LayerSpec& spec);
 
