@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs svdq's build dependencies from Debian. Idempotent, and quiet when all are present.
 set -euo pipefail
-pkgs=(cmake g++ make libeigen3-dev libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev)
+pkgs=(cmake g++ make libeigen3-dev libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev
+      nlohmann-json3-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
