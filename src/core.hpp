@@ -34,7 +34,10 @@ struct LowRank {
   MatrixRM down;  ///< (r, cols)
   std::vector<double> singular_values;  ///< the r leading singular values found
 };
-LowRank truncated_svd(const MatrixRM& a, int rank, const SvdOptions& options);
+/// With `right` (cols x c) the SVD is of the product a * right, which the randomized path never
+/// forms (it multiplies by the factors in turn).
+LowRank truncated_svd(const MatrixRM& a, int rank, const SvdOptions& options,
+                      const MatrixRM* right = nullptr);
 
 /// Weight groups quantized in place of a residual R (N x K): codes packed [N][K/2], scales as in
 /// QuantizedLinear::wscales, and the tensor scale (nvfp4).
@@ -47,6 +50,39 @@ struct QuantizedWeight {
 /// nvfp4: t = amax / (6 * 448), scale_g = E4M3(amax_g / 6 / t), q = E2M1_rn(w / (scale_g * t))
 /// A group whose scale is 0 gets codes 0. Errors: an int4 group scale that overflows fp16.
 Result<QuantizedWeight> quantize_weight(const MatrixRM& r, Format format);
+
+/// How the residual is rounded (the refinements of quantize_linear).
+struct WeightQuantOptions {
+  bool clip_search = false;
+  const Eigen::VectorXd* h_diag = nullptr;  ///< (K) diag(Xh^T Xh): weights the clipping error
+  const Eigen::MatrixXd* hessian = nullptr;  ///< (K, K) Xh^T Xh: GPTQ when gptq.enabled
+  GptqOptions gptq;
+};
+/// The group scale of `amax` in a format: writes its stored bytes (int4: 2, fp16; nvfp4: 1, E4M3)
+/// and returns the value codes are divided by (nvfp4: decoded scale * t, as the contract has it).
+float group_scale(Format f, float amax, float t, uint8_t* bytes);
+/// Code of w for a group scale value (0 for a zero scale).
+inline uint8_t encode_with(Format f, float w, float scale) {
+  if (scale == 0.0f) return 0;
+  return f == Format::kInt4 ? encode_int4(w / scale) : encode_e2m1(w / scale);
+}
+/// One group (gs <= 64 values) rounded to nearest; with clip_search, the clipping ratio in
+/// {1, .95, ..., .60} with the least (h-weighted, h may be null) squared error. Writes gs codes
+/// (unpacked) and the scale bytes.
+void quantize_group(Format f, const float* w, int gs, float t, bool clip_search, const double* h,
+                    uint8_t* codes, uint8_t* scale_bytes);
+/// GPTQ with static groups on r (rows, K) and options.hessian (K, K); see GptqOptions.
+Result<QuantizedWeight> gptq_quantize(const MatrixRM& r, Format format, float tensor_scale,
+                                      const WeightQuantOptions& options);
+
+/// nvfp4 weight tensor scale of a residual: amax / (6 * 448), or 1 for an all-zero residual.
+float nvfp4_tensor_scale(const MatrixRM& r);
+/// quantize_weight with the refinements; `tensor_scale` is the nvfp4 t (ignored for int4), so a
+/// subset of rows can be quantized exactly as the whole matrix would be.
+Result<QuantizedWeight> quantize_weight(const MatrixRM& r, Format format, float tensor_scale,
+                                        const WeightQuantOptions& options);
+/// Dequantized values (q * scale_g * t) of a QuantizedWeight of shape (rows, k).
+MatrixRM dequantize(const QuantizedWeight& q, Format format, int64_t rows, int64_t k);
 
 /// Dequantizes codes and scales back to an N x K float matrix (q * scale_g * t).
 MatrixRM dequantize_weight(const QuantizedLinear& layer);

@@ -148,7 +148,8 @@ void quantize_group_int4(const float* xh, int gs, uint8_t* codes, uint8_t* scale
   if (!finite) {
     scale = std::numeric_limits<float>::quiet_NaN();
     std::fill(codes, codes + gs, uint8_t{0});
-  } else if (a == 0.0f) {
+  } else if (a == 0.0f || !std::isfinite(7.0f / a)) {
+    // a == 0, or a so small (< 7 / FLT_MAX) that the inverse overflows: a zero group.
     scale = 0.0f;
     std::fill(codes, codes + gs, uint8_t{0});
   } else {
@@ -174,12 +175,12 @@ void quantize_group_nvfp4(const float* xh, int gs, float t_act, uint8_t* codes,
   }
   const uint8_t sb = encode_e4m3(a / 6.0f / t_act);
   const float d = decode_e4m3(sb) * t_act;
-  if (a == 0.0f || d == 0.0f) {
+  const float inv = 1.0f / d;
+  if (a == 0.0f || d == 0.0f || !std::isfinite(inv)) {  // a zero group (or 1/d overflows)
     *scale_byte = 0;
     return;
   }
   *scale_byte = sb;
-  const float inv = 1.0f / d;
   for (int i = 0; i < gs; ++i) codes[i] = encode_e2m1(xh[i] * inv);
 }
 

@@ -38,8 +38,14 @@ LowRank exact_svd(const MatrixRM& a, int r) {
 
 }  // namespace
 
-LowRank truncated_svd(const MatrixRM& a, int rank, const SvdOptions& options) {
-  const int64_t n = a.rows(), k = a.cols();
+LowRank truncated_svd(const MatrixRM& a, int rank, const SvdOptions& options,
+                      const MatrixRM* right) {
+  if (right != nullptr && (options.method == SvdMethod::kExact ||
+                           rank + std::max(options.oversample, 0) >= std::min(a.rows(), right->cols()))) {
+    const MatrixRM prod = a * *right;
+    return truncated_svd(prod, rank, options);
+  }
+  const int64_t n = a.rows(), k = right ? right->cols() : a.cols();
   if (rank <= 0) {
     LowRank out;
     out.up = MatrixRM::Zero(n, 0);
@@ -56,13 +62,24 @@ LowRank truncated_svd(const MatrixRM& a, int rank, const SvdOptions& options) {
   for (int64_t j = 0; j < l; ++j)
     for (int64_t i = 0; i < k; ++i) omega(i, j) = static_cast<float>(rng.normal());
 
-  MatrixRM q = orthonormalize(a * omega);  // (n, l): basis of the range sketch
+  // A = a (* right): products with A and A^T, applied factor by factor.
+  auto apply = [&](const MatrixRM& v) -> MatrixRM {  // A v, v (k, l)
+    if (right == nullptr) return a * v;
+    const MatrixRM rv = *right * v;
+    return a * rv;
+  };
+  auto apply_t = [&](const MatrixRM& v) -> MatrixRM {  // A^T v, v (n, l)
+    MatrixRM atv = a.transpose() * v;
+    if (right == nullptr) return atv;
+    return right->transpose() * atv;
+  };
+  MatrixRM q = orthonormalize(apply(omega));  // (n, l): basis of the range sketch
   for (int it = 0; it < options.power_iterations; ++it) {
-    const MatrixRM z = orthonormalize(a.transpose() * q);  // (k, l)
-    q = orthonormalize(a * z);                              // (n, l)
+    const MatrixRM z = orthonormalize(apply_t(q));  // (k, l)
+    q = orthonormalize(apply(z));                    // (n, l)
   }
   // Project: B = Q^T A (l, k), then the exact SVD of the small B, in double.
-  const MatrixCMd b = (q.transpose() * a).cast<double>();
+  const MatrixCMd b = apply_t(q).transpose().cast<double>();
   Eigen::BDCSVD<MatrixCMd> svd(b, Eigen::ComputeThinU | Eigen::ComputeThinV);
   const MatrixCMd u = q.cast<double>() * svd.matrixU();  // (n, l)
   return from_svd(u, svd.singularValues(), svd.matrixV(), rank);

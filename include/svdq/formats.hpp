@@ -76,8 +76,10 @@ inline uint8_t packed_nibble(const uint8_t* packed_row, int64_t k) noexcept {
 //   int4:  scale = a / 7.0f ; inv = 7.0f / a ; q_k = clamp(rint(xh_k * inv), -7, 7)
 //   nvfp4: d = float(E4M3_rn_sat(a / 6.0f / t_act)) * t_act ; inv = 1.0f / d ; q_k = E2M1_rn(xh_k*inv)
 //          (the stored scale is the E4M3 byte)
-//   a == 0 (or d == 0): scale = 0, every q = 0.
-//   a not finite: scale = NaN, every q = 0 — the NaN then reaches the output row.
+//   a == 0, d == 0, or inv not finite (a or d below ~1/FLT_MAX): scale = 0, every q = 0.
+//   any element of the group not finite (checked element-wise, not through max, which may drop
+//   NaN): scale = NaN, every q = 0 — the NaN then reaches the output row. The NaN's bits are
+//   fixed for byte-equality: int4 0x7FC00000 (the canonical quiet NaN), nvfp4 the E4M3 byte 0x7F.
 //
 // GPU kernels must produce the same codes and scales byte for byte.
 

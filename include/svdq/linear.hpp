@@ -14,7 +14,9 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "svdq/formats.hpp"
@@ -37,6 +39,32 @@ struct SvdOptions {
   uint64_t seed = 0x5eed5eedULL;  ///< the Gaussian test matrix is drawn from it: same seed, same bits
 };
 
+/// Per-layer smoothing search (DeepCompressor's): each (alpha, beta) candidate is quantized and
+/// scored by the layer's output error on the stats' sampled rows, with the low-rank branch and the
+/// real activation quantizer in the loop; the best-scoring candidate is kept.
+struct SmoothSearch {
+  bool enabled = false;
+  /// Empty: DeepCompressor's 39 candidates (0, 0), (a, 0), (a, 1 - a) for a = 0.05, 0.10 .. 0.95.
+  std::vector<std::pair<float, float>> candidates;
+  /// Score on a fixed, seeded subset of this many output channels (0 = all): the weight
+  /// quantization is per output row, so a subset is an unbiased, much cheaper estimate.
+  int64_t max_scored_outputs = 1024;
+};
+
+/// GPTQ (Frantar et al. 2023) on the residual R with H = Xh^T Xh from smoothed calibration rows.
+/// Static groups: group scales come from R before error feedback, so the layout is unchanged.
+/// If GPTQ scores worse than round-to-nearest on the scoring rows, round-to-nearest is kept and
+/// QuantizedLinear::Info::notes says so.
+struct GptqOptions {
+  bool enabled = false;
+  float damp = 0.01f;     ///< H += damp * mean(diag(H)) * I
+  int block = 128;        ///< columns per lazy-update block
+  bool act_order = true;  ///< process columns by decreasing diag(H)
+};
+
+/// Progress of quantize_linear's search: (step done, steps in all, what).
+using ProgressFn = std::function<void(int done, int total, const std::string& what)>;
+
 /// Options of quantize_linear(). Defaults are the plain SVDQuant recipe.
 struct QuantConfig {
   Format format = Format::kInt4;
@@ -47,6 +75,25 @@ struct QuantConfig {
   SvdOptions svd;
   /// nvfp4 only: static activation tensor scale t_act (> 0, finite); 1 means none.
   float act_tensor_scale = 1.0f;
+
+  // --- refinements (each off by default; svdq_plus_config() switches on the measured best) ---
+  SmoothSearch smooth_search;
+  /// Iterative low-rank refinement L_k = SVD_r(W_hat - Q(W_hat - L_{k-1})): at most this many
+  /// iterations, the best iterate by output error on the scoring rows kept, stop at the first that
+  /// does not improve. Needs sampled rows. 0 = off.
+  int refine_iterations = 0;
+  /// Activation-aware low-rank split: minimise E||xh (W_hat - L)^T|| instead of ||W_hat - L||_F,
+  /// via the Cholesky factor of C = Xh^T Xh (+ whiten_damp * mean diag). Needs rows or a Gram.
+  bool whiten_lowrank = false;
+  float whiten_damp = 0.01f;
+  GptqOptions gptq;
+  /// Per-group clipping search for weight scales: amax * c for c in {1, .95, ..., .60}, the one
+  /// with the least (diag(H)-weighted when calibration rows exist) squared error kept per group.
+  bool clip_search = false;
+  /// nvfp4: set act_tensor_scale from calibration, t_act = max_j amax_x[j] / s_j / (6 * 448).
+  bool calibrate_act_tensor_scale = false;
+  /// Called after each search step (optional).
+  ProgressFn progress;
 };
 
 /// The comparison recipes of the SVDQuant paper, built from the same parts.
@@ -56,6 +103,10 @@ enum class Recipe : uint8_t {
   kLowRankOnly = 2,  ///< no smoothing, low-rank branch
   kSvdquant = 3,     ///< smoothing + low-rank branch
 };
+/// svdq's best measured combination ("svdq-plus", docs/quality.md) on top of `base`'s format,
+/// rank and storage.
+QuantConfig svdq_plus_config(QuantConfig base);
+
 /// "naive", "smooth", "lowrank", "svdquant".
 const char* recipe_name(Recipe r) noexcept;
 /// `base` with the parts the recipe leaves out switched off (alpha = beta = 0 and/or rank = 0).
@@ -88,6 +139,11 @@ struct QuantizedLinear {
     double weight_norm = 0;    ///< ||W_hat||_F
     double residual_norm = 0;  ///< ||R||_F, R = W_hat - (low-rank branch as stored)
     double seconds = 0;        ///< wall time of quantize_linear
+    /// Output MSE on the calibration sample (y vs x W^T, bias excluded) when one was scored, or -1.
+    double score = -1;
+    int candidates_scored = 0;  ///< smoothing candidates tried by the search
+    int refine_iterations = 0;  ///< refinement iterations kept
+    std::string notes;          ///< what the pipeline decided (e.g. a GPTQ fallback)
   } info;
 
   /// Bytes of all tensors above (what a checkpoint stores).
@@ -108,6 +164,18 @@ struct QuantizedLinear {
 /// NaN/Inf in W or bias, alpha/beta not finite, storage not 16-bit, bad SVD options.
 Result<QuantizedLinear> quantize_linear(ConstMatrixRef W, ConstMatrixRef bias,
                                         const ActivationStats* stats, const QuantConfig& config);
+
+/// A pure low-rank factorisation W ~= up * down (no 4-bit residual), for comparisons with
+/// low-rank compression methods. up: N x r, down: r x K, row-major fp32.
+struct LowRankFactors {
+  int64_t in_features = 0, out_features = 0;
+  int rank = 0;
+  std::vector<float> up, down;
+};
+/// Plain truncated SVD of W (whitened = false) or the activation-aware split minimising
+/// E||x (W - up down)^T|| over the stats' rows (whitened = true; needs sampled rows or a Gram).
+Result<LowRankFactors> factorize_low_rank(ConstMatrixRef W, const ActivationStats* stats, int rank,
+                                          bool whitened, const SvdOptions& svd = {});
 
 /// Checks that a QuantizedLinear is self-consistent (sizes of every field against K, N, r, group).
 Status validate(const QuantizedLinear& layer);

@@ -1,0 +1,169 @@
+// svdq_quality — the quality benchmark of the offline quantizer: for each layer and format, the
+// relative output MSE and SQNR against the unquantized layer, on held-out rows, of the paper's
+// recipes, each refinement alone on top of plain SVDQuant, and svdq-plus; plus the time per layer.
+//
+//   svdq_quality [--shape KxN ...] [--calib M] [--eval M] [--rank R] [--format int4|nvfp4|both]
+//                [--csv FILE] [--methods a,b,...]
+//
+// Synthetic layers (svdq::synth) by default. The real-model part (tools/dump_model.py) is added
+// with --model DUMP.safetensors when that reader is available.
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "svdq/svdq.hpp"
+
+namespace {
+
+struct Method {
+  std::string name;
+  std::function<svdq::QuantConfig(svdq::QuantConfig)> make;  // from the plain SVDQuant config
+};
+
+std::vector<Method> all_methods() {
+  using svdq::QuantConfig;
+  using svdq::Recipe;
+  return {
+      {"naive", [](QuantConfig c) { return svdq::recipe_config(Recipe::kNaive, c); }},
+      {"smooth", [](QuantConfig c) { return svdq::recipe_config(Recipe::kSmoothOnly, c); }},
+      {"lowrank", [](QuantConfig c) { return svdq::recipe_config(Recipe::kLowRankOnly, c); }},
+      {"svdquant", [](QuantConfig c) { return c; }},
+      {"+search", [](QuantConfig c) { c.smooth_search.enabled = true; return c; }},
+      {"+refine", [](QuantConfig c) { c.refine_iterations = 3; return c; }},
+      {"+whiten", [](QuantConfig c) { c.whiten_lowrank = true; return c; }},
+      {"+gptq", [](QuantConfig c) { c.gptq.enabled = true; return c; }},
+      {"+clip", [](QuantConfig c) { c.clip_search = true; return c; }},
+      {"+t_act", [](QuantConfig c) { c.calibrate_act_tensor_scale = true; return c; }},
+      {"svdq-plus", [](QuantConfig c) { return svdq::svdq_plus_config(c); }},
+  };
+}
+
+struct Result {
+  std::string layer, format, method;
+  double rel_mse, sqnr, seconds;
+  float alpha, beta;
+  std::string notes;
+};
+
+// Quantizes one layer with every method and evaluates on held-out rows.
+bool run_layer(const std::string& name, const std::vector<float>& w, const std::vector<float>& bias,
+               int64_t n, int64_t k, const std::vector<float>& calib, int64_t m_calib,
+               const std::vector<float>& eval, int64_t m_eval, svdq::Format format, int rank,
+               const std::vector<Method>& methods, std::vector<Result>* out) {
+  using namespace svdq;
+  CalibrationOptions copt;
+  copt.max_rows = 512;
+  ActivationStats stats(k, copt);
+  if (Status st = stats.observe(MatrixView<const float>(calib.data(), m_calib, k)); !st.ok()) {
+    std::fprintf(stderr, "%s: %s\n", name.c_str(), st.to_string().c_str());
+    return false;
+  }
+  const MatrixView<const float> wv(w.data(), n, k), x(eval.data(), m_eval, k);
+  const ConstMatrixRef bv = bias.empty() ? ConstMatrixRef() : ConstMatrixRef(vector_view(bias.data(), n));
+  std::vector<double> ref;
+  if (!dense_forward(x, wv, bv, &ref).ok()) return false;
+  const MatrixView<const double> refv(ref.data(), m_eval, n);
+  double ref2 = 0;
+  for (double v : ref) ref2 += v * v;
+  std::vector<float> y(static_cast<size_t>(m_eval * n));
+  QuantConfig base;
+  base.format = format;
+  base.rank = static_cast<int>(std::min<int64_t>(rank, std::min(n, k)));
+  for (const Method& m : methods) {
+    if (m.name == "+t_act" && format != Format::kNvfp4) continue;
+    auto q = quantize_linear(wv, bv, &stats, m.make(base));
+    if (!q.ok()) {
+      std::fprintf(stderr, "%s %s: %s\n", name.c_str(), m.name.c_str(), q.status().to_string().c_str());
+      return false;
+    }
+    const MatrixView<float> yv(y.data(), m_eval, n);
+    if (!reference_forward(*q, x, yv).ok()) return false;
+    const double mse = mean_squared_error(yv, refv);
+    out->push_back({name, format_name(format), m.name,
+                    mse * static_cast<double>(ref.size()) / ref2, sqnr_db(yv, refv), q->info.seconds,
+                    q->info.alpha, q->info.beta, q->info.notes});
+    std::fprintf(stderr, "  %-22s %-6s %-10s rel.MSE %.4e  SQNR %6.2f dB  %7.2f s  (a=%.2f b=%.2f) %s\n",
+                 name.c_str(), format_name(format), m.name.c_str(), out->back().rel_mse,
+                 out->back().sqnr, q->info.seconds, q->info.alpha, q->info.beta, q->info.notes.c_str());
+  }
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"svdq quality benchmark: output error of each quantization method"};
+  std::vector<std::string> shapes = {"3072x3072", "3072x12288"};
+  int64_t m_calib = 512, m_eval = 256;
+  int rank = 32;
+  std::string format_arg = "both", csv, methods_arg;
+  app.add_option("--shape", shapes, "synthetic layer shapes KxN")->capture_default_str();
+  app.add_option("--calib", m_calib, "calibration rows")->capture_default_str();
+  app.add_option("--eval", m_eval, "held-out evaluation rows")->capture_default_str();
+  app.add_option("--rank", rank, "low-rank branch rank")->capture_default_str();
+  app.add_option("--format", format_arg, "int4, nvfp4 or both")
+      ->check(CLI::IsMember({"int4", "nvfp4", "both"}));
+  app.add_option("--csv", csv, "write every result as CSV here");
+  app.add_option("--methods", methods_arg, "comma-separated subset of methods (default: all)");
+  CLI11_PARSE(app, argc, argv);
+
+  std::vector<Method> methods;
+  for (const Method& m : all_methods())
+    if (methods_arg.empty() || ("," + methods_arg + ",").find("," + m.name + ",") != std::string::npos)
+      methods.push_back(m);
+  std::vector<svdq::Format> formats;
+  if (format_arg != "nvfp4") formats.push_back(svdq::Format::kInt4);
+  if (format_arg != "int4") formats.push_back(svdq::Format::kNvfp4);
+
+  std::vector<Result> results;
+  for (const std::string& s : shapes) {
+    long long k = 0, n = 0;
+    if (std::sscanf(s.c_str(), "%lldx%lld", &k, &n) != 2 || k <= 0 || n <= 0) {
+      std::fprintf(stderr, "error: --shape '%s' is not KxN\n", s.c_str());
+      return 2;
+    }
+    svdq::synth::LayerSpec spec;
+    spec.in_features = k;
+    spec.out_features = n;
+    auto layer = svdq::synth::make_layer(spec);
+    if (!layer.ok()) return 1;
+    const auto calib = svdq::synth::make_activations(*layer, m_calib, 11);
+    const auto eval = svdq::synth::make_activations(*layer, m_eval, 12);
+    for (svdq::Format f : formats)
+      if (!run_layer("synth-" + s, layer->weight, layer->bias, n, k, calib, m_calib, eval, m_eval,
+                     f, rank, methods, &results))
+        return 1;
+  }
+
+  // Summary: mean relative MSE per (format, method) over layers, and the reduction vs svdquant.
+  std::map<std::pair<std::string, std::string>, std::pair<double, int>> mean;
+  for (const Result& r : results) {
+    auto& acc = mean[{r.format, r.method}];
+    acc.first += r.rel_mse;
+    acc.second += 1;
+  }
+  std::printf("| format | method | mean rel. MSE | vs svdquant |\n|---|---|---|---|\n");
+  for (svdq::Format f : formats)
+    for (const Method& m : methods) {
+      auto it = mean.find({svdq::format_name(f), m.name});
+      if (it == mean.end()) continue;
+      const double v = it->second.first / it->second.second;
+      auto base = mean.find({svdq::format_name(f), "svdquant"});
+      const double b = base != mean.end() ? base->second.first / base->second.second : v;
+      std::printf("| %s | %s | %.4e | %+.1f%% |\n", svdq::format_name(f), m.name.c_str(), v,
+                  100.0 * (v / b - 1.0));
+    }
+  if (!csv.empty()) {
+    std::ofstream os(csv);
+    os << "layer,format,method,rel_mse,sqnr_db,seconds,alpha,beta,notes\n";
+    for (const Result& r : results)
+      os << r.layer << ',' << r.format << ',' << r.method << ',' << r.rel_mse << ',' << r.sqnr << ','
+         << r.seconds << ',' << r.alpha << ',' << r.beta << ",\"" << r.notes << "\"\n";
+  }
+  return 0;
+}

@@ -1,0 +1,521 @@
+// quantize_linear: validation, then smoothing -> low-rank split -> residual quantization, with the
+// optional refinements (smoothing search, iterative low-rank refinement, activation-aware split,
+// GPTQ, clipping search, static nvfp4 activation scale). docs/quality.md measures each.
+//
+// Search order: each smoothing candidate is built with the configured split (whitened or plain)
+// and round-to-nearest (+ clipping search) and scored on the sampled rows; the best candidate is
+// then refined (iterations), and its residual finally quantized with GPTQ when asked (kept only
+// if it scores better than round-to-nearest).
+#include <Eigen/Cholesky>
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <numeric>
+
+#include "check.hpp"
+#include "core.hpp"
+#include "random.hpp"
+
+namespace svdq {
+
+namespace {
+
+using detail::error;
+using detail::MatrixRM;
+
+// Everything derived from the inputs once, before any candidate.
+struct Problem {
+  QuantConfig cfg;
+  int64_t n = 0, k = 0;
+  MatrixRM w;                   // (N, K) the weight
+  std::vector<float> amax_w;    // (K)
+  const ActivationStats* stats = nullptr;
+  MatrixRM x;                   // (S, K) sampled raw input rows; empty when none
+  Eigen::MatrixXd gram;         // (K, K) raw X^T X; empty unless GPTQ/whitening/clip need it
+  MatrixRM chol;                // (K, K) lower Cholesky factor of gram + damping (whitening)
+  std::vector<int64_t> scored;  // output channels scored
+  MatrixRM y_ref;               // (S, |scored|) = x W[scored]^T
+};
+
+// One smoothing candidate, built.
+struct Candidate {
+  float alpha = 0, beta = 0;
+  std::vector<uint16_t> smooth;     // (K) stored bits
+  Eigen::VectorXf s;                // (K) stored values
+  float t_act = 1.0f;
+  MatrixRM w_hat;                   // (N, K) W diag(s)
+  std::vector<uint16_t> lora_up;    // (N, r) bits
+  std::vector<uint16_t> lora_down;  // (K, r) bits
+  MatrixRM residual;                // (N, K) W_hat - up (s . lora_down)^T
+  double score = INFINITY;
+};
+
+bool needs_rows(const QuantConfig& c) {
+  return c.smooth_search.enabled || c.refine_iterations > 0 || c.whiten_lowrank || c.gptq.enabled;
+}
+bool needs_gram(const QuantConfig& c) {
+  return c.whiten_lowrank || c.gptq.enabled || c.clip_search;
+}
+
+Status check_config(const QuantConfig& c, int64_t n, int64_t k) {
+  constexpr const char* kFn = "quantize_linear";
+  if (c.format != Format::kInt4 && c.format != Format::kNvfp4)
+    return error(StatusCode::kErrorInvalidArgument, kFn, ": config.format is not int4 or nvfp4");
+  const int gs = group_size(c.format);
+  if (k % gs != 0)
+    return error(StatusCode::kErrorShape, kFn, ": W.cols (", k, ") must be a multiple of the ",
+                 format_name(c.format), " group size ", gs);
+  if (c.rank < 0 || c.rank > std::min(n, k))
+    return error(StatusCode::kErrorShape, kFn, ": config.rank (", c.rank,
+                 ") must be in [0, min(N, K) = ", std::min(n, k), "]");
+  if (!(c.alpha >= 0.0f && c.alpha <= 1.0f) || !(c.beta >= 0.0f && c.beta <= 1.0f))
+    return error(StatusCode::kErrorInvalidArgument, kFn, ": config.alpha (", c.alpha,
+                 ") and config.beta (", c.beta, ") must be in [0, 1]");
+  for (const auto& [a, b] : c.smooth_search.candidates)
+    if (!(a >= 0.0f && a <= 1.0f) || !(b >= 0.0f && b <= 1.0f))
+      return error(StatusCode::kErrorInvalidArgument, kFn,
+                   ": config.smooth_search.candidates must have alpha and beta in [0, 1], got (",
+                   a, ", ", b, ")");
+  if (c.storage != DType::kF16 && c.storage != DType::kBF16)
+    return error(StatusCode::kErrorInvalidArgument, kFn, ": config.storage (",
+                 dtype_name(c.storage), ") must be f16 or bf16");
+  if (c.svd.oversample < 0 || c.svd.power_iterations < 0 || c.svd.power_iterations > 64)
+    return error(StatusCode::kErrorInvalidArgument, kFn, ": config.svd.oversample (",
+                 c.svd.oversample, ") must be >= 0 and config.svd.power_iterations (",
+                 c.svd.power_iterations, ") in [0, 64]");
+  if (c.svd.method != SvdMethod::kRandomized && c.svd.method != SvdMethod::kExact)
+    return error(StatusCode::kErrorInvalidArgument, kFn, ": config.svd.method is unknown");
+  if (!(std::isfinite(c.act_tensor_scale) && c.act_tensor_scale > 0.0f))
+    return error(StatusCode::kErrorInvalidArgument, kFn, ": config.act_tensor_scale (",
+                 c.act_tensor_scale, ") must be finite and > 0");
+  if (c.refine_iterations < 0 || c.refine_iterations > 100)
+    return error(StatusCode::kErrorInvalidArgument, kFn, ": config.refine_iterations (",
+                 c.refine_iterations, ") must be in [0, 100]");
+  if (!(c.gptq.damp > 0.0f && c.gptq.damp < 1.0f) || c.gptq.block <= 0 ||
+      !(c.whiten_damp > 0.0f && c.whiten_damp < 1.0f))
+    return error(StatusCode::kErrorInvalidArgument, kFn,
+                 ": config.gptq.damp and config.whiten_damp must be in (0, 1) and "
+                 "config.gptq.block > 0");
+  if (c.smooth_search.max_scored_outputs < 0)
+    return error(StatusCode::kErrorInvalidArgument, kFn,
+                 ": config.smooth_search.max_scored_outputs must be >= 0");
+  return Status::Ok();
+}
+
+// First non-finite element of a matrix, as an error naming it; Ok when all are finite.
+Status check_finite(const char* name, const MatrixRM& m) {
+  if (m.allFinite()) return Status::Ok();
+  for (int64_t i = 0; i < m.rows(); ++i)
+    for (int64_t j = 0; j < m.cols(); ++j)
+      if (!std::isfinite(m(i, j)))
+        return error(StatusCode::kErrorNonFinite, "quantize_linear: ", name, "(", i, ", ", j,
+                     ") is ", m(i, j), "; weights and bias must be finite");
+  return Status::Ok();
+}
+
+std::vector<std::pair<float, float>> default_candidates() {
+  std::vector<std::pair<float, float>> c = {{0.0f, 0.0f}};
+  for (int i = 1; i <= 19; ++i) {
+    const float a = 0.05f * static_cast<float>(i);
+    c.push_back({a, 0.0f});
+    c.push_back({a, 1.0f - a});
+  }
+  return c;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Building a candidate
+
+void set_smoothing(const Problem& p, float alpha, float beta, Candidate* c) {
+  c->alpha = alpha;
+  c->beta = beta;
+  c->smooth = detail::smoothing_factors(alpha != 0.0f ? p.stats->absmax().data() : nullptr,
+                                        p.amax_w.data(), p.k, alpha, beta, p.cfg.storage);
+  c->s.resize(p.k);
+  for (int64_t j = 0; j < p.k; ++j) c->s[j] = bits16_to_float(c->smooth[j], p.cfg.storage);
+  c->w_hat = (alpha != 0.0f || beta != 0.0f) ? MatrixRM(p.w * c->s.asDiagonal()) : p.w;
+  c->t_act = p.cfg.format == Format::kNvfp4 ? p.cfg.act_tensor_scale : 1.0f;
+  if (p.cfg.format == Format::kNvfp4 && p.cfg.calibrate_act_tensor_scale && p.stats != nullptr &&
+      p.stats->rows_observed() > 0) {
+    float amax = 0.0f;
+    for (int64_t j = 0; j < p.k; ++j) amax = std::max(amax, p.stats->absmax()[j] / c->s[j]);
+    if (amax > 0.0f && std::isfinite(amax)) c->t_act = amax / (6.0f * 448.0f);
+  }
+}
+
+// The branch fitted to `target` (N, K, smoothed space), stored in 16 bits, and the residual
+// W_hat - branch. Plain: truncated SVD of target. Whitened: the split minimising
+// ||(T_raw - L_raw) C||_F with T_raw = target diag(1/s) and C C^T = X^T X + damping, i.e.
+// L_raw = SVD_r(T_raw C) C^-1; smoothing cancels (chol(D G D) = D chol(G)), so one factor serves
+// every candidate.
+void set_branch(const Problem& p, const MatrixRM& target, Candidate* c) {
+  const int r = p.cfg.rank;
+  const DType st = p.cfg.storage;
+  if (r == 0) {
+    c->lora_up.clear();
+    c->lora_down.clear();
+    c->residual = c->w_hat;
+    return;
+  }
+  MatrixRM up, down_raw;  // (N, r), (r, K): branch = x down_raw^T up^T on the raw x
+  if (p.cfg.whiten_lowrank) {
+    const MatrixRM t_raw = target * c->s.cwiseInverse().asDiagonal();
+    const detail::LowRank lr = detail::truncated_svd(t_raw, r, p.cfg.svd, &p.chol);
+    up = lr.up;
+    // down_raw = V_r^T C^-1: solve C^T Z = V_r (Z = down_raw^T) with the triangular factor.
+    const Eigen::MatrixXd v = lr.down.transpose().cast<double>();
+    const Eigen::MatrixXd z =
+        p.chol.cast<double>().transpose().triangularView<Eigen::Upper>().solve(v);
+    down_raw = z.transpose().cast<float>();
+  } else {
+    const detail::LowRank lr = detail::truncated_svd(target, r, p.cfg.svd);
+    up = lr.up;
+    down_raw = lr.down * c->s.cwiseInverse().asDiagonal();
+  }
+  c->lora_up.resize(static_cast<size_t>(p.n * r));
+  c->lora_down.resize(static_cast<size_t>(p.k * r));
+  MatrixRM up_q(p.n, r), down_eff(r, p.k);
+  for (int64_t i = 0; i < p.n; ++i)
+    for (int j = 0; j < r; ++j) {
+      const uint16_t b = float_to_bits16(up(i, j), st);
+      c->lora_up[i * r + j] = b;
+      up_q(i, j) = bits16_to_float(b, st);
+    }
+  for (int64_t kk = 0; kk < p.k; ++kk)
+    for (int j = 0; j < r; ++j) {
+      const uint16_t b = float_to_bits16(down_raw(j, kk), st);
+      c->lora_down[kk * r + j] = b;
+      down_eff(j, kk) = bits16_to_float(b, st) * c->s[kk];
+    }
+  c->residual = c->w_hat;
+  c->residual.noalias() -= up_q * down_eff;
+}
+
+struct ResidualOptions {
+  Eigen::VectorXd h_diag;  // diag(Xh^T Xh), empty if none
+  Eigen::MatrixXd hessian;  // Xh^T Xh, empty unless GPTQ
+};
+
+ResidualOptions residual_options(const Problem& p, const Candidate& c, bool with_hessian) {
+  ResidualOptions o;
+  if (p.gram.size() == 0) return o;
+  const Eigen::VectorXd inv_s = c.s.cast<double>().cwiseInverse();
+  o.h_diag = p.gram.diagonal().cwiseProduct(inv_s).cwiseProduct(inv_s);
+  if (with_hessian) o.hessian = inv_s.asDiagonal() * p.gram * inv_s.asDiagonal();
+  return o;
+}
+
+detail::WeightQuantOptions weight_options(const Problem& p, const ResidualOptions& ro, bool gptq) {
+  detail::WeightQuantOptions o;
+  o.clip_search = p.cfg.clip_search;
+  o.h_diag = ro.h_diag.size() ? &ro.h_diag : nullptr;
+  o.gptq = p.cfg.gptq;
+  o.gptq.enabled = gptq;
+  o.hessian = gptq && ro.hessian.size() ? &ro.hessian : nullptr;
+  return o;
+}
+
+// Output MSE on the sampled rows over the scored output channels, for the candidate's branch and
+// a quantized residual of those channels.
+double score(const Problem& p, const Candidate& c, const detail::QuantizedWeight& qsub) {
+  const int64_t s_rows = p.x.rows(), ns = static_cast<int64_t>(p.scored.size());
+  const int r = p.cfg.rank;
+  const Format f = p.cfg.format;
+  // Activations through the real quantizer, dequantized: (S, K).
+  std::vector<float> inv_s(static_cast<size_t>(p.k));
+  for (int64_t j = 0; j < p.k; ++j) inv_s[j] = 1.0f / c.s[j];
+  QuantizedActivations qa;
+  const Status st = quantize_activations(
+      f, MatrixView<const float>(p.x.data(), s_rows, p.k), inv_s.data(), c.t_act, &qa);
+  if (!st.ok()) return INFINITY;
+  MatrixRM a(s_rows, p.k);
+  const int gs = group_size(f);
+  const float t = f == Format::kNvfp4 ? c.t_act : 1.0f;
+  for (int64_t m = 0; m < s_rows; ++m)
+    for (int64_t j = 0; j < p.k; ++j) a(m, j) = qa.code_value(m, j) * (qa.scale(m, j / gs) * t);
+  const MatrixRM wq = detail::dequantize(qsub, f, ns, p.k);
+  MatrixRM y = a * wq.transpose();
+  if (r > 0) {
+    MatrixRM down(p.k, r), up(ns, r);
+    for (int64_t i = 0; i < p.k * r; ++i) down.data()[i] = bits16_to_float(c.lora_down[i], p.cfg.storage);
+    for (int64_t i = 0; i < ns; ++i)
+      for (int j = 0; j < r; ++j) up(i, j) = bits16_to_float(c.lora_up[p.scored[i] * r + j], p.cfg.storage);
+    const MatrixRM lora = p.x * down;
+    y.noalias() += lora * up.transpose();
+  }
+  return (y - p.y_ref).cast<double>().squaredNorm() / static_cast<double>(y.size());
+}
+
+MatrixRM scored_rows(const Problem& p, const MatrixRM& m) {
+  MatrixRM out(static_cast<int64_t>(p.scored.size()), m.cols());
+  for (size_t i = 0; i < p.scored.size(); ++i) out.row(static_cast<int64_t>(i)) = m.row(p.scored[i]);
+  return out;
+}
+
+// Scores a built candidate with round-to-nearest (+ clipping) on the scored channels.
+Result<double> score_rtn(const Problem& p, const Candidate& c) {
+  const ResidualOptions ro = residual_options(p, c, false);
+  const float t = p.cfg.format == Format::kNvfp4 ? detail::nvfp4_tensor_scale(c.residual) : 1.0f;
+  Result<detail::QuantizedWeight> q =
+      detail::quantize_weight(scored_rows(p, c.residual), p.cfg.format, t, weight_options(p, ro, false));
+  if (!q.ok()) return q.status();
+  return score(p, c, *q);
+}
+
+Status build_problem(ConstMatrixRef W, const ActivationStats* stats, const QuantConfig& cfg,
+                     Problem* p) {
+  p->cfg = cfg;
+  p->n = W.rows;
+  p->k = W.cols;
+  p->w = detail::to_eigen(W);
+  SVDQ_RETURN_IF_ERROR(check_finite("W", p->w));
+  p->amax_w = detail::column_absmax(p->w);
+  p->stats = stats;
+  const bool has_rows = stats != nullptr && stats->sampled_rows() > 0;
+  if (needs_rows(cfg) && !has_rows)
+    return error(StatusCode::kErrorInvalidArgument, "quantize_linear: stats has no sampled rows, "
+                 "but the smoothing search, refinement, whitening and GPTQ score or fit on them "
+                 "(CalibrationOptions::max_rows > 0)");
+  if (has_rows) {
+    p->x = Eigen::Map<const MatrixRM>(stats->samples().data(), stats->sampled_rows(), p->k);
+    // Scored output channels: all, or a seeded subset (sorted) of max_scored_outputs.
+    const int64_t cap = cfg.smooth_search.max_scored_outputs;
+    p->scored.resize(static_cast<size_t>(p->n));
+    std::iota(p->scored.begin(), p->scored.end(), 0);
+    if (cap > 0 && cap < p->n) {
+      uint64_t state = 0x5c07edULL;
+      for (int64_t i = 0; i < cap; ++i) {
+        const int64_t j = i + static_cast<int64_t>(detail::splitmix64(state) % static_cast<uint64_t>(p->n - i));
+        std::swap(p->scored[i], p->scored[j]);
+      }
+      p->scored.resize(static_cast<size_t>(cap));
+      std::sort(p->scored.begin(), p->scored.end());
+    }
+    p->y_ref = p->x * scored_rows(*p, p->w).transpose();
+  }
+  if (needs_gram(cfg) && has_rows) {
+    if (!stats->gram().empty()) {
+      p->gram = Eigen::Map<const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
+          stats->gram().data(), p->k, p->k);
+    } else {
+      const Eigen::MatrixXd xd = p->x.cast<double>();
+      p->gram = xd.transpose() * xd;
+    }
+  }
+  if (cfg.whiten_lowrank && cfg.rank > 0) {
+    Eigen::MatrixXd g = p->gram;
+    const double mean_diag = g.diagonal().mean();
+    g.diagonal().array() += static_cast<double>(cfg.whiten_damp) * (mean_diag > 0 ? mean_diag : 1.0);
+    Eigen::LLT<Eigen::MatrixXd> llt(g);
+    if (llt.info() != Eigen::Success)
+      return error(StatusCode::kErrorInternal, "quantize_linear: the damped Gram matrix is not "
+                   "positive definite");
+    p->chol = llt.matrixL().toDenseMatrix().cast<float>();
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+// -------------------------------------------------------------------------------------------------
+
+QuantConfig svdq_plus_config(QuantConfig base) {
+  base.smooth_search.enabled = true;
+  base.refine_iterations = 3;
+  base.clip_search = true;
+  return base;
+}
+
+Result<QuantizedLinear> quantize_linear(ConstMatrixRef W, ConstMatrixRef bias,
+                                        const ActivationStats* stats, const QuantConfig& config) {
+  constexpr const char* kFn = "quantize_linear";
+  const auto t0 = std::chrono::steady_clock::now();
+
+  SVDQ_RETURN_IF_ERROR(detail::check_matrix(kFn, "W", W));
+  const int64_t n = W.rows, k = W.cols;
+  if (n <= 0 || k <= 0)
+    return error(StatusCode::kErrorShape, kFn, ": W must be non-empty (got ", n, " x ", k, ")");
+  SVDQ_RETURN_IF_ERROR(check_config(config, n, k));
+  const bool has_bias = bias.data != nullptr && !bias.empty();
+  MatrixRM b;
+  if (has_bias) {
+    SVDQ_RETURN_IF_ERROR(detail::check_matrix(kFn, "bias", bias));
+    if (!(bias.rows == 1 && bias.cols == n) && !(bias.cols == 1 && bias.rows == n))
+      return error(StatusCode::kErrorShape, kFn, ": bias must be 1 x N or N x 1 with N = W.rows (",
+                   n, "), got ", bias.rows, " x ", bias.cols);
+    b = detail::to_eigen(bias).reshaped<Eigen::RowMajor>(1, n);
+    SVDQ_RETURN_IF_ERROR(check_finite("bias", b));
+  }
+  const bool search = config.smooth_search.enabled;
+  const bool uses_stats_absmax = config.alpha != 0.0f || search ||
+                                 (config.calibrate_act_tensor_scale && config.format == Format::kNvfp4);
+  if (uses_stats_absmax) {
+    if (stats == nullptr || stats->rows_observed() == 0)
+      return error(StatusCode::kErrorInvalidArgument, kFn, ": stats is ",
+                   stats == nullptr ? "null" : "empty",
+                   " but config (alpha = ", config.alpha, search ? ", smoothing search" : "",
+                   ") needs activation statistics; use alpha = beta = 0 for data-free");
+    if (stats->channels() != k)
+      return error(StatusCode::kErrorShape, kFn, ": stats.channels() (", stats->channels(),
+                   ") must equal W.cols (", k, ")");
+  } else if (stats != nullptr && stats->rows_observed() > 0 && stats->channels() != k) {
+    return error(StatusCode::kErrorShape, kFn, ": stats.channels() (", stats->channels(),
+                 ") must equal W.cols (", k, ")");
+  }
+
+  Problem p;
+  SVDQ_RETURN_IF_ERROR(build_problem(W, stats, config, &p));
+  const bool can_score = p.x.rows() > 0;
+  std::string notes;
+
+  // 1. Smoothing: the configured (alpha, beta), or the best-scoring candidate.
+  std::vector<std::pair<float, float>> cands = {{config.alpha, config.beta}};
+  if (search) cands = config.smooth_search.candidates.empty() ? default_candidates()
+                                                              : config.smooth_search.candidates;
+  const int total_steps = static_cast<int>(cands.size()) + config.refine_iterations + 1;
+  Candidate best;
+  int scored = 0;
+  for (size_t i = 0; i < cands.size(); ++i) {
+    Candidate c;
+    set_smoothing(p, cands[i].first, cands[i].second, &c);
+    set_branch(p, c.w_hat, &c);
+    if (cands.size() > 1 || config.refine_iterations > 0 || config.gptq.enabled) {
+      Result<double> sc = score_rtn(p, c);
+      if (!sc.ok()) return sc.status();
+      c.score = *sc;
+      ++scored;
+    }
+    if (i == 0 || c.score < best.score) best = std::move(c);
+    if (config.progress)
+      config.progress(static_cast<int>(i) + 1, total_steps,
+                      detail::cat("smoothing (", cands[i].first, ", ", cands[i].second, ")"));
+  }
+
+  // 2. Iterative low-rank refinement: L_k = SVD_r(W_hat - Q(W_hat - L_{k-1})).
+  int kept_iters = 0;
+  if (config.rank > 0 && config.refine_iterations > 0) {
+    const ResidualOptions ro = residual_options(p, best, false);
+    for (int it = 1; it <= config.refine_iterations; ++it) {
+      const float t = config.format == Format::kNvfp4 ? detail::nvfp4_tensor_scale(best.residual) : 1.0f;
+      Result<detail::QuantizedWeight> q =
+          detail::quantize_weight(best.residual, config.format, t, weight_options(p, ro, false));
+      if (!q.ok()) return q.status();
+      const MatrixRM target = best.w_hat - detail::dequantize(*q, config.format, n, k);
+      Candidate c;
+      c.alpha = best.alpha;
+      c.beta = best.beta;
+      c.smooth = best.smooth;
+      c.s = best.s;
+      c.t_act = best.t_act;
+      c.w_hat = best.w_hat;
+      set_branch(p, target, &c);
+      Result<double> sc = score_rtn(p, c);
+      if (!sc.ok()) return sc.status();
+      if (config.progress)
+        config.progress(static_cast<int>(cands.size()) + it, total_steps,
+                        detail::cat("refinement ", it));
+      if (!(*sc < best.score)) break;
+      c.score = *sc;
+      best = std::move(c);
+      kept_iters = it;
+    }
+  }
+
+  // 3. The residual, quantized: GPTQ when asked and better than round-to-nearest, else RTN.
+  const ResidualOptions ro = residual_options(p, best, config.gptq.enabled && can_score);
+  const float t_w = config.format == Format::kNvfp4 ? detail::nvfp4_tensor_scale(best.residual) : 1.0f;
+  bool use_gptq = false;
+  if (config.gptq.enabled && can_score) {
+    Result<detail::QuantizedWeight> qg = detail::quantize_weight(
+        scored_rows(p, best.residual), config.format, t_w, weight_options(p, ro, true));
+    if (!qg.ok()) return qg.status();
+    const double gptq_score = score(p, best, *qg);
+    use_gptq = gptq_score < best.score;
+    if (use_gptq) {
+      best.score = gptq_score;
+    } else {
+      notes += detail::cat("gptq scored ", gptq_score, " >= round-to-nearest ", best.score,
+                           ": kept round-to-nearest; ");
+    }
+  }
+  Result<detail::QuantizedWeight> qw =
+      detail::quantize_weight(best.residual, config.format, t_w, weight_options(p, ro, use_gptq));
+  if (!qw.ok()) return qw.status();
+  if (config.progress) config.progress(total_steps, total_steps, "residual quantized");
+
+  QuantizedLinear out;
+  out.format = config.format;
+  out.storage = config.storage;
+  out.in_features = k;
+  out.out_features = n;
+  out.rank = config.rank;
+  out.group = group_size(config.format);
+  out.smooth = std::move(best.smooth);
+  out.lora_down = std::move(best.lora_down);
+  out.lora_up = std::move(best.lora_up);
+  out.qweight = std::move(qw->packed);
+  out.wscales = std::move(qw->scales);
+  out.wtscale = qw->tensor_scale;
+  out.act_tensor_scale = config.format == Format::kNvfp4 ? best.t_act : 1.0f;
+  if (has_bias) {
+    out.bias.resize(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) out.bias[i] = float_to_bits16(b(0, i), config.storage);
+  }
+  out.info.alpha = best.alpha;
+  out.info.beta = best.beta;
+  out.info.svd = config.svd.method;
+  out.info.weight_norm = best.w_hat.cast<double>().norm();
+  out.info.residual_norm = best.residual.cast<double>().norm();
+  out.info.score = std::isfinite(best.score) ? best.score : -1.0;
+  out.info.candidates_scored = scored;
+  out.info.refine_iterations = kept_iters;
+  if (use_gptq) notes += "gptq; ";
+  out.info.notes = notes;
+  out.info.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return out;
+}
+
+Result<LowRankFactors> factorize_low_rank(ConstMatrixRef W, const ActivationStats* stats, int rank,
+                                          bool whitened, const SvdOptions& svd) {
+  constexpr const char* kFn = "factorize_low_rank";
+  SVDQ_RETURN_IF_ERROR(detail::check_matrix(kFn, "W", W));
+  if (W.rows <= 0 || W.cols <= 0)
+    return error(StatusCode::kErrorShape, kFn, ": W must be non-empty");
+  if (rank < 1 || rank > std::min(W.rows, W.cols))
+    return error(StatusCode::kErrorShape, kFn, ": rank (", rank, ") must be in [1, min(N, K) = ",
+                 std::min(W.rows, W.cols), "]");
+  QuantConfig cfg;
+  cfg.rank = rank;
+  cfg.alpha = cfg.beta = 0.0f;
+  cfg.svd = svd;
+  cfg.whiten_lowrank = whitened;
+  cfg.smooth_search.max_scored_outputs = 0;
+  if (whitened && (stats == nullptr || stats->channels() != W.cols))
+    return error(StatusCode::kErrorInvalidArgument, kFn,
+                 ": whitened needs stats with W.cols channels and sampled rows");
+  Problem p;
+  SVDQ_RETURN_IF_ERROR(build_problem(W, whitened ? stats : nullptr, cfg, &p));
+  Candidate c;
+  set_smoothing(p, 0.0f, 0.0f, &c);
+  MatrixRM up, down;
+  if (whitened) {
+    const detail::LowRank lr = detail::truncated_svd(p.w, rank, svd, &p.chol);
+    const Eigen::MatrixXd z = p.chol.cast<double>().transpose().triangularView<Eigen::Upper>().solve(
+        lr.down.transpose().cast<double>());
+    up = lr.up;
+    down = z.transpose().cast<float>();
+  } else {
+    const detail::LowRank lr = detail::truncated_svd(p.w, rank, svd);
+    up = lr.up;
+    down = lr.down;
+  }
+  LowRankFactors out;
+  out.in_features = W.cols;
+  out.out_features = W.rows;
+  out.rank = rank;
+  out.up.assign(up.data(), up.data() + up.size());
+  out.down.assign(down.data(), down.data() + down.size());
+  return out;
+}
+
+}  // namespace svdq
