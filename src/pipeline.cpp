@@ -379,7 +379,7 @@ Result<QuantizedLinear> quantize_linear(ConstMatrixRef W, ConstMatrixRef bias,
     Candidate c;
     set_smoothing(p, cands[i].first, cands[i].second, &c);
     set_branch(p, c.w_hat, &c);
-    if (cands.size() > 1 || config.refine_iterations > 0 || config.gptq.enabled) {
+    if (search || config.refine_iterations > 0 || config.gptq.enabled) {
       Result<double> sc = score_rtn(p, c);
       if (!sc.ok()) return sc.status();
       c.score = *sc;

@@ -64,6 +64,8 @@ Status ActivationStats::observe(ConstMatrixRef rows) {
   // Reservoir sampling (algorithm R): row t of the stream replaces a random slot with
   // probability cap / (t + 1) once the reservoir is full.
   const int64_t cap = std::max<int64_t>(options_.max_rows, 0);
+  if (cap > 0 && samples_.capacity() < static_cast<size_t>(cap * channels_))
+    samples_.reserve(static_cast<size_t>(cap * channels_));  // exactly the bound, once
   for (int64_t i = 0; i < rows.rows && cap > 0; ++i) {
     const int64_t t = rows_ + i;
     int64_t slot = -1;

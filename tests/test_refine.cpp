@@ -1,0 +1,285 @@
+// The quantizer's refinements and calibration data: each does what it says.
+#include <gtest/gtest.h>
+
+#include <Eigen/Dense>
+#include <cmath>
+
+#include "core.hpp"
+#include "svdq/svdq.hpp"
+
+namespace {
+
+using svdq::MatrixView;
+
+struct Layer {
+  int64_t n = 256, k = 512;
+  svdq::synth::Layer synth;
+  std::vector<float> calib, eval;
+};
+
+Layer make(int64_t n = 256, int64_t k = 512, int64_t m_calib = 256) {
+  Layer l;
+  l.n = n;
+  l.k = k;
+  svdq::synth::LayerSpec spec;
+  spec.in_features = k;
+  spec.out_features = n;
+  spec.seed = 21;
+  l.synth = *svdq::synth::make_layer(spec);
+  l.calib = svdq::synth::make_activations(l.synth, m_calib, 1);
+  l.eval = svdq::synth::make_activations(l.synth, 128, 2);
+  return l;
+}
+
+svdq::ActivationStats stats_of(const Layer& l, int64_t m, bool gram = false) {
+  svdq::CalibrationOptions o;
+  o.accumulate_gram = gram;
+  svdq::ActivationStats st(l.k, o);
+  EXPECT_TRUE(st.observe(MatrixView<const float>(l.calib.data(), m, l.k)).ok());
+  return st;
+}
+
+svdq::Result<svdq::QuantizedLinear> quantize(const Layer& l, const svdq::ActivationStats& st,
+                                             const svdq::QuantConfig& cfg) {
+  return svdq::quantize_linear(MatrixView<const float>(l.synth.weight.data(), l.n, l.k),
+                               svdq::vector_view<const float>(l.synth.bias.data(), l.n), &st, cfg);
+}
+
+svdq::QuantConfig base(svdq::Format f = svdq::Format::kInt4) {
+  svdq::QuantConfig c;
+  c.format = f;
+  c.rank = 16;
+  return c;
+}
+
+// --- calibration data ------------------------------------------------------------------------
+
+TEST(Calibration, ReservoirIsBoundedSeededAndUniform) {
+  const int64_t k = 64, total = 2000, cap = 100;
+  std::vector<float> rows(static_cast<size_t>(total * k));
+  for (int64_t i = 0; i < total; ++i)
+    for (int64_t j = 0; j < k; ++j) rows[i * k + j] = static_cast<float>(i);  // row id everywhere
+  // Inclusion counts per decile of the stream over many seeds: uniform sampling keeps each
+  // decile at cap / 10 in expectation.
+  std::vector<double> decile(10, 0.0);
+  const int seeds = 200;
+  for (int s = 0; s < seeds; ++s) {
+    svdq::CalibrationOptions o;
+    o.max_rows = cap;
+    o.seed = static_cast<uint64_t>(s);
+    svdq::ActivationStats st(k, o);
+    for (int64_t c = 0; c < total; c += 137)  // ragged chunks
+      ASSERT_TRUE(st.observe(MatrixView<const float>(rows.data() + c * k, std::min<int64_t>(137, total - c), k)).ok());
+    ASSERT_EQ(st.sampled_rows(), cap);
+    ASSERT_EQ(st.rows_observed(), total);
+    for (int64_t i = 0; i < cap; ++i) decile[static_cast<size_t>(st.samples()[i * k] * 10 / total)] += 1;
+  }
+  const double expect = static_cast<double>(cap) * seeds / 10;  // 2000 per decile
+  for (double d : decile) EXPECT_NEAR(d, expect, 5 * std::sqrt(expect)) << "non-uniform reservoir";
+
+  svdq::CalibrationOptions o;
+  o.max_rows = cap;
+  svdq::ActivationStats a(k, o), b(k, o);
+  ASSERT_TRUE(a.observe(MatrixView<const float>(rows.data(), total, k)).ok());
+  ASSERT_TRUE(b.observe(MatrixView<const float>(rows.data(), total, k)).ok());
+  EXPECT_EQ(a.samples(), b.samples());
+  EXPECT_LE(a.memory_bytes(), static_cast<int64_t>(4 * k + 4 * k * cap));
+}
+
+TEST(Calibration, GramIsXtXInDouble) {
+  const Layer l = make(64, 128, 300);
+  const auto st = stats_of(l, 300, true);
+  ASSERT_EQ(st.gram().size(), static_cast<size_t>(l.k * l.k));
+  for (int64_t a = 0; a < l.k; a += 13)
+    for (int64_t b = 0; b < l.k; b += 7) {
+      double ref = 0;
+      for (int64_t m = 0; m < 300; ++m) ref += double(l.calib[m * l.k + a]) * l.calib[m * l.k + b];
+      EXPECT_NEAR(st.gram()[a * l.k + b], ref, 1e-9 * std::fabs(ref) + 1e-9);
+    }
+  EXPECT_GE(st.memory_bytes(), static_cast<int64_t>(8 * l.k * l.k));
+}
+
+TEST(Calibration, MergeKeepsAbsmaxGramAndABoundedSample) {
+  const Layer l = make(64, 128, 300);
+  svdq::CalibrationOptions o;
+  o.max_rows = 50;
+  o.accumulate_gram = true;
+  svdq::ActivationStats a(l.k, o), b(l.k, o), all(l.k, o);
+  ASSERT_TRUE(a.observe(MatrixView<const float>(l.calib.data(), 100, l.k)).ok());
+  ASSERT_TRUE(b.observe(MatrixView<const float>(l.calib.data() + 100 * l.k, 200, l.k)).ok());
+  ASSERT_TRUE(all.observe(MatrixView<const float>(l.calib.data(), 300, l.k)).ok());
+  ASSERT_TRUE(a.merge(b).ok());
+  EXPECT_EQ(a.rows_observed(), 300);
+  EXPECT_EQ(a.absmax(), all.absmax());
+  EXPECT_EQ(a.sampled_rows(), 50);
+  for (size_t i = 0; i < a.gram().size(); ++i)
+    EXPECT_NEAR(a.gram()[i], all.gram()[i], 1e-9 * std::fabs(all.gram()[i]) + 1e-9);
+}
+
+// --- the refinements ---------------------------------------------------------------------------
+
+TEST(Refinement, SearchNeverScoresWorseThanItsStartingPoint) {
+  const Layer l = make();
+  const auto st = stats_of(l, 256);
+  for (svdq::Format f : {svdq::Format::kInt4, svdq::Format::kNvfp4}) {
+    auto start = base(f);
+    start.smooth_search.enabled = true;
+    start.smooth_search.candidates = {{start.alpha, start.beta}};
+    auto searched = start;
+    searched.smooth_search.candidates = {{start.alpha, start.beta}, {0.0f, 0.0f}, {0.3f, 0.7f},
+                                         {0.7f, 0.0f}, {0.8f, 0.2f}};
+    const auto q0 = quantize(l, st, start), q1 = quantize(l, st, searched);
+    ASSERT_TRUE(q0.ok() && q1.ok());
+    EXPECT_EQ(q1->info.candidates_scored, 5);
+    EXPECT_GT(q0->info.score, 0.0);
+    EXPECT_LE(q1->info.score, q0->info.score);
+    // The default grid is DeepCompressor's 39 candidates.
+    auto full = base(f);
+    full.smooth_search.enabled = true;
+    const auto q2 = quantize(l, st, full);
+    ASSERT_TRUE(q2.ok());
+    EXPECT_EQ(q2->info.candidates_scored, 39);
+    EXPECT_LE(q2->info.score, q1->info.score * (1 + 1e-12) + (q1->info.alpha == q2->info.alpha ? 0 : INFINITY));
+  }
+}
+
+TEST(Refinement, IterationsKeepTheBestAndStopEarly) {
+  const Layer l = make();
+  const auto st = stats_of(l, 256);
+  auto one = base();
+  one.refine_iterations = 0;
+  one.gptq.enabled = true;  // makes the plain split scored (GPTQ itself may be kept or not)
+  auto refined = base();
+  refined.refine_iterations = 5;
+  const auto q0 = quantize(l, st, base()), q1 = quantize(l, st, refined);
+  ASSERT_TRUE(q0.ok() && q1.ok());
+  EXPECT_LE(q1->info.refine_iterations, 5);
+  // Scored on the calibration sample: never worse than iteration 0 (same smoothing, RTN).
+  auto scored0 = base();
+  scored0.smooth_search.enabled = true;
+  scored0.smooth_search.candidates = {{scored0.alpha, scored0.beta}};
+  const auto q2 = quantize(l, st, scored0);
+  ASSERT_TRUE(q2.ok());
+  EXPECT_LE(q1->info.score, q2->info.score);
+  if (q1->info.refine_iterations > 0) {
+    EXPECT_LT(q1->info.score, q2->info.score);
+    EXPECT_NE(q1->lora_up, q0->lora_up);
+  }
+}
+
+TEST(Refinement, GptqNeverWorseThanRoundToNearestOnScoringRows) {
+  const Layer l = make();
+  const auto st = stats_of(l, 256, true);
+  auto rtn = base();
+  rtn.smooth_search.enabled = true;
+  rtn.smooth_search.candidates = {{rtn.alpha, rtn.beta}};
+  auto gptq = rtn;
+  gptq.gptq.enabled = true;
+  const auto a = quantize(l, st, rtn), b = quantize(l, st, gptq);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_LE(b->info.score, a->info.score);
+  const bool kept = b->info.notes.find("gptq;") != std::string::npos;
+  const bool fell_back = b->info.notes.find("kept round-to-nearest") != std::string::npos;
+  EXPECT_TRUE(kept != fell_back) << b->info.notes;
+  if (fell_back) EXPECT_EQ(b->qweight, a->qweight);
+}
+
+TEST(Refinement, GptqCompensatesErrorOnCorrelatedInputs) {
+  // Strongly correlated inputs: GPTQ's error feedback must beat round-to-nearest on x W^T for
+  // the rows its Hessian comes from (the defining property of the algorithm).
+  const int64_t n = 64, k = 256, m = 512;
+  Eigen::MatrixXf z = Eigen::MatrixXf::Random(m, 8);
+  Eigen::MatrixXf mix = Eigen::MatrixXf::Random(8, k);
+  svdq::detail::MatrixRM x = z * mix + 0.05f * Eigen::MatrixXf::Random(m, k);
+  svdq::detail::MatrixRM w = svdq::detail::MatrixRM::Random(n, k);
+  const Eigen::MatrixXd h = x.cast<double>().transpose() * x.cast<double>();
+  svdq::detail::WeightQuantOptions opt;
+  opt.hessian = &h;
+  opt.gptq.enabled = true;
+  for (svdq::Format f : {svdq::Format::kInt4, svdq::Format::kNvfp4}) {
+    const float t = f == svdq::Format::kNvfp4 ? svdq::detail::nvfp4_tensor_scale(w) : 1.0f;
+    const auto q_rtn = svdq::detail::quantize_weight(w, f, t, {});
+    const auto q_gptq = svdq::detail::quantize_weight(w, f, t, opt);
+    ASSERT_TRUE(q_rtn.ok() && q_gptq.ok());
+    EXPECT_EQ(q_rtn->scales, q_gptq->scales);  // static groups: same scales, same layout
+    const auto e_rtn = (x * (w - svdq::detail::dequantize(*q_rtn, f, n, k)).transpose()).squaredNorm();
+    const auto e_gptq = (x * (w - svdq::detail::dequantize(*q_gptq, f, n, k)).transpose()).squaredNorm();
+    EXPECT_LT(e_gptq, 0.8 * e_rtn) << svdq::format_name(f);
+  }
+}
+
+TEST(Refinement, WhitenedSplitMinimisesOutputErrorPlainMinimisesFrobenius) {
+  const Layer l = make(192, 256, 512);
+  const auto st = stats_of(l, 512);
+  const MatrixView<const float> w(l.synth.weight.data(), l.n, l.k);
+  const auto plain = svdq::factorize_low_rank(w, &st, 16, false);
+  const auto white = svdq::factorize_low_rank(w, &st, 16, true);
+  ASSERT_TRUE(plain.ok() && white.ok());
+  using M = svdq::detail::MatrixRM;
+  const M wm = Eigen::Map<const M>(l.synth.weight.data(), l.n, l.k);
+  const M x = Eigen::Map<const M>(l.calib.data(), 512, l.k);
+  auto lr = [&](const svdq::LowRankFactors& f) {
+    return M(Eigen::Map<const M>(f.up.data(), l.n, 16) * Eigen::Map<const M>(f.down.data(), 16, l.k));
+  };
+  const double out_plain = (x * (wm - lr(*plain)).transpose()).squaredNorm();
+  const double out_white = (x * (wm - lr(*white)).transpose()).squaredNorm();
+  EXPECT_LT(out_white, out_plain);
+  EXPECT_LT((wm - lr(*plain)).squaredNorm(), (wm - lr(*white)).squaredNorm());
+}
+
+TEST(Refinement, ClipSearchNeverIncreasesGroupError) {
+  svdq::detail::MatrixRM w = svdq::detail::MatrixRM::Random(32, 256);
+  for (int i = 0; i < 32; ++i) w(i, (i * 37) % 256) *= 6.0f;  // a large value in some groups
+  svdq::detail::WeightQuantOptions clip;
+  clip.clip_search = true;
+  for (svdq::Format f : {svdq::Format::kInt4, svdq::Format::kNvfp4}) {
+    const float t = f == svdq::Format::kNvfp4 ? svdq::detail::nvfp4_tensor_scale(w) : 1.0f;
+    const auto a = svdq::detail::quantize_weight(w, f, t, {});
+    const auto b = svdq::detail::quantize_weight(w, f, t, clip);
+    ASSERT_TRUE(a.ok() && b.ok());
+    const auto da = svdq::detail::dequantize(*a, f, 32, 256), db = svdq::detail::dequantize(*b, f, 32, 256);
+    const int gs = svdq::group_size(f);
+    double ta = 0, tb = 0;
+    for (int i = 0; i < 32; ++i)
+      for (int g = 0; g < 256 / gs; ++g) {
+        const double ea = (w.row(i).segment(g * gs, gs) - da.row(i).segment(g * gs, gs)).squaredNorm();
+        const double eb = (w.row(i).segment(g * gs, gs) - db.row(i).segment(g * gs, gs)).squaredNorm();
+        EXPECT_LE(eb, ea * (1 + 1e-6)) << "row " << i << " group " << g;
+        ta += ea;
+        tb += eb;
+      }
+    EXPECT_LT(tb, ta) << svdq::format_name(f);
+  }
+}
+
+TEST(Refinement, StaticActivationTensorScaleFromCalibration) {
+  const Layer l = make();
+  const auto st = stats_of(l, 256);
+  auto cfg = base(svdq::Format::kNvfp4);
+  cfg.calibrate_act_tensor_scale = true;
+  const auto q = quantize(l, st, cfg);
+  ASSERT_TRUE(q.ok());
+  float amax = 0;
+  for (int64_t j = 0; j < l.k; ++j)
+    amax = std::max(amax, st.absmax()[j] / svdq::bits16_to_float(q->smooth[j], q->storage));
+  EXPECT_FLOAT_EQ(q->act_tensor_scale, amax / (6.0f * 448.0f));
+  // int4 has no activation tensor scale.
+  auto c4 = base();
+  c4.calibrate_act_tensor_scale = true;
+  EXPECT_EQ(quantize(l, st, c4)->act_tensor_scale, 1.0f);
+}
+
+TEST(Refinement, OptionsThatNeedRowsSayWhenThereAreNone) {
+  const Layer l = make();
+  svdq::CalibrationOptions o;
+  o.max_rows = 0;
+  svdq::ActivationStats st(l.k, o);
+  ASSERT_TRUE(st.observe(MatrixView<const float>(l.calib.data(), 64, l.k)).ok());
+  auto cfg = base();
+  cfg.gptq.enabled = true;
+  const auto q = quantize(l, st, cfg);
+  ASSERT_FALSE(q.ok());
+  EXPECT_NE(q.status().message().find("sampled rows"), std::string::npos) << q.status().message();
+}
+
+}  // namespace
