@@ -136,6 +136,38 @@ Status ActivationStats::merge(const ActivationStats& other) {
   return Status::Ok();
 }
 
+Result<ActivationStats> ActivationStats::restore(int64_t channels, int64_t rows_observed,
+                                                 std::vector<float> absmax,
+                                                 std::vector<float> samples,
+                                                 std::vector<double> gram,
+                                                 CalibrationOptions options) {
+  constexpr const char* kFn = "ActivationStats::restore";
+  if (channels <= 0)
+    return detail::error(StatusCode::kErrorShape, kFn, ": channels (", channels, ") must be > 0");
+  if (static_cast<int64_t>(absmax.size()) != channels)
+    return detail::error(StatusCode::kErrorShape, kFn, ": absmax has ", absmax.size(),
+                         " values, expected channels (", channels, ")");
+  const int64_t s = static_cast<int64_t>(samples.size()) / channels;
+  if (static_cast<int64_t>(samples.size()) != s * channels || s > std::max<int64_t>(options.max_rows, 0) ||
+      s > rows_observed)
+    return detail::error(StatusCode::kErrorShape, kFn, ": samples (", samples.size(),
+                         " values) must be S x channels with S <= options.max_rows (",
+                         options.max_rows, ") and S <= rows_observed (", rows_observed, ")");
+  if (!gram.empty() && static_cast<int64_t>(gram.size()) != channels * channels)
+    return detail::error(StatusCode::kErrorShape, kFn, ": gram has ", gram.size(),
+                         " values, expected channels^2 or none");
+  for (float a : absmax)
+    if (!(std::isfinite(a) && a >= 0.0f))
+      return detail::error(StatusCode::kErrorNonFinite, kFn, ": absmax values must be finite and >= 0");
+  options.accumulate_gram = !gram.empty();
+  ActivationStats st(channels, options);
+  st.rows_ = rows_observed;
+  st.absmax_ = std::move(absmax);
+  st.samples_ = std::move(samples);
+  st.gram_ = std::move(gram);
+  return st;
+}
+
 void ActivationStats::reset() {
   std::fill(absmax_.begin(), absmax_.end(), 0.0f);
   std::fill(gram_.begin(), gram_.end(), 0.0);

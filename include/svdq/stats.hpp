@@ -43,6 +43,12 @@ class ActivationStats {
   Status merge(const ActivationStats& other);
   /// Forgets every observation (keeps K).
   void reset();
+  /// Rebuilds statistics saved earlier (svdq/calibration.hpp): absmax (K), samples (S x K
+  /// row-major, S <= options.max_rows), gram (K x K or empty), rows_observed >= S. Further
+  /// observe() calls continue the stream (the reservoir restarts its draws from options.seed).
+  static Result<ActivationStats> restore(int64_t channels, int64_t rows_observed,
+                                         std::vector<float> absmax, std::vector<float> samples,
+                                         std::vector<double> gram, CalibrationOptions options);
 
   int64_t channels() const noexcept { return channels_; }
   int64_t rows_observed() const noexcept { return rows_; }

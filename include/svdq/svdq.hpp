@@ -1,6 +1,8 @@
 // svdq/svdq.hpp — everything public in one include.
 #pragma once
 
+#include "svdq/calibration.hpp"
+#include "svdq/checkpoint.hpp"
 #include "svdq/formats.hpp"
 #include "svdq/linear.hpp"
 #include "svdq/metrics.hpp"
