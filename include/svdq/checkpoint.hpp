@@ -186,8 +186,7 @@ class SafetensorsWriter {
 /// must be non-empty; an int4 layer must have wtscale = act_tensor_scale = 1 (int4 stores none);
 /// info.alpha, info.beta, info.weight_norm, info.residual_norm and info.seconds must be finite.
 /// Does not set "svdq.version" (save_quantized does).
-Status add_quantized(SafetensorsWriter& writer, const std::string& layer,
-                     const QuantizedLinear& q);
+Status add_quantized(SafetensorsWriter& writer, const std::string& layer, const QuantizedLinear& q);
 
 /// Writes the layers (name, layer; no null pointers, no repeated names) to one file, with
 /// "svdq.version" and the extra metadata (svdq's own "svdq.*" keys win over extra ones).
