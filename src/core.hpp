@@ -19,6 +19,9 @@ using MatrixRMd = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::R
 /// Copies any view into a row-major float matrix.
 MatrixRM to_eigen(ConstMatrixRef v);
 
+/// A double rounded once (to nearest even) to a 16-bit storage dtype's bits.
+uint16_t double_to_bits16(double v, DType storage);
+
 /// Smoothing factors s_j = amax_x[j]^alpha / amax_w[j]^beta, computed in double, rounded to the
 /// 16-bit `storage` dtype; zero, subnormal-to-zero or non-finite results become 1. Returns the
 /// 16-bit bits. amax_x may be null when alpha == 0.

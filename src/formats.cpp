@@ -190,6 +190,9 @@ Status quantize_activations(Format format, ConstMatrixRef x, const float* inv_sm
                             float tensor_scale, QuantizedActivations* out) {
   constexpr const char* kFn = "quantize_activations";
   if (out == nullptr) return detail::error(StatusCode::kErrorNullPointer, kFn, ": out is null");
+  if (format != Format::kInt4 && format != Format::kNvfp4)
+    return detail::error(StatusCode::kErrorInvalidArgument, kFn, ": format (",
+                         static_cast<int>(format), ") is not int4 or nvfp4");
   SVDQ_RETURN_IF_ERROR(detail::check_matrix(kFn, "x", x));
   const int gs = group_size(format);
   if (x.cols % gs != 0)

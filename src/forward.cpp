@@ -45,8 +45,16 @@ Status check_forward_args(const QuantizedLinear& layer, ConstMatrixRef x, Matrix
     return detail::error(StatusCode::kErrorShape, kFn, ": y must be ", x.rows, " x ",
                          layer.out_features, " (x.rows x out_features), got ", y.rows, " x ",
                          y.cols);
-  if (x.rows > 0 && y.data == x.data)
-    return detail::error(StatusCode::kErrorInvalidArgument, kFn, ": y must not alias x");
+  if (x.rows > 0 && x.cols > 0 && y.cols > 0) {  // byte ranges [first, last] must not overlap
+    const auto span = [](const void* p, int64_t rows, int64_t cols, int64_t ld, DType t) {
+      const auto b = reinterpret_cast<uintptr_t>(p);
+      return std::pair<uintptr_t, uintptr_t>(b, b + static_cast<uintptr_t>(((rows - 1) * ld + cols) * static_cast<int64_t>(dtype_size(t))) - 1);
+    };
+    const auto [x0, x1] = span(x.data, x.rows, x.cols, x.ld, x.dtype);
+    const auto [y0, y1] = span(y.data, y.rows, y.cols, y.ld, y.dtype);
+    if (x0 <= y1 && y0 <= x1)
+      return detail::error(StatusCode::kErrorInvalidArgument, kFn, ": y must not alias (overlap) x");
+  }
   return Status::Ok();
 }
 

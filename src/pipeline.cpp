@@ -65,9 +65,11 @@ Status check_config(const QuantConfig& c, int64_t n, int64_t k) {
   if (k % gs != 0)
     return error(StatusCode::kErrorShape, kFn, ": W.cols (", k, ") must be a multiple of the ",
                  format_name(c.format), " group size ", gs);
-  if (c.rank < 0 || c.rank > std::min(n, k))
+  if (c.rank < 0)
+    return error(StatusCode::kErrorInvalidArgument, kFn, ": config.rank (", c.rank, ") must be >= 0");
+  if (c.rank > std::min(n, k))
     return error(StatusCode::kErrorShape, kFn, ": config.rank (", c.rank,
-                 ") must be in [0, min(N, K) = ", std::min(n, k), "]");
+                 ") must be <= min(N, K) = ", std::min(n, k));
   if (!(c.alpha >= 0.0f && c.alpha <= 1.0f) || !(c.beta >= 0.0f && c.beta <= 1.0f))
     return error(StatusCode::kErrorInvalidArgument, kFn, ": config.alpha (", c.alpha,
                  ") and config.beta (", c.beta, ") must be in [0, 1]");
@@ -148,14 +150,14 @@ void set_smoothing(const Problem& p, float alpha, float beta, Candidate* c) {
 // ||(T_raw - L_raw) C||_F with T_raw = target diag(1/s) and C C^T = X^T X + damping, i.e.
 // L_raw = SVD_r(T_raw C) C^-1; smoothing cancels (chol(D G D) = D chol(G)), so one factor serves
 // every candidate.
-void set_branch(const Problem& p, const MatrixRM& target, Candidate* c) {
+Status set_branch(const Problem& p, const MatrixRM& target, Candidate* c) {
   const int r = p.cfg.rank;
   const DType st = p.cfg.storage;
   if (r == 0) {
     c->lora_up.clear();
     c->lora_down.clear();
     c->residual = c->w_hat;
-    return;
+    return Status::Ok();
   }
   MatrixRM up, down_raw;  // (N, r), (r, K): branch = x down_raw^T up^T on the raw x
   if (p.cfg.whiten_lowrank) {
@@ -187,8 +189,13 @@ void set_branch(const Problem& p, const MatrixRM& target, Candidate* c) {
       c->lora_down[kk * r + j] = b;
       down_eff(j, kk) = bits16_to_float(b, st) * c->s[kk];
     }
+  if (!up_q.allFinite() || !down_eff.allFinite())
+    return error(StatusCode::kErrorInvalidArgument, "quantize_linear: the low-rank branch (",
+                 up_q.allFinite() ? "lora_down" : "lora_up", ") overflows config.storage (",
+                 dtype_name(st), "); use bf16 storage or scale the weights");
   c->residual = c->w_hat;
   c->residual.noalias() -= up_q * down_eff;
+  return Status::Ok();
 }
 
 struct ResidualOptions {
@@ -345,6 +352,10 @@ Result<QuantizedLinear> quantize_linear(ConstMatrixRef W, ConstMatrixRef bias,
                    n, "), got ", bias.rows, " x ", bias.cols);
     b = detail::to_eigen(bias).reshaped<Eigen::RowMajor>(1, n);
     SVDQ_RETURN_IF_ERROR(check_finite("bias", b));
+    for (int64_t i = 0; i < n; ++i)
+      if (!std::isfinite(bits16_to_float(float_to_bits16(b(0, i), config.storage), config.storage)))
+        return error(StatusCode::kErrorInvalidArgument, kFn, ": bias(", i, ") = ", b(0, i),
+                     " overflows config.storage (", dtype_name(config.storage), ")");
   }
   const bool search = config.smooth_search.enabled;
   const bool uses_stats_absmax = config.alpha != 0.0f || search ||
@@ -378,7 +389,7 @@ Result<QuantizedLinear> quantize_linear(ConstMatrixRef W, ConstMatrixRef bias,
   for (size_t i = 0; i < cands.size(); ++i) {
     Candidate c;
     set_smoothing(p, cands[i].first, cands[i].second, &c);
-    set_branch(p, c.w_hat, &c);
+    SVDQ_RETURN_IF_ERROR(set_branch(p, c.w_hat, &c));
     if (search || config.refine_iterations > 0 || config.gptq.enabled) {
       Result<double> sc = score_rtn(p, c);
       if (!sc.ok()) return sc.status();
@@ -408,7 +419,7 @@ Result<QuantizedLinear> quantize_linear(ConstMatrixRef W, ConstMatrixRef bias,
       c.s = best.s;
       c.t_act = best.t_act;
       c.w_hat = best.w_hat;
-      set_branch(p, target, &c);
+      SVDQ_RETURN_IF_ERROR(set_branch(p, target, &c));
       Result<double> sc = score_rtn(p, c);
       if (!sc.ok()) return sc.status();
       if (config.progress)

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <bit>
 #include <cstring>
 
 #include "check.hpp"
@@ -24,6 +25,20 @@ std::vector<float> column_absmax(const MatrixRM& w) {
   return amax;
 }
 
+uint16_t double_to_bits16(double v, DType storage) {
+  // Round to float with round-to-odd (sticky last bit), then to nearest even in 16 bits: with
+  // float's 13+ extra bits this is the correctly rounded double -> 16-bit conversion.
+  float f = static_cast<float>(v);
+  if (std::isfinite(f) && static_cast<double>(f) != v) {
+    uint32_t u = std::bit_cast<uint32_t>(f);
+    if ((u & 1u) == 0) {
+      const float toward = std::nextafter(f, static_cast<float>(v > static_cast<double>(f) ? INFINITY : -INFINITY));
+      f = std::isfinite(toward) ? toward : f;
+    }
+  }
+  return float_to_bits16(f, storage);
+}
+
 std::vector<uint16_t> smoothing_factors(const float* amax_x, const float* amax_w, int64_t k,
                                         float alpha, float beta, DType storage) {
   const uint16_t one = float_to_bits16(1.0f, storage);
@@ -32,7 +47,7 @@ std::vector<uint16_t> smoothing_factors(const float* amax_x, const float* amax_w
   for (int64_t j = 0; j < k; ++j) {
     const double num = alpha == 0.0f ? 1.0 : std::pow(static_cast<double>(amax_x[j]), alpha);
     const double den = beta == 0.0f ? 1.0 : std::pow(static_cast<double>(amax_w[j]), beta);
-    const uint16_t bits = float_to_bits16(static_cast<float>(num / den), storage);
+    const uint16_t bits = double_to_bits16(num / den, storage);
     const float stored = bits16_to_float(bits, storage);
     s[j] = (std::isfinite(stored) && stored > 0.0f) ? bits : one;
   }

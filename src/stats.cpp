@@ -39,25 +39,25 @@ Status ActivationStats::observe(ConstMatrixRef rows) {
   SVDQ_RETURN_IF_ERROR(detail::check_matrix(kFn, "rows", rows));
   if (rows.cols == 0)
     return detail::error(StatusCode::kErrorShape, kFn, ": rows.cols must be > 0");
-  if (channels_ == 0) {
-    channels_ = rows.cols;
-    absmax_.assign(static_cast<size_t>(channels_), 0.0f);
-    if (options_.accumulate_gram) gram_.assign(static_cast<size_t>(channels_ * channels_), 0.0);
-    rng_state_ = options_.seed;
-  }
-  if (rows.cols != channels_)
+  if (channels_ != 0 && rows.cols != channels_)
     return detail::error(StatusCode::kErrorShape, kFn, ": rows.cols (", rows.cols,
                          ") must equal the channel count (", channels_, ")");
-  std::vector<float> next = absmax_;
-  std::vector<float> row(static_cast<size_t>(channels_));
+  // Validate and fold into a copy first: a rejected call leaves the object as it was.
+  std::vector<float> next = channels_ != 0 ? absmax_ : std::vector<float>(static_cast<size_t>(rows.cols), 0.0f);
+  std::vector<float> row(static_cast<size_t>(rows.cols));
   for (int64_t i = 0; i < rows.rows; ++i) {
     detail::load_row(rows, i, row.data());
-    for (int64_t j = 0; j < channels_; ++j) {
+    for (int64_t j = 0; j < rows.cols; ++j) {
       if (!std::isfinite(row[j]))
         return detail::error(StatusCode::kErrorNonFinite, kFn, ": rows(", i, ", ", j, ") is ",
                              row[j], "; calibration rows must be finite");
       next[j] = std::max(next[j], std::fabs(row[j]));
     }
+  }
+  if (channels_ == 0) {
+    channels_ = rows.cols;
+    if (options_.accumulate_gram) gram_.assign(static_cast<size_t>(channels_ * channels_), 0.0);
+    rng_state_ = options_.seed;
   }
   absmax_.swap(next);
 
