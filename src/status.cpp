@@ -15,6 +15,7 @@ const char* status_code_name(StatusCode code) noexcept {
     case StatusCode::kErrorArchMismatch: return "architecture mismatch";
     case StatusCode::kErrorWorkspace: return "workspace";
     case StatusCode::kErrorIo: return "i/o";
+    case StatusCode::kErrorCuda: return "cuda";
     case StatusCode::kErrorInternal: return "internal error";
   }
   return "unknown status code";

@@ -23,6 +23,7 @@ enum class StatusCode : int {
   kErrorArchMismatch,     ///< the GPU's architecture has no kernel for this request
   kErrorWorkspace,        ///< workspace null, misaligned or too small
   kErrorIo,               ///< a file could not be read or written
+  kErrorCuda,             ///< the CUDA runtime reported an error (the message has its name)
   kErrorInternal,         ///< an invariant of svdq itself failed (a bug: please report)
 };
 

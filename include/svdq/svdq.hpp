@@ -4,6 +4,7 @@
 #include "svdq/calibration.hpp"
 #include "svdq/checkpoint.hpp"
 #include "svdq/formats.hpp"
+#include "svdq/gpu.hpp"
 #include "svdq/linear.hpp"
 #include "svdq/metrics.hpp"
 #include "svdq/stats.hpp"

@@ -1,0 +1,143 @@
+// cuda/codecs.cuh — the 4-bit codecs and the per-group activation contract, as __host__ __device__
+// code: the kernels use it on the GPU, and tests/test_device_codecs.cpp compiles the very same
+// text with g++ and checks it against the CPU reference (svdq::quantize_activations) on every
+// code, tie and special group — the part of the GPU's byte-equality that can be proven without
+// a GPU. Pure IEEE fp32 arithmetic, no intrinsics that differ between host and device.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__CUDACC__)
+#define SVDQ_HD __host__ __device__ __forceinline__
+#else
+#define SVDQ_HD inline
+#endif
+
+namespace svdq::cuda {
+
+SVDQ_HD uint32_t float_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+#endif
+}
+
+SVDQ_HD bool is_finite(float x) { return (float_bits(x) & 0x7f800000u) != 0x7f800000u; }
+
+/// E2M1 round-to-nearest-even, saturating; NaN -> 0x7 (as cvt.rn.satfinite.e2m1x2.f32).
+SVDQ_HD uint8_t encode_e2m1(float x) {
+  const uint32_t u = float_bits(x);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7;
+  const uint8_t sign = (u >> 31) ? 0x8 : 0x0;
+  const float a = fabsf(x);
+  uint8_t mag;
+  if (a <= 0.25f) mag = 0;
+  else if (a < 0.75f) mag = 1;
+  else if (a <= 1.25f) mag = 2;
+  else if (a < 1.75f) mag = 3;
+  else if (a <= 2.5f) mag = 4;
+  else if (a < 3.5f) mag = 5;
+  else if (a <= 5.0f) mag = 6;
+  else mag = 7;
+  return static_cast<uint8_t>(sign | mag);
+}
+
+/// 2 x the E2M1 value of a code, as an integer in [-12, 12] (exact: E2M1 values are halves).
+SVDQ_HD int e2m1_twice(uint8_t code) {
+  const int mag[8] = {0, 1, 2, 3, 4, 6, 8, 12};
+  const int m = mag[code & 0x7];
+  return (code & 0x8) ? -m : m;
+}
+
+/// E4M3 (fn) round-to-nearest-even, satfinite (|x| >= 448 and Inf -> +-448), NaN -> 0x7F.
+SVDQ_HD uint8_t encode_e4m3(float x) {
+  const uint32_t u = float_bits(x);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7F;
+  const uint8_t sign = static_cast<uint8_t>((u >> 24) & 0x80u);
+  const float a = fabsf(x);
+  if (a >= 448.0f) return static_cast<uint8_t>(sign | 0x7E);
+  if (a < 0.015625f) return static_cast<uint8_t>(sign | static_cast<uint8_t>(rintf(a * 512.0f)));
+  const int e = static_cast<int>((u >> 23) & 0xFFu) - 127 + 7;
+  uint32_t mant = (u & 0x7FFFFFu) >> 20;
+  const uint32_t rest = u & 0xFFFFFu;
+  int ee = e;
+  if (rest > 0x80000u || (rest == 0x80000u && (mant & 1u))) {
+    if (++mant == 8) {
+      mant = 0;
+      ++ee;
+    }
+  }
+  uint32_t code = (static_cast<uint32_t>(ee) << 3) | mant;
+  if (code > 0x7Eu) code = 0x7Eu;
+  return static_cast<uint8_t>(sign | code);
+}
+
+/// Exact value of an E4M3 byte (NaN for 0x7F / 0xFF).
+SVDQ_HD float decode_e4m3(uint8_t code) {
+  const int exp = (code >> 3) & 0xF, mant = code & 0x7;
+  float mag;
+  if (exp == 0xF && mant == 0x7) mag = NAN;
+  else if (exp == 0) mag = static_cast<float>(mant) * 0.001953125f;  // 2^-9
+  else mag = ldexpf(static_cast<float>(8 + mant), exp - 10);
+  return (code & 0x80) ? -mag : mag;
+}
+
+/// INT4: clamp(rint(x), -7, 7) as a two's complement nibble; NaN -> 0.
+SVDQ_HD uint8_t encode_int4(float x) {
+  if (x != x) return 0;
+  float r = rintf(x);
+  r = r < -7.0f ? -7.0f : (r > 7.0f ? 7.0f : r);
+  return static_cast<uint8_t>(static_cast<int>(r) & 0xF);
+}
+
+/// Sign-extended value of an int4 nibble.
+SVDQ_HD int int4_value(uint8_t code) {
+  const int v = code & 0xF;
+  return v >= 8 ? v - 16 : v;
+}
+
+/// The contract for one group of `gs` smoothed values xh (DESIGN §2, svdq/formats.hpp):
+/// writes gs unpacked codes and the scale bytes (int4: 4, fp32 LE; nvfp4: 1, E4M3). `a` and the
+/// finiteness flag are passed in, so a kernel can reduce them across threads first.
+/// kind 0 = int4, 1 = nvfp4.
+SVDQ_HD void quantize_group(int kind, const float* xh, int gs, float a, bool finite, float t_act,
+                            uint8_t* codes, uint8_t* scale_bytes) {
+  for (int i = 0; i < gs; ++i) codes[i] = 0;
+  if (kind == 0) {
+    float scale;
+    if (!finite) {
+      const uint32_t qnan = 0x7FC00000u;
+      memcpy(scale_bytes, &qnan, 4);
+      return;
+    }
+    const float inv = 7.0f / a;
+    if (a == 0.0f || !is_finite(inv)) {
+      scale = 0.0f;
+    } else {
+      scale = a / 7.0f;
+      for (int i = 0; i < gs; ++i) codes[i] = encode_int4(xh[i] * inv);
+    }
+    memcpy(scale_bytes, &scale, 4);
+    return;
+  }
+  if (!finite) {
+    scale_bytes[0] = 0x7F;
+    return;
+  }
+  const uint8_t sb = encode_e4m3(a / 6.0f / t_act);
+  const float d = decode_e4m3(sb) * t_act;
+  const float inv = 1.0f / d;
+  if (a == 0.0f || d == 0.0f || !is_finite(inv)) {
+    scale_bytes[0] = 0;
+    return;
+  }
+  scale_bytes[0] = sb;
+  for (int i = 0; i < gs; ++i) codes[i] = encode_e2m1(xh[i] * inv);
+}
+
+}  // namespace svdq::cuda

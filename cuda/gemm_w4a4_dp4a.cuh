@@ -1,0 +1,143 @@
+// cuda/gemm_w4a4_dp4a.cuh — kernel 2: the W4A4 GEMM with the low-rank up-projection and bias in
+// the epilogue, on integer dot products (dp4a, every GPU from sm_61; used here for sm_80+).
+//
+// Tile (BLK_M, BLK_N) = (64, 64) per CTA, 256 threads, each thread a 4x4 sub-tile at rows
+// ty + 16 i and columns tx + 16 j. For each group g, in order: the CTA unpacks the group's codes
+// of its 64 rows of x and 64 rows of W into int8 in shared memory — int4 nibbles sign-extended,
+// E2M1 codes as twice their value (an integer in [-12, 12]) — and each thread forms
+//   P_g = sum dp4a(...)        exact int32 (|P| <= 64*49 int4; 4 * 576 for nvfp4)
+//   acc = fmaf(float(P_g), sx * sw, acc)         (nvfp4: float(P_g) = p / 4, exact)
+// which is the contract's accumulation, operation for operation: with rank 0 the output equals
+// the CPU reference bit for bit. The epilogue adds lora[m, :] . lora_up[n, :] (fp32, in r order)
+// and the bias, and rounds once to the activation dtype.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "codecs.cuh"
+
+namespace svdq::cuda {
+
+constexpr int kGemmThreads = 256;
+constexpr int kBlkM = 64, kBlkN = 64;
+
+struct GemmParams {
+  int64_t m, n, k;
+  const uint8_t* a_codes;   // (M, K/2) activation codes
+  const uint8_t* a_scales;  // (M, G) fp32 (int4) or E4M3 (nvfp4)
+  const uint8_t* w_codes;   // (N, K/2) weight codes, canonical layout
+  const float* w_scales;    // (N, G) decoded weight group scales (exact)
+  float t_prod;             // nvfp4: t_act * t_w, rounded once in fp32 (as the CPU)
+  const float* lora;        // (M, r)
+  const float* up;          // (N, r)
+  int rank;
+  const float* bias;        // (N) or null
+  void* y;                  // (M, N) output, T
+};
+
+__device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
+__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+
+// Unpacks one 32-bit word of 8 packed codes into two words of 4 int8 each.
+template <int kKind>
+__device__ __forceinline__ void unpack8(uint32_t w, int32_t* lo, int32_t* hi) {
+  uint32_t out[2] = {0, 0};
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const uint8_t code = (w >> (4 * i)) & 0xF;
+    const int v = kKind == 0 ? int4_value(code) : e2m1_twice(code);
+    out[i / 4] |= (static_cast<uint32_t>(v) & 0xFFu) << (8 * (i % 4));
+  }
+  *lo = static_cast<int32_t>(out[0]);
+  *hi = static_cast<int32_t>(out[1]);
+}
+
+template <typename T, int kKind>
+__global__ void __launch_bounds__(kGemmThreads) gemm_w4a4_dp4a_kernel(GemmParams p) {
+  constexpr int kGroup = kKind == 0 ? 64 : 16;
+  constexpr int kWords = kGroup / 4;         // int8x4 words per row per group: 16 or 4
+  constexpr int kPackedWords = kGroup / 8;   // packed 32-bit words per row per group: 8 or 2
+  __shared__ int32_t a_s[kBlkM][kWords + 1];  // (BLK_M, group/4), +1 against bank conflicts
+  __shared__ int32_t w_s[kBlkN][kWords + 1];  // (BLK_N, group/4)
+  __shared__ float sx_s[kBlkM], sw_s[kBlkN];
+
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kBlkM;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kBlkN;
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  const int64_t groups = p.k / kGroup;
+  const int64_t row_bytes = p.k / 2;
+
+  float acc[4][4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+
+  for (int64_t g = 0; g < groups; ++g) {
+    // Stage the group: (64 rows x kPackedWords) packed words of x and of W; rows past M or N
+    // are zero (their results are never stored).
+    for (int idx = threadIdx.x; idx < kBlkM * kPackedWords; idx += kGemmThreads) {
+      const int r = idx / kPackedWords, wd = idx % kPackedWords;
+      uint32_t wa = 0, ww = 0;
+      if (m0 + r < p.m)
+        wa = *reinterpret_cast<const uint32_t*>(p.a_codes + (m0 + r) * row_bytes + g * (kGroup / 2) + wd * 4);
+      if (n0 + r < p.n)
+        ww = *reinterpret_cast<const uint32_t*>(p.w_codes + (n0 + r) * row_bytes + g * (kGroup / 2) + wd * 4);
+      unpack8<kKind>(wa, &a_s[r][2 * wd], &a_s[r][2 * wd + 1]);
+      unpack8<kKind>(ww, &w_s[r][2 * wd], &w_s[r][2 * wd + 1]);
+    }
+    if (threadIdx.x < kBlkM) {
+      const int64_t mm = m0 + threadIdx.x;
+      float s = 0.0f;
+      if (mm < p.m) {
+        if (kKind == 0) {
+          s = *reinterpret_cast<const float*>(p.a_scales + (mm * groups + g) * 4);
+        } else {
+          s = decode_e4m3(p.a_scales[mm * groups + g]);
+        }
+      }
+      sx_s[threadIdx.x] = s;
+    } else if (threadIdx.x < kBlkM + kBlkN) {
+      const int64_t nn = n0 + (threadIdx.x - kBlkM);
+      sw_s[threadIdx.x - kBlkM] = nn < p.n ? p.w_scales[nn * groups + g] : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int r = ty + 16 * i;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int c = tx + 16 * j;
+        int32_t dot = 0;
+#pragma unroll
+        for (int w = 0; w < kWords; ++w) dot = __dp4a(a_s[r][w], w_s[c][w], dot);
+        const float pg = kKind == 0 ? static_cast<float>(dot) : static_cast<float>(dot) * 0.25f;
+        acc[i][j] = fmaf(pg, __fmul_rn(sx_s[r], sw_s[c]), acc[i][j]);
+      }
+    }
+    __syncthreads();
+  }
+
+  // Epilogue: (nvfp4) tensor scales, low-rank up, bias, one rounding to T.
+  T* y = static_cast<T*>(p.y);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int64_t mm = m0 + ty + 16 * i;
+    if (mm >= p.m) continue;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t nn = n0 + tx + 16 * j;
+      if (nn >= p.n) continue;
+      float v = kKind == 1 ? __fmul_rn(acc[i][j], p.t_prod) : acc[i][j];
+      float branch = 0.0f;
+      for (int q = 0; q < p.rank; ++q)
+        branch = fmaf(p.lora[mm * p.rank + q], p.up[nn * p.rank + q], branch);
+      v = __fadd_rn(v, branch);
+      if (p.bias != nullptr) v = __fadd_rn(v, p.bias[nn]);
+      store(y + mm * p.n + nn, v);
+    }
+  }
+}
+
+}  // namespace svdq::cuda

@@ -1,0 +1,77 @@
+// svdq/gpu.hpp — the GPU W4A4 linear layer. Plain C++: no CUDA headers; a stream is passed as an
+// opaque pointer (a cudaStream_t; nullptr is the legacy default stream).
+//
+// CUTLASS's call sequence:
+//   auto layer = GpuLinear::create(q, DType::kBF16);        // uploads and repacks once
+//   layer->can_implement(M);                                 // Status
+//   size_t bytes = layer->workspace_size(max_M);             // caller allocates once
+//   layer->forward(d_x, d_y, M, d_workspace, bytes, stream); // no allocation, no sync, no read-back
+//
+// forward() runs two fused kernels: (1) quantize + low-rank down: each activation is read once;
+// the 4-bit codes and scales (byte-equal to svdq::quantize_activations) and x·lora_down (fp32)
+// are written to the workspace; (2) the 4-bit GEMM with the contract's group-ordered fp32
+// accumulation, + lora·lora_upᵀ + bias in the epilogue, y in the activation dtype. Deterministic
+// (no atomics): the same inputs give the same bits. Thread-safe: concurrent forward() calls on
+// different streams with different workspaces. Capturable in a CUDA graph.
+//
+// Kernel paths (docs/gpu.md): this version computes the group sums P_g exactly with integer
+// dot products (dp4a) on every architecture from sm_80; the tensor-core paths of DESIGN §3
+// (mma.sync s4 on sm_80-89, FP8 on sm_90, bf16 for nvfp4) are the next step and are not here yet.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "svdq/linear.hpp"
+#include "svdq/status.hpp"
+#include "svdq/types.hpp"
+
+namespace svdq {
+
+/// True when this build has the CUDA kernels (SVDQ_ENABLE_CUDA) — says nothing about a device.
+bool gpu_compiled() noexcept;
+/// Number of visible CUDA devices (0 without a driver, a device or CUDA in the build).
+int gpu_device_count() noexcept;
+
+/// A QuantizedLinear resident on one GPU, for activations of one 16-bit dtype.
+class GpuLinear {
+ public:
+  /// Uploads `q` to the current device (or `device` >= 0) and repacks it for the kernels.
+  /// act_dtype: kF16 or kBF16 (x and y). Errors: not a CUDA build (kErrorNotSupported), no device,
+  /// an architecture below sm_80 (kErrorArchMismatch), an invalid layer, out of memory.
+  static Result<GpuLinear> create(const QuantizedLinear& q, DType act_dtype, int device = -1);
+
+  GpuLinear(GpuLinear&&) noexcept;
+  GpuLinear& operator=(GpuLinear&&) noexcept;
+  GpuLinear(const GpuLinear&) = delete;
+  GpuLinear& operator=(const GpuLinear&) = delete;
+  ~GpuLinear();
+
+  /// Whether forward() can run M rows of `dtype` here: M >= 1, dtype equal to the layer's.
+  Status can_implement(int64_t m, DType dtype) const;
+  /// Workspace bytes forward() needs for up to max_m rows (256-byte aligned pieces).
+  size_t workspace_size(int64_t max_m) const noexcept;
+  /// y (M x N, row-major, act dtype) = the W4A4 layer applied to x (M x K, row-major, act dtype).
+  /// d_x, d_y, d_workspace: device pointers, 16-byte aligned; workspace_bytes >= workspace_size(M).
+  Status forward(const void* d_x, void* d_y, int64_t m, void* d_workspace, size_t workspace_bytes,
+                 void* stream) const;
+
+  /// The quantized activations of the last stage-1 output in `d_workspace` (for byte-equality
+  /// tests): copies codes (M x K/2) and scales (M x groups, 4 or 1 bytes each) to the host.
+  /// Synchronises the stream (test-only helper, not for the hot path).
+  Status read_activations(const void* d_workspace, int64_t m, void* stream,
+                          QuantizedActivations* out) const;
+
+  int64_t in_features() const noexcept;
+  int64_t out_features() const noexcept;
+  DType act_dtype() const noexcept;
+
+  struct Impl;
+
+ private:
+  explicit GpuLinear(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace svdq
