@@ -288,7 +288,7 @@ int cmd_bench(int64_t k, int64_t n, int64_t m, const std::string& fmt, int rank,
   const double med = times[times.size() / 2];
   const auto yv = svdq::MatrixView<const float>(y.data(), m, n);
   const auto rv = svdq::MatrixView<const double>(ref.data(), m, n);
-  std::printf("svdq bench (CPU reference; no GPU layer in this build): %s K=%lld N=%lld M=%lld rank %d\n",
+  std::printf("svdq bench (CPU reference; the GPU layer is not wired into bench yet): %s K=%lld N=%lld M=%lld rank %d\n",
               fmt.c_str(), static_cast<long long>(k), static_cast<long long>(n),
               static_cast<long long>(m), rank);
   std::printf("  quantize %.3f s | forward median %.4f s over %d run(s), %.2f GFLOP/s | rel. error %.5f, SQNR %.2f dB\n",
