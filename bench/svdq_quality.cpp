@@ -5,14 +5,17 @@
 //   svdq_quality [--shape KxN ...] [--calib M] [--eval M] [--rank R] [--format int4|nvfp4|both]
 //                [--csv FILE] [--methods a,b,...]
 //
-// Synthetic layers (svdq::synth) by default. The real-model part (tools/dump_model.py) is added
-// with --model DUMP.safetensors when that reader is available.
+// Synthetic layers (svdq::synth) by default; --model DUMP.safetensors (tools/minilm.py dump) adds
+// every linear layer of a real model (its .weight, .bias, .calib rows for calibration and .inputs
+// rows, held out, for evaluation), and --save-dir writes each method's quantized model there for
+// the end-to-end evaluation (tools/minilm.py eval).
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <functional>
 #include <map>
+#include <tuple>
 #include <string>
 #include <vector>
 
@@ -40,8 +43,12 @@ std::vector<Method> all_methods() {
       {"+clip", [](QuantConfig c) { c.clip_search = true; return c; }},
       {"+t_act", [](QuantConfig c) { c.calibrate_act_tensor_scale = true; return c; }},
       {"svdq-plus", [](QuantConfig c) { return svdq::svdq_plus_config(c); }},
+      {"plus+gptq", [](QuantConfig c) { c = svdq::svdq_plus_config(c); c.gptq.enabled = true; return c; }},
   };
 }
+
+// Quantized layers per (format, method), for --save-dir.
+using Saved = std::map<std::string, std::vector<std::pair<std::string, svdq::QuantizedLinear>>>;
 
 struct Result {
   std::string layer, format, method;
@@ -54,7 +61,7 @@ struct Result {
 bool run_layer(const std::string& name, const std::vector<float>& w, const std::vector<float>& bias,
                int64_t n, int64_t k, const std::vector<float>& calib, int64_t m_calib,
                const std::vector<float>& eval, int64_t m_eval, svdq::Format format, int rank,
-               const std::vector<Method>& methods, std::vector<Result>* out) {
+               const std::vector<Method>& methods, std::vector<Result>* out, Saved* saved) {
   using namespace svdq;
   CalibrationOptions copt;
   copt.max_rows = 512;
@@ -84,6 +91,8 @@ bool run_layer(const std::string& name, const std::vector<float>& w, const std::
     const MatrixView<float> yv(y.data(), m_eval, n);
     if (!reference_forward(*q, x, yv).ok()) return false;
     const double mse = mean_squared_error(yv, refv);
+    if (saved != nullptr)
+      (*saved)[std::string(format_name(format)) + "-" + m.name].emplace_back(name, *q);
     out->push_back({name, format_name(format), m.name,
                     mse * static_cast<double>(ref.size()) / ref2, sqnr_db(yv, refv), q->info.seconds,
                     q->info.alpha, q->info.beta, q->info.notes});
@@ -101,7 +110,8 @@ int main(int argc, char** argv) {
   std::vector<std::string> shapes = {"3072x3072", "3072x12288"};
   int64_t m_calib = 512, m_eval = 256;
   int rank = 32;
-  std::string format_arg = "both", csv, methods_arg;
+  std::string format_arg = "both", csv, methods_arg, model, save_dir;
+  bool no_synth = false;
   app.add_option("--shape", shapes, "synthetic layer shapes KxN")->capture_default_str();
   app.add_option("--calib", m_calib, "calibration rows")->capture_default_str();
   app.add_option("--eval", m_eval, "held-out evaluation rows")->capture_default_str();
@@ -110,6 +120,9 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"int4", "nvfp4", "both"}));
   app.add_option("--csv", csv, "write every result as CSV here");
   app.add_option("--methods", methods_arg, "comma-separated subset of methods (default: all)");
+  app.add_option("--model", model, "a real model's dump from tools/minilm.py (skipped if absent)");
+  app.add_option("--save-dir", save_dir, "write <format>-<method>.safetensors per method of --model");
+  app.add_flag("--no-synth", no_synth, "skip the synthetic layers");
   CLI11_PARSE(app, argc, argv);
 
   std::vector<Method> methods;
@@ -121,6 +134,7 @@ int main(int argc, char** argv) {
   if (format_arg != "int4") formats.push_back(svdq::Format::kNvfp4);
 
   std::vector<Result> results;
+  if (no_synth) shapes.clear();
   for (const std::string& s : shapes) {
     long long k = 0, n = 0;
     if (std::sscanf(s.c_str(), "%lldx%lld", &k, &n) != 2 || k <= 0 || n <= 0) {
@@ -136,28 +150,83 @@ int main(int argc, char** argv) {
     const auto eval = svdq::synth::make_activations(*layer, m_eval, 12);
     for (svdq::Format f : formats)
       if (!run_layer("synth-" + s, layer->weight, layer->bias, n, k, calib, m_calib, eval, m_eval,
-                     f, rank, methods, &results))
+                     f, rank, methods, &results, nullptr))
         return 1;
   }
 
-  // Summary: mean relative MSE per (format, method) over layers, and the reduction vs svdquant.
-  std::map<std::pair<std::string, std::string>, std::pair<double, int>> mean;
-  for (const Result& r : results) {
-    auto& acc = mean[{r.format, r.method}];
-    acc.first += r.rel_mse;
-    acc.second += 1;
-  }
-  std::printf("| format | method | mean rel. MSE | vs svdquant |\n|---|---|---|---|\n");
-  for (svdq::Format f : formats)
-    for (const Method& m : methods) {
-      auto it = mean.find({svdq::format_name(f), m.name});
-      if (it == mean.end()) continue;
-      const double v = it->second.first / it->second.second;
-      auto base = mean.find({svdq::format_name(f), "svdquant"});
-      const double b = base != mean.end() ? base->second.first / base->second.second : v;
-      std::printf("| %s | %s | %.4e | %+.1f%% |\n", svdq::format_name(f), m.name.c_str(), v,
-                  100.0 * (v / b - 1.0));
+  if (!model.empty()) {
+    auto file = svdq::SafetensorsFile::open(model);
+    if (!file.ok()) {
+      std::fprintf(stderr, "skipping the real model: %s\n(make the dump with: python3 tools/minilm.py dump %s)\n",
+                   file.status().to_string().c_str(), model.c_str());
+    } else {
+      Saved saved;
+      auto layers = file->metadata().find("layers");
+      std::vector<std::string> names;
+      if (layers != file->metadata().end()) {
+        std::string list = layers->second;
+        for (size_t pos = 0; pos <= list.size();) {
+          const size_t comma = std::min(list.find(',', pos), list.size());
+          if (comma > pos) names.push_back(list.substr(pos, comma - pos));
+          pos = comma + 1;
+        }
+      }
+      for (const std::string& name : names) {
+        auto w = file->read_float(name + ".weight");
+        auto b = file->read_float(name + ".bias");
+        auto xc = file->read_float(name + ".calib");
+        auto xe = file->read_float(name + ".inputs");
+        auto wi = file->info(name + ".weight");
+        auto ci = file->info(name + ".calib");
+        auto ei = file->info(name + ".inputs");
+        if (!w.ok() || !b.ok() || !xc.ok() || !xe.ok() || !wi.ok() || !ci.ok() || !ei.ok()) {
+          std::fprintf(stderr, "%s: missing .weight/.bias/.calib/.inputs in the dump\n", name.c_str());
+          return 1;
+        }
+        const int64_t n = wi->shape[0], k = wi->shape[1];
+        for (svdq::Format f : formats)
+          if (!run_layer(name, *w, *b, n, k, *xc, ci->shape[0], *xe, ei->shape[0], f, rank, methods,
+                         &results, save_dir.empty() ? nullptr : &saved))
+            return 1;
+      }
+      for (const auto& [key, list] : saved) {
+        std::vector<std::pair<std::string, const svdq::QuantizedLinear*>> ptrs;
+        for (const auto& [name, q] : list) ptrs.emplace_back(name, &q);
+        const std::string path = save_dir + "/" + key + ".safetensors";
+        if (svdq::Status st = svdq::save_quantized(path, ptrs); !st.ok()) {
+          std::fprintf(stderr, "%s: %s\n", path.c_str(), st.to_string().c_str());
+          return 1;
+        }
+      }
     }
+  }
+
+  // Summary: mean relative MSE per (format, method) over layers, and the reduction vs svdquant.
+  struct Acc {
+    double mse = 0, seconds = 0;
+    int count = 0;
+  };
+  std::map<std::tuple<std::string, std::string, std::string>, Acc> mean;
+  for (const Result& r : results) {
+    const std::string source = r.layer.rfind("synth-", 0) == 0 ? "synthetic" : "real";
+    auto& acc = mean[{source, r.format, r.method}];
+    acc.mse += r.rel_mse;
+    acc.seconds += r.seconds;
+    acc.count += 1;
+  }
+  std::printf("| layers | format | method | mean rel. MSE | vs svdquant | mean time s |\n|---|---|---|---|---|---|\n");
+  for (const char* source : {"synthetic", "real"})
+    for (svdq::Format f : formats)
+      for (const Method& m : methods) {
+        auto it = mean.find({source, svdq::format_name(f), m.name});
+        if (it == mean.end()) continue;
+        const double v = it->second.mse / it->second.count;
+        auto base = mean.find({source, svdq::format_name(f), "svdquant"});
+        const double b = base != mean.end() ? base->second.mse / base->second.count : v;
+        std::printf("| %s (%d) | %s | %s | %.4e | %+.1f%% | %.2f |\n", source, it->second.count,
+                    svdq::format_name(f), m.name.c_str(), v, 100.0 * (v / b - 1.0),
+                    it->second.seconds / it->second.count);
+      }
   if (!csv.empty()) {
     std::ofstream os(csv);
     os << "layer,format,method,rel_mse,sqnr_db,seconds,alpha,beta,notes\n";
