@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <fstream>
 #include <functional>
+#include <array>
 #include <map>
 #include <tuple>
 #include <string>
@@ -103,6 +104,41 @@ bool run_layer(const std::string& name, const std::vector<float>& w, const std::
   return true;
 }
 
+// Pure low-rank compression (no 4-bit residual) at a parameter budget: rank r with
+// r (N + K) = fraction * N * K; plain SVD vs the activation-aware split, output MSE on held-out rows.
+void lowrank_only(const std::string& name, const std::vector<float>& w, int64_t n, int64_t k,
+                  const std::vector<float>& calib, int64_t m_calib, const std::vector<float>& eval,
+                  int64_t m_eval, double fraction, std::vector<std::array<double, 2>>* out) {
+  using namespace svdq;
+  const int r = std::max(1, static_cast<int>(fraction * static_cast<double>(n * k) / static_cast<double>(n + k)));
+  ActivationStats stats(k);
+  if (!stats.observe(MatrixView<const float>(calib.data(), m_calib, k)).ok()) return;
+  const MatrixView<const float> wv(w.data(), n, k), x(eval.data(), m_eval, k);
+  std::vector<double> ref;
+  if (!dense_forward(x, wv, ConstMatrixRef(), &ref).ok()) return;
+  std::array<double, 2> errs{};
+  for (int white = 0; white < 2; ++white) {
+    auto f = factorize_low_rank(wv, &stats, r, white == 1);
+    if (!f.ok()) return;
+    std::vector<float> wl(static_cast<size_t>(n * k), 0.0f);  // up * down
+    for (int64_t i = 0; i < n; ++i)
+      for (int c = 0; c < r; ++c) {
+        const float u = f->up[i * r + c];
+        for (int64_t j = 0; j < k; ++j) wl[i * k + j] += u * f->down[c * k + j];
+      }
+    std::vector<double> y;
+    if (!dense_forward(x, MatrixView<const float>(wl.data(), n, k), ConstMatrixRef(), &y).ok()) return;
+    errs[white] = mean_squared_error(MatrixView<const double>(y.data(), m_eval, n),
+                                     MatrixView<const double>(ref.data(), m_eval, n));
+    double ref2 = 0;
+    for (double v : ref) ref2 += v * v;
+    errs[white] *= static_cast<double>(ref.size()) / ref2;
+  }
+  std::fprintf(stderr, "  %-40s low-rank only r=%-4d plain %.4e  activation-aware %.4e\n", name.c_str(), r,
+               errs[0], errs[1]);
+  out->push_back(errs);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -112,6 +148,7 @@ int main(int argc, char** argv) {
   int rank = 32;
   std::string format_arg = "both", csv, methods_arg, model, save_dir;
   bool no_synth = false;
+  double lowrank_fraction = 0;
   app.add_option("--shape", shapes, "synthetic layer shapes KxN")->capture_default_str();
   app.add_option("--calib", m_calib, "calibration rows")->capture_default_str();
   app.add_option("--eval", m_eval, "held-out evaluation rows")->capture_default_str();
@@ -123,6 +160,9 @@ int main(int argc, char** argv) {
   app.add_option("--model", model, "a real model's dump from tools/minilm.py (skipped if absent)");
   app.add_option("--save-dir", save_dir, "write <format>-<method>.safetensors per method of --model");
   app.add_flag("--no-synth", no_synth, "skip the synthetic layers");
+  app.add_option("--lowrank-only", lowrank_fraction,
+                 "instead: pure low-rank compression keeping this fraction of the parameters (e.g. 0.15), "
+                 "plain SVD vs activation-aware, on the model's layers");
   CLI11_PARSE(app, argc, argv);
 
   std::vector<Method> methods;
@@ -171,6 +211,7 @@ int main(int argc, char** argv) {
           pos = comma + 1;
         }
       }
+      std::vector<std::array<double, 2>> lr_errs;
       for (const std::string& name : names) {
         auto w = file->read_float(name + ".weight");
         auto b = file->read_float(name + ".bias");
@@ -184,10 +225,21 @@ int main(int argc, char** argv) {
           return 1;
         }
         const int64_t n = wi->shape[0], k = wi->shape[1];
+        if (lowrank_fraction > 0) {
+          lowrank_only(name, *w, n, k, *xc, ci->shape[0], *xe, ei->shape[0], lowrank_fraction, &lr_errs);
+          continue;
+        }
         for (svdq::Format f : formats)
           if (!run_layer(name, *w, *b, n, k, *xc, ci->shape[0], *xe, ei->shape[0], f, rank, methods,
                          &results, save_dir.empty() ? nullptr : &saved))
             return 1;
+      }
+      if (!lr_errs.empty()) {
+        double a = 0, b = 0;
+        for (const auto& e : lr_errs) a += e[0], b += e[1];
+        std::printf("| low-rank only, %.0f%% of parameters (%zu layers) | plain SVD | activation-aware |\n"
+                    "|---|---|---|\n| mean rel. output MSE | %.4e | %.4e |\n",
+                    100 * lowrank_fraction, lr_errs.size(), a / lr_errs.size(), b / lr_errs.size());
       }
       for (const auto& [key, list] : saved) {
         std::vector<std::pair<std::string, const svdq::QuantizedLinear*>> ptrs;
@@ -214,7 +266,8 @@ int main(int argc, char** argv) {
     acc.seconds += r.seconds;
     acc.count += 1;
   }
-  std::printf("| layers | format | method | mean rel. MSE | vs svdquant | mean time s |\n|---|---|---|---|---|---|\n");
+  if (!results.empty())
+    std::printf("| layers | format | method | mean rel. MSE | vs svdquant | mean time s |\n|---|---|---|---|---|---|\n");
   for (const char* source : {"synthetic", "real"})
     for (svdq::Format f : formats)
       for (const Method& m : methods) {
