@@ -61,8 +61,10 @@ struct WeightQuantOptions {
   const Eigen::MatrixXd* hessian = nullptr;  ///< (K, K) Xh^T Xh: GPTQ when gptq.enabled
   GptqOptions gptq;
 };
+/// The value codes are divided by for stored scale bytes (int4: the fp16; nvfp4: E4M3 * t).
+float stored_scale_value(Format f, const uint8_t* bytes, float t);
 /// The group scale of `amax` in a format: writes its stored bytes (int4: 2, fp16; nvfp4: 1, E4M3)
-/// and returns the value codes are divided by (nvfp4: decoded scale * t, as the contract has it).
+/// and returns stored_scale_value of them.
 float group_scale(Format f, float amax, float t, uint8_t* bytes);
 /// Code of w for a group scale value (0 for a zero scale).
 inline uint8_t encode_with(Format f, float w, float scale) {
@@ -71,9 +73,9 @@ inline uint8_t encode_with(Format f, float w, float scale) {
 }
 /// One group (gs <= 64 values) rounded to nearest; with clip_search, the clipping ratio in
 /// {1, .95, ..., .60} with the least (h-weighted, h may be null) squared error. Writes gs codes
-/// (unpacked) and the scale bytes.
-void quantize_group(Format f, const float* w, int gs, float t, bool clip_search, const double* h,
-                    uint8_t* codes, uint8_t* scale_bytes);
+/// (unpacked) and the scale bytes; returns the chosen scale's value (stored_scale_value).
+float quantize_group(Format f, const float* w, int gs, float t, bool clip_search, const double* h,
+                     uint8_t* codes, uint8_t* scale_bytes);
 /// GPTQ with static groups on r (rows, K) and options.hessian (K, K); see GptqOptions.
 Result<QuantizedWeight> gptq_quantize(const MatrixRM& r, Format format, float tensor_scale,
                                       const WeightQuantOptions& options);

@@ -32,16 +32,9 @@ Result<QuantizedWeight> gptq_quantize(const MatrixRM& r, Format format, float te
   for (int64_t i = 0; i < n; ++i) {
     uint8_t codes[64];
     for (int64_t g = 0; g < groups; ++g) {
-      uint8_t* sb = out.scales.data() + (i * groups + g) * sbytes;
-      quantize_group(format, r.row(i).data() + g * gs, gs, t, options.clip_search,
-                     h_diag ? h_diag + g * gs : nullptr, codes, sb);
-      if (format == Format::kInt4) {
-        uint16_t bits;
-        std::memcpy(&bits, sb, 2);
-        scale[i * groups + g] = half_bits_to_float(bits);
-      } else {
-        scale[i * groups + g] = decode_e4m3(*sb) * t;
-      }
+      scale[i * groups + g] =
+          quantize_group(format, r.row(i).data() + g * gs, gs, t, options.clip_search,
+                         h_diag ? h_diag + g * gs : nullptr, codes, out.scales.data() + (i * groups + g) * sbytes);
     }
   }
 

@@ -54,24 +54,32 @@ std::vector<uint16_t> smoothing_factors(const float* amax_x, const float* amax_w
   return s;
 }
 
+float stored_scale_value(Format f, const uint8_t* bytes, float t) {
+  if (f == Format::kInt4) {
+    uint16_t b;
+    std::memcpy(&b, bytes, 2);
+    return half_bits_to_float(b);
+  }
+  return decode_e4m3(bytes[0]) * t;
+}
+
 float group_scale(Format f, float amax, float t, uint8_t* bytes) {
   if (f == Format::kInt4) {
     const uint16_t sb = float_to_half_bits(amax / 7.0f);
     std::memcpy(bytes, &sb, 2);
-    return half_bits_to_float(sb);
+  } else {
+    bytes[0] = encode_e4m3(amax / 6.0f / t);
   }
-  const uint8_t sb = encode_e4m3(amax / 6.0f / t);
-  bytes[0] = sb;
-  return decode_e4m3(sb) * t;
+  return stored_scale_value(f, bytes, t);
 }
 
-void quantize_group(Format f, const float* w, int gs, float t, bool clip_search, const double* h,
-                    uint8_t* codes, uint8_t* scale_bytes) {
+float quantize_group(Format f, const float* w, int gs, float t, bool clip_search, const double* h,
+                     uint8_t* codes, uint8_t* scale_bytes) {
   float amax = 0.0f;
   for (int e = 0; e < gs; ++e) amax = std::max(amax, std::fabs(w[e]));
   float scale = group_scale(f, amax, t, scale_bytes);
   for (int e = 0; e < gs; ++e) codes[e] = encode_with(f, w[e], scale);
-  if (!clip_search || scale == 0.0f) return;
+  if (!clip_search || scale == 0.0f) return scale;
 
   auto error_of = [&](const uint8_t* c, float sc) {
     double err = 0;
@@ -91,10 +99,12 @@ void quantize_group(Format f, const float* w, int gs, float t, bool clip_search,
     const double err = error_of(trial, sc);
     if (err < best) {
       best = err;
+      scale = sc;
       std::memcpy(codes, trial, static_cast<size_t>(gs));
       std::memcpy(scale_bytes, trial_bytes, f == Format::kInt4 ? 2 : 1);
     }
   }
+  return scale;
 }
 
 float nvfp4_tensor_scale(const MatrixRM& r) {
@@ -144,19 +154,14 @@ Result<QuantizedWeight> quantize_weight(const MatrixRM& r, Format format, float 
 MatrixRM dequantize(const QuantizedWeight& q, Format format, int64_t rows, int64_t k) {
   const int gs = group_size(format);
   const int64_t groups = k / gs;
+  const int sbytes = format == Format::kInt4 ? 2 : 1;
   MatrixRM out(rows, k);
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < rows; ++i) {
     const uint8_t* row = q.packed.data() + i * (k / 2);
     for (int64_t g = 0; g < groups; ++g) {
-      float scale;
-      if (format == Format::kInt4) {
-        uint16_t b;
-        std::memcpy(&b, q.scales.data() + (i * groups + g) * 2, 2);
-        scale = half_bits_to_float(b);
-      } else {
-        scale = decode_e4m3(q.scales[i * groups + g]) * q.tensor_scale;
-      }
+      const float scale = stored_scale_value(format, q.scales.data() + (i * groups + g) * sbytes,
+                                             q.tensor_scale);
       for (int e = 0; e < gs; ++e)
         out(i, g * gs + e) = decode_code(format, packed_nibble(row, g * gs + e)) * scale;
     }
