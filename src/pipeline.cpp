@@ -412,22 +412,23 @@ Result<QuantizedLinear> quantize_linear(ConstMatrixRef W, ConstMatrixRef bias,
           detail::quantize_weight(best.residual, config.format, t, weight_options(p, ro, false));
       if (!q.ok()) return q.status();
       const MatrixRM target = best.w_hat - detail::dequantize(*q, config.format, n, k);
-      Candidate c;
-      c.alpha = best.alpha;
-      c.beta = best.beta;
-      c.smooth = best.smooth;
-      c.s = best.s;
-      c.t_act = best.t_act;
-      c.w_hat = best.w_hat;
-      SVDQ_RETURN_IF_ERROR(set_branch(p, target, &c));
-      Result<double> sc = score_rtn(p, c);
+      // The new branch replaces best's in place (smoothing and W_hat stay); the old one is kept
+      // aside and put back if the iterate does not score better.
+      std::vector<uint16_t> prev_up = std::move(best.lora_up), prev_down = std::move(best.lora_down);
+      MatrixRM prev_residual = std::move(best.residual);
+      SVDQ_RETURN_IF_ERROR(set_branch(p, target, &best));
+      Result<double> sc = score_rtn(p, best);
       if (!sc.ok()) return sc.status();
       if (config.progress)
         config.progress(static_cast<int>(cands.size()) + it, total_steps,
                         detail::cat("refinement ", it));
-      if (!(*sc < best.score)) break;
-      c.score = *sc;
-      best = std::move(c);
+      if (!(*sc < best.score)) {
+        best.lora_up = std::move(prev_up);
+        best.lora_down = std::move(prev_down);
+        best.residual = std::move(prev_residual);
+        break;
+      }
+      best.score = *sc;
       kept_iters = it;
     }
   }
