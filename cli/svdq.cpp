@@ -140,8 +140,9 @@ int cmd_quantize(const QuantizeArgs& a) {
       cfg = svdq::svdq_plus_config(cfg);
       method = "svdq-plus";
     }
-    auto q = svdq::quantize_linear(float_view(*w, n, k),
-                                   bias.empty() ? svdq::ConstMatrixRef() : float_view(bias, 1, n), stats, cfg);
+    const svdq::ConstMatrixRef wv = float_view(*w, n, k);
+    const svdq::ConstMatrixRef bv = bias.empty() ? svdq::ConstMatrixRef() : float_view(bias, 1, n);
+    auto q = svdq::quantize_linear(wv, bv, stats, cfg);
     if (!q.ok()) return fail("layer " + j.layer + ": " + q.status().to_string());
     // Output error on the calibration rows, when there are some.
     std::string err = "-";
@@ -151,7 +152,7 @@ int cmd_quantize(const QuantizeArgs& a) {
       std::vector<double> ref;
       const auto x = float_view(stats->samples(), m, k);
       if (svdq::reference_forward(*q, x, svdq::MatrixView<float>(y.data(), m, n)).ok() &&
-          svdq::dense_forward(x, float_view(*w, n, k), bias.empty() ? svdq::ConstMatrixRef() : float_view(bias, 1, n), &ref).ok()) {
+          svdq::dense_forward(x, wv, bv, &ref).ok()) {
         char buf[32];
         std::snprintf(buf, sizeof buf, "%.4f",
                       svdq::relative_error(svdq::MatrixView<const float>(y.data(), m, n),

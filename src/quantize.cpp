@@ -214,10 +214,8 @@ double QuantizedLinear::bits_per_weight() const noexcept {
 
 float QuantizedLinear::wscale(int64_t n, int64_t g) const noexcept {
   const int64_t idx = n * (in_features / group) + g;
-  if (format == Format::kNvfp4) return decode_e4m3(wscales[idx]);
-  uint16_t bits;
-  std::memcpy(&bits, wscales.data() + idx * 2, 2);
-  return half_bits_to_float(bits);
+  return detail::stored_scale_value(format, wscales.data() + idx * (format == Format::kInt4 ? 2 : 1),
+                                    1.0f);
 }
 
 std::vector<float> QuantizedLinear::inverse_smooth() const {
