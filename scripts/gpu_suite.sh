@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# The GPU suite in one call (docs/benchmarks.md, "The GPU suite").
+#
+#   bash scripts/gpu_suite.sh pack DIR    # here, on the build machine (nvcc, no GPU needed)
+#   DIR/run.sh                            # on the GPU machine; logs and JSON under $OUT (or DIR/out)
+#
+# `pack` builds the CUDA configuration in build-gpu/ and writes a self-contained folder: the GPU
+# test and benchmark binaries, the non-CUDA shared libraries they need (the CUDA runtime is linked
+# statically; cuBLAS comes from the GPU machine's toolkit), run.sh and the summary script. run.sh
+# checks that the binaries start, runs the GPU tests, compute-sanitizer memcheck and racecheck on a
+# small subset, and the benchmarks, each under its own time limit (all together well under 8
+# minutes on an H200), and prints a summary table last.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+usage() { echo "usage: bash scripts/gpu_suite.sh pack DIR" >&2; exit 2; }
+[ $# -eq 2 ] && [ "$1" = pack ] || usage
+dir=$2
+case "$dir" in /*) ;; *) dir="$root/$dir" ;; esac
+
+command -v nvcc >/dev/null || { echo "gpu_suite: nvcc not found: the CUDA toolkit is needed to pack" >&2; exit 1; }
+bash scripts/install_deps.sh
+build=build-gpu
+# Hopper (the only GPU this project measures on) plus sm_80 SASS; override with SVDQ_GPU_ARCHS.
+archs="${SVDQ_GPU_ARCHS:-80-real;90-real}"
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DSVDQ_ENABLE_CUDA=ON -DSVDQ_BUILD_TESTS=ON \
+      -DSVDQ_BUILD_BENCHMARKS=ON -DSVDQ_BUILD_EXAMPLES=OFF -DSVDQ_BUILD_CLI=OFF \
+      "-DCMAKE_CUDA_ARCHITECTURES=$archs" >/dev/null
+cmake --build "$build" -j"$(nproc)" --target test_gpu bench_gpu
+
+rm -rf "$dir"
+mkdir -p "$dir/bin" "$dir/lib"
+cp "$build/tests/test_gpu" "$build/bench/bench_gpu" "$dir/bin/"
+cp scripts/gpu_summary.py "$dir/"
+# Non-CUDA shared libraries the binaries load (Google Benchmark, libgomp, ...); glibc, libstdc++ and
+# the CUDA libraries come from the GPU machine.
+for bin in "$dir"/bin/*; do
+  ldd "$bin" | awk '/=> \// {print $3}' | while read -r lib; do
+    case "$(basename "$lib")" in
+      libc.so*|libm.so*|libdl.so*|librt.so*|libpthread.so*|ld-linux*|libgcc_s.so*|libstdc++.so*) ;;
+      libcuda.so*|libcudart.so*|libcublas*.so*|libnvidia*) ;;
+      *) cp -L "$lib" "$dir/lib/" ;;
+    esac
+  done
+done
+
+cat >"$dir/run.sh" <<'RUN'
+#!/usr/bin/env bash
+# Runs the svdq GPU suite; see scripts/gpu_suite.sh. Env: OUT (results folder), SVDQ_BENCH_SHAPES
+# (full | quick), SVDQ_GPU_TEST_FILTER (gtest filter of the GPU tests).
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+out="${OUT:-$here/out}"
+mkdir -p "$out"
+cublas_dirs=$(ls -d /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+              /opt/torch/.venv/lib/python3*/site-packages/nvidia/cu13/lib \
+              /opt/torch/.venv/lib/python3*/site-packages/nvidia/cublas/lib 2>/dev/null | paste -sd:)
+export LD_LIBRARY_PATH="$here/lib:${cublas_dirs}:${LD_LIBRARY_PATH:-}"
+filter="${SVDQ_GPU_TEST_FILTER:-*Cuda*:-*Emu*}"
+san_filter="${SVDQ_SANITIZER_FILTER:-*Cuda*Rank*/0:*Cuda*Rank*/1:*Cuda*Determin*:-*Emu*}"
+shapes="${SVDQ_BENCH_SHAPES:-full}"
+declare -a rows
+
+step() {  # step NAME LIMIT_S command...
+  local name=$1 limit=$2; shift 2
+  local t0=$(date +%s)
+  timeout "$limit" "$@" >"$out/$name.log" 2>&1
+  local rc=$? t1=$(date +%s)
+  rows+=("$(printf '%-12s rc=%-3s %4ss  %s' "$name" "$rc" "$((t1 - t0))" "$out/$name.log")")
+  echo "[$name] rc=$rc in $((t1 - t0)) s"
+  return $rc
+}
+
+{
+  echo "== machine"; nvidia-smi -L; nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv
+  echo "== ldd"; for b in "$here"/bin/*; do echo "$b"; ldd "$b"; done
+} >"$out/env.log" 2>&1
+if grep -q "not found" "$out/env.log"; then echo "a carried binary misses a library:"; grep "not found" "$out/env.log"; fi
+step start 60 bash -c "'$here/bin/test_gpu' --gtest_list_tests >/dev/null && '$here/bin/bench_gpu' --benchmark_list_tests >/dev/null" \
+  || { echo "the carried binaries do not start here; see $out/start.log"; cat "$out/start.log"; exit 1; }
+step tests 150 "$here/bin/test_gpu" "--gtest_filter=$filter" "--gtest_output=json:$out/test_gpu.json"
+if command -v compute-sanitizer >/dev/null; then
+  step memcheck 90 compute-sanitizer --tool memcheck --error-exitcode 3 "$here/bin/test_gpu" "--gtest_filter=$san_filter"
+  step racecheck 120 compute-sanitizer --tool racecheck --error-exitcode 3 "$here/bin/test_gpu" "--gtest_filter=$san_filter"
+else
+  rows+=("compute-sanitizer not on PATH: memcheck/racecheck not run")
+fi
+step bench 270 "$here/bin/bench_gpu" --shapes "$shapes" "--benchmark_out=$out/bench_gpu.json" --benchmark_out_format=json
+
+echo
+echo "== steps"
+printf '%s\n' "${rows[@]}"
+echo
+python3 "$here/gpu_summary.py" "$out" | tee "$out/summary.txt"
+RUN
+chmod +x "$dir/run.sh"
+du -sh "$dir"
+echo "packed: $dir (run it on the GPU machine: $dir/run.sh)"
