@@ -7,6 +7,7 @@
 #include "svdq/gpu.hpp"
 #include "svdq/linear.hpp"
 #include "svdq/metrics.hpp"
+#include "svdq/nunchaku.hpp"
 #include "svdq/stats.hpp"
 #include "svdq/status.hpp"
 #include "svdq/synth.hpp"

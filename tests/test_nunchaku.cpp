@@ -1,0 +1,334 @@
+// Nunchaku import/export (include/svdq/nunchaku.hpp) against fixtures made by DeepCompressor's own
+// packer (tools/nunchaku_fixtures.py, tests/data/nunchaku/README.md): import(fixture) must equal
+// the canonical layer bit for bit, export(canonical) must equal the fixture's tensors byte for
+// byte, and svdq's quantizer -> export -> import must give the same layer back.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "svdq/checkpoint.hpp"
+#include "svdq/formats.hpp"
+#include "svdq/nunchaku.hpp"
+#include "svdq/stats.hpp"
+
+namespace svdq {
+namespace {
+
+const std::string kData = SVDQ_TEST_DATA "/nunchaku/";
+
+struct Case {
+  const char* name;
+  const char* layer;
+};
+const Case kCases[] = {
+    {"int4_n128_k128_r16_f16", "transformer_blocks.0.qkv_proj"},
+    {"int4_n200_k192_r32_bf16", "transformer_blocks.0.out_proj"},
+    {"int4_n96_k320_r48_f16", "single_transformer_blocks.3.mlp_fc1"},
+    {"int4_n300_k256_r32_bf16_wrapper", "transformer_blocks.1.qkv_proj_context"},
+    {"int4_n64_k128_r0_f16", "transformer_blocks.2.out_proj_context"},
+};
+
+SafetensorsFile open_file(const std::string& path) {
+  auto f = SafetensorsFile::open(path);
+  EXPECT_TRUE(f.ok()) << f.status().to_string();
+  return f.ok() ? std::move(f).value() : SafetensorsFile{};
+}
+
+void expect_same_data(const QuantizedLinear& a, const QuantizedLinear& b) {
+  EXPECT_EQ(a.format, b.format);
+  EXPECT_EQ(a.storage, b.storage);
+  EXPECT_EQ(a.in_features, b.in_features);
+  EXPECT_EQ(a.out_features, b.out_features);
+  EXPECT_EQ(a.rank, b.rank);
+  EXPECT_EQ(a.group, b.group);
+  EXPECT_EQ(a.smooth, b.smooth);
+  EXPECT_EQ(a.lora_down, b.lora_down);
+  EXPECT_EQ(a.lora_up, b.lora_up);
+  EXPECT_EQ(a.qweight, b.qweight);
+  EXPECT_EQ(a.wscales, b.wscales);
+  EXPECT_EQ(a.wtscale, b.wtscale);
+  EXPECT_EQ(a.act_tensor_scale, b.act_tensor_scale);
+  EXPECT_EQ(a.bias, b.bias);
+}
+
+// A file holding the tensors of `src`, with edits: a tensor dropped, or replaced.
+struct Edit {
+  std::string drop;
+  std::string name, dtype;
+  std::vector<int64_t> shape;
+  std::vector<uint8_t> bytes;
+};
+SafetensorsFile edited(const SafetensorsFile& src, const Edit& e) {
+  SafetensorsWriter w;
+  for (const auto& name : src.names()) {
+    if (name == e.drop) continue;
+    auto info = src.info(name);
+    if (name == e.name) {
+      EXPECT_TRUE(w.add(name, e.dtype, e.shape, ByteSpan(e.bytes.data(), e.bytes.size())).ok());
+    } else {
+      EXPECT_TRUE(w.add(name, info->dtype, info->shape, info->data).ok());
+    }
+  }
+  for (const auto& [k, v] : src.metadata()) EXPECT_TRUE(w.set_metadata(k, v).ok());
+  auto bytes = w.serialize();
+  EXPECT_TRUE(bytes.ok());
+  auto f = SafetensorsFile::from_bytes(std::move(bytes).value());
+  EXPECT_TRUE(f.ok()) << f.status().to_string();
+  return std::move(f).value();
+}
+
+TEST(Nunchaku, ImportEqualsCanonicalBitForBit) {
+  for (const Case& c : kCases) {
+    SCOPED_TRACE(c.name);
+    SafetensorsFile nk = open_file(kData + c.name + ".nunchaku.safetensors");
+    SafetensorsFile sv = open_file(kData + c.name + ".svdq.safetensors");
+    auto canonical = load_quantized(sv, c.layer);
+    ASSERT_TRUE(canonical.ok()) << canonical.status().to_string();
+    auto imp = import_nunchaku({&nk});
+    ASSERT_TRUE(imp.ok()) << imp.status().to_string();
+    ASSERT_EQ(imp->layers.size(), 1u);
+    EXPECT_TRUE(imp->skipped.empty());
+    EXPECT_EQ(imp->layers[0].first, c.layer);
+    expect_same_data(imp->layers[0].second, *canonical);
+    // Only the unused smooth_orig is left over.
+    ASSERT_EQ(imp->other_tensors.size(), 1u);
+    EXPECT_EQ(imp->other_tensors[0].second, std::string(c.layer) + ".smooth_orig");
+  }
+}
+
+TEST(Nunchaku, ExportEqualsDeepCompressorBytes) {
+  for (const Case& c : kCases) {
+    SCOPED_TRACE(c.name);
+    SafetensorsFile nk = open_file(kData + c.name + ".nunchaku.safetensors");
+    SafetensorsFile sv = open_file(kData + c.name + ".svdq.safetensors");
+    auto canonical = load_quantized(sv, c.layer);
+    ASSERT_TRUE(canonical.ok());
+    const std::string path = ::testing::TempDir() + "/nk_export.safetensors";
+    ASSERT_TRUE(save_nunchaku(path, {{c.layer, &*canonical}}).ok());
+    SafetensorsFile out = open_file(path);
+    std::vector<std::string> want = nk.names(), have = out.names();
+    std::sort(want.begin(), want.end());
+    std::sort(have.begin(), have.end());
+    EXPECT_EQ(have, want);
+    for (const auto& name : nk.names()) {
+      SCOPED_TRACE(name);
+      auto a = nk.info(name);
+      auto b = out.info(name);
+      ASSERT_TRUE(b.ok());
+      EXPECT_EQ(b->dtype, a->dtype);
+      EXPECT_EQ(b->shape, a->shape);
+      EXPECT_TRUE(std::equal(a->data.begin(), a->data.end(), b->data.begin(), b->data.end()));
+    }
+    EXPECT_EQ(out.metadata().at("quantization_config"), nk.metadata().at("quantization_config"));
+    EXPECT_EQ(out.metadata().at(std::string("svdq.nunchaku.") + c.layer),
+              nk.metadata().at(std::string("svdq.nunchaku.") + c.layer));
+    std::remove(path.c_str());
+  }
+}
+
+TEST(Nunchaku, DeepCompressorSingleGroupQuirkIsRefused) {
+  SafetensorsFile nk = open_file(kData + "int4_n64_k64_r0_f16_quirk.nunchaku.safetensors");
+  auto imp = import_nunchaku({&nk});
+  ASSERT_FALSE(imp.ok());
+  EXPECT_EQ(imp.status().code(), StatusCode::kErrorShape);
+  EXPECT_NE(imp.status().message().find("transformer_blocks.3.out_proj.wscales"), std::string::npos)
+      << imp.status().message();
+}
+
+TEST(Nunchaku, SizesFromOptionsOrPadded) {
+  const Case& c = kCases[1];  // N 200, K 192, r 32
+  SafetensorsFile nk = open_file(kData + c.name + ".nunchaku.safetensors");
+  // Explicit sizes win over the metadata.
+  NunchakuImportOptions o;
+  o.shapes[c.layer] = {256, 256, 32};
+  auto imp = import_nunchaku({&nk}, o);
+  ASSERT_TRUE(imp.ok()) << imp.status().to_string();
+  EXPECT_EQ(imp->layers[0].second.out_features, 256);
+  EXPECT_EQ(imp->layers[0].second.in_features, 256);
+  // Sizes that do not round up to the padded ones are refused.
+  o.shapes[c.layer] = {192, 100, 32};
+  imp = import_nunchaku({&nk}, o);
+  ASSERT_FALSE(imp.ok());
+  EXPECT_EQ(imp.status().code(), StatusCode::kErrorShape);
+  o.shapes[c.layer] = {192, 200, 8};  // rank 8 pads to 16, not 32
+  EXPECT_FALSE(import_nunchaku({&nk}, o).ok());
+}
+
+TEST(Nunchaku, UnsignedLayersAreListedNotConverted) {
+  const Case& c = kCases[0];
+  SafetensorsFile nk = open_file(kData + c.name + ".nunchaku.safetensors");
+  // Rename the layer to a FLUX mlp_fc2.
+  SafetensorsWriter w;
+  const std::string from = c.layer, to = "single_transformer_blocks.0.mlp_fc2";
+  for (const auto& name : nk.names()) {
+    auto info = nk.info(name);
+    ASSERT_TRUE(w.add(to + name.substr(from.size()), info->dtype, info->shape, info->data).ok());
+  }
+  auto f = SafetensorsFile::from_bytes(std::move(w.serialize()).value());
+  ASSERT_TRUE(f.ok());
+  auto imp = import_nunchaku({&*f});
+  ASSERT_TRUE(imp.ok()) << imp.status().to_string();
+  EXPECT_TRUE(imp->layers.empty());
+  ASSERT_EQ(imp->skipped.size(), 1u);
+  EXPECT_EQ(imp->skipped[0].layer, to);
+  EXPECT_NE(imp->skipped[0].reason.find("unsigned"), std::string::npos);
+  EXPECT_EQ(imp->other_tensors.size(), f->names().size());  // all copied through
+  NunchakuImportOptions o;
+  o.unsigned_layers.clear();
+  imp = import_nunchaku({&*f}, o);
+  ASSERT_TRUE(imp.ok());
+  EXPECT_EQ(imp->layers.size(), 1u);
+}
+
+TEST(Nunchaku, V2NamesImportTheSame) {
+  const Case& c = kCases[2];
+  SafetensorsFile sv = open_file(kData + c.name + ".svdq.safetensors");
+  auto canonical = load_quantized(sv, c.layer);
+  ASSERT_TRUE(canonical.ok());
+  NunchakuExportOptions o;
+  o.names = NunchakuNames::kV2;
+  SafetensorsWriter w;
+  ASSERT_TRUE(add_nunchaku(w, c.layer, *canonical, o).ok());
+  EXPECT_TRUE(w.contains(std::string(c.layer) + ".proj_down"));
+  EXPECT_TRUE(w.contains(std::string(c.layer) + ".smooth_factor"));
+  auto f = SafetensorsFile::from_bytes(std::move(w.serialize()).value());
+  ASSERT_TRUE(f.ok());
+  auto imp = import_nunchaku({&*f});
+  ASSERT_TRUE(imp.ok()) << imp.status().to_string();
+  ASSERT_EQ(imp->layers.size(), 1u);
+  expect_same_data(imp->layers[0].second, *canonical);
+}
+
+QuantizedLinear quantized(Format format, DType storage, int64_t n, int64_t k, int rank, bool bias) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> gauss(0.0f, 1.0f);
+  std::vector<float> w(static_cast<size_t>(n * k)), b(static_cast<size_t>(n)), x(32 * k);
+  for (float& v : w) v = gauss(rng) * 0.05f;
+  for (float& v : b) v = gauss(rng);
+  for (float& v : x) v = gauss(rng);
+  ActivationStats stats;
+  EXPECT_TRUE(stats.observe(MatrixView<const float>(x.data(), 32, k)).ok());
+  QuantConfig c;
+  c.format = format;
+  c.rank = rank;
+  c.storage = storage;
+  const ConstMatrixRef bref = bias ? ConstMatrixRef(vector_view<const float>(b.data(), n)) : ConstMatrixRef();
+  auto q = quantize_linear(MatrixView<const float>(w.data(), n, k), bref, &stats, c);
+  EXPECT_TRUE(q.ok()) << q.status().to_string();
+  return std::move(q).value();
+}
+
+TEST(Nunchaku, QuantizeExportImportRoundTrip) {
+  struct RT {
+    Format format;
+    int64_t n, k;
+    int rank;
+    bool bias;
+  } const cases[] = {{Format::kInt4, 200, 192, 32, true},
+                     {Format::kInt4, 130, 384, 20, false},
+                     {Format::kNvfp4, 200, 192, 32, true},
+                     {Format::kNvfp4, 96, 48, 0, true}};
+  for (const RT& rt : cases) {
+    SCOPED_TRACE(::testing::Message() << format_name(rt.format) << " " << rt.n << "x" << rt.k << " r"
+                                      << rt.rank);
+    QuantizedLinear q = quantized(rt.format, DType::kF16, rt.n, rt.k, rt.rank, rt.bias);
+    const std::string path = ::testing::TempDir() + "/nk_rt.safetensors";
+    ASSERT_TRUE(save_nunchaku(path, {{"blocks.0.proj", &q}}).ok());
+    std::vector<SafetensorsFile> files;
+    auto imp = load_nunchaku(path, files);
+    ASSERT_TRUE(imp.ok()) << imp.status().to_string();
+    ASSERT_EQ(imp->layers.size(), 1u);
+    expect_same_data(imp->layers[0].second, q);
+    std::remove(path.c_str());
+  }
+}
+
+TEST(Nunchaku, ExportRefusesWhatItCannotWriteExactly) {
+  QuantizedLinear q = quantized(Format::kInt4, DType::kBF16, 128, 128, 16, true);
+  q.wscales[0] = 0x01;  // fp16 0x3C01 = 1 + 2^-10: not a bf16 value
+  q.wscales[1] = 0x3C;
+  const std::string path = ::testing::TempDir() + "/nk_refused.safetensors";
+  std::remove(path.c_str());
+  Status s = save_nunchaku(path, {{"blocks.0.proj", &q}});
+  EXPECT_EQ(s.code(), StatusCode::kErrorInvalidArgument);
+  EXPECT_NE(s.message().find("blocks.0.proj.wscales"), std::string::npos) << s.message();
+  EXPECT_FALSE(std::filesystem::exists(path));
+  QuantizedLinear f = quantized(Format::kNvfp4, DType::kF16, 128, 128, 16, true);
+  f.act_tensor_scale = 0.5f;
+  s = save_nunchaku(path, {{"blocks.0.proj", &f}});
+  EXPECT_EQ(s.code(), StatusCode::kErrorInvalidArgument);
+  EXPECT_FALSE(std::filesystem::exists(path));
+}
+
+TEST(Nunchaku, BadInputNamesLayerAndTensor) {
+  const Case& c = kCases[0];  // N = K = 128, r = 16, F16
+  SafetensorsFile nk = open_file(kData + c.name + ".nunchaku.safetensors");
+  const std::string L = c.layer;
+  struct Bad {
+    const char* what;
+    Edit edit;
+    StatusCode code;
+    std::string tensor;
+  };
+  std::vector<Bad> bads = {
+      {"missing tensor", {L + ".smooth"}, StatusCode::kErrorInvalidArgument, L + ".smooth"},
+      {"missing lora_up", {L + ".lora_up"}, StatusCode::kErrorInvalidArgument, L + ".lora_up"},
+      {"wrong shape", {"", L + ".wscales", "F16", {128, 2}, std::vector<uint8_t>(512)},
+       StatusCode::kErrorShape, L + ".wscales"},
+      {"rank not a multiple of 16",
+       {"", L + ".lora_down", "F16", {128, 20}, std::vector<uint8_t>(128 * 20 * 2)},
+       StatusCode::kErrorShape, L + ".lora_down"},
+      {"scales of the wrong dtype", {"", L + ".wscales", "F32", {2, 128}, std::vector<uint8_t>(1024)},
+       StatusCode::kErrorInvalidArgument, L + ".wscales"},
+      {"int4 scales bf16 while smooth is f16",
+       {"", L + ".wscales", "BF16", {2, 128}, std::vector<uint8_t>(512)},
+       StatusCode::kErrorInvalidArgument, L + ".wscales"},
+      {"qweight not padded", {"", L + ".qweight", "I8", {100, 64}, std::vector<uint8_t>(6400)},
+       StatusCode::kErrorShape, L + ".qweight"},
+  };
+  for (const Bad& b : bads) {
+    SCOPED_TRACE(b.what);
+    SafetensorsFile f = edited(nk, b.edit);
+    auto imp = import_nunchaku({&f});
+    ASSERT_FALSE(imp.ok());
+    EXPECT_EQ(imp.status().code(), b.code) << imp.status().message();
+    EXPECT_NE(imp.status().message().find("'" + b.tensor + "'"), std::string::npos)
+        << imp.status().message();
+    EXPECT_NE(imp.status().message().find("layer '" + L + "'"), std::string::npos)
+        << imp.status().message();
+  }
+  // A truncated file: the reader refuses it, naming the tensor whose bytes are cut.
+  std::vector<uint8_t> bytes;
+  {
+    FILE* fp = std::fopen((kData + c.name + ".nunchaku.safetensors").c_str(), "rb");
+    ASSERT_NE(fp, nullptr);
+    int ch;
+    while ((ch = std::fgetc(fp)) != EOF) bytes.push_back(static_cast<uint8_t>(ch));
+    std::fclose(fp);
+  }
+  const std::string last = nk.names().back();
+  bytes.resize(bytes.size() - 10);
+  auto t = SafetensorsFile::from_bytes(bytes);
+  ASSERT_FALSE(t.ok());
+  EXPECT_NE(t.status().message().find(last), std::string::npos) << t.status().message();
+  // load_nunchaku of a truncated file writes nothing and says which file.
+  const std::string path = ::testing::TempDir() + "/nk_trunc.safetensors";
+  {
+    FILE* fp = std::fopen(path.c_str(), "wb");
+    std::fwrite(bytes.data(), 1, bytes.size(), fp);
+    std::fclose(fp);
+  }
+  std::vector<SafetensorsFile> files;
+  auto imp = load_nunchaku(path, files);
+  ASSERT_FALSE(imp.ok());
+  EXPECT_NE(imp.status().message().find(last), std::string::npos) << imp.status().message();
+  EXPECT_TRUE(files.empty());
+  std::remove(path.c_str());
+}
+
+}  // namespace
+}  // namespace svdq

@@ -1,0 +1,226 @@
+#!/usr/bin/env python3
+"""Nunchaku interop fixtures: canonical svdq layers and DeepCompressor's own packing of them.
+
+    python3 tools/nunchaku_fixtures.py setup          # private venv tools/.venv-nunchaku
+    python3 tools/nunchaku_fixtures.py make [OUTDIR]  # default tests/data/nunchaku
+
+For each case it builds a small, deterministic canonical layer (svdq's checkpoint layout,
+docs/checkpoint.md §2) and writes
+    <case>.svdq.safetensors      the layer as svdq::save_quantized stores it
+    <case>.nunchaku.safetensors  DeepCompressor's packing of the same layer (Nunchaku layout)
+The packing runs DeepCompressor's code from the PyPI wheel deepcompressor-toolkit (module
+deepcompressor.backend.nunchaku.utils, pure torch) on CPU torch. Only that module and its two
+pure-torch siblings are imported; the package's other dependencies are not installed.
+svdq's C++ tests (tests/test_nunchaku.cpp) compare its importer and exporter with these files.
+"""
+import hashlib
+import json
+import os
+import struct
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+VENV = os.path.join(HERE, ".venv-nunchaku")
+REQ = os.path.join(HERE, "requirements-nunchaku.txt")
+VPY = os.path.join(VENV, "bin", "python")
+
+
+def _req_hash():
+    with open(REQ, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def setup():
+    stamp = os.path.join(VENV, ".req-sha256")
+    if os.path.exists(stamp) and open(stamp).read() == _req_hash():
+        return
+    if not os.path.exists(VPY):
+        subprocess.check_call([sys.executable, "-m", "venv", VENV])
+    normal, nodeps = [], []
+    for line in open(REQ):
+        line = line.strip()
+        if line.startswith("# no-deps:"):
+            nodeps.append(line.split(":", 1)[1].strip())
+        elif line and not line.startswith("#"):
+            normal.append(line)
+    pip = [VPY, "-m", "pip", "install", "--disable-pip-version-check"]
+    subprocess.check_call(pip + normal)
+    if nodeps:
+        subprocess.check_call(pip + ["--no-deps"] + nodeps)
+    with open(stamp, "w") as f:
+        f.write(_req_hash())
+
+
+# ------------------------------------------------------------------------------------------
+# Everything below runs inside the venv.
+
+def _bits16(t):
+    """Raw 16-bit patterns of a fp16/bf16 torch tensor as a little-endian bytes object."""
+    import torch
+    return t.contiguous().view(torch.int16).numpy().astype("<i2").tobytes()
+
+
+def _raw(t):
+    import torch
+    t = t.contiguous()
+    if t.dtype in (torch.float16, torch.bfloat16):
+        return _bits16(t)
+    if t.dtype in (torch.int8, torch.uint8, torch.float8_e4m3fn):
+        return t.view(torch.uint8).numpy().tobytes()
+    if t.dtype == torch.float32:
+        return t.numpy().astype("<f4").tobytes()
+    raise ValueError(t.dtype)
+
+
+def _st_dtype(t):
+    import torch
+    return {torch.float16: "F16", torch.bfloat16: "BF16", torch.int8: "I8", torch.uint8: "U8",
+            torch.float8_e4m3fn: "F8_E4M3", torch.float32: "F32"}[t.dtype]
+
+
+def write_safetensors(path, tensors, metadata):
+    """tensors: list of (name, dtype string, shape, bytes), laid out in order."""
+    header = {"__metadata__": metadata} if metadata else {}
+    off = 0
+    for name, dt, shape, data in tensors:
+        header[name] = {"dtype": dt, "shape": list(shape), "data_offsets": [off, off + len(data)]}
+        off += len(data)
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        for _, _, _, data in tensors:
+            f.write(data)
+
+
+def load_packer():
+    """DeepCompressor's Nunchaku packer module, imported without the package's heavy deps."""
+    import deepcompressor.backend.nunchaku.utils as u  # imports torch, safetensors only
+    return u
+
+
+# (case name, layer name, N, K, r, storage, bias, use the state-dict wrapper with smooth=None)
+CASES = [
+    ("int4_n128_k128_r16_f16", "transformer_blocks.0.qkv_proj", 128, 128, 16, "f16", True, False),
+    ("int4_n200_k192_r32_bf16", "transformer_blocks.0.out_proj", 200, 192, 32, "bf16", True, False),
+    ("int4_n96_k320_r48_f16", "single_transformer_blocks.3.mlp_fc1", 96, 320, 48, "f16", False, False),
+    ("int4_n300_k256_r32_bf16_wrapper", "transformer_blocks.1.qkv_proj_context", 300, 256, 32, "bf16",
+     True, True),
+    ("int4_n64_k128_r0_f16", "transformer_blocks.2.out_proj_context", 64, 128, 0, "f16", True, False),
+    # K = 64 is one group: DeepCompressor then packs wscales as a 1-D [Np] vector (pack_scale's
+    # group_size == -1 branch), which is not Nunchaku's [Kp/64, Np]; svdq's importer refuses it.
+    ("int4_n64_k64_r0_f16_quirk", "transformer_blocks.3.out_proj", 64, 64, 0, "f16", True, False),
+]
+
+
+def make_case(u, outdir, case, layer, N, K, r, storage, has_bias, wrapper):
+    import numpy as np
+    import torch
+    seed = int(hashlib.sha256(case.encode()).hexdigest()[:8], 16)
+    rng = np.random.default_rng(seed)
+    T = torch.float16 if storage == "f16" else torch.bfloat16
+    G = K // 64
+    codes = torch.tensor(rng.integers(-8, 8, size=(N, K)), dtype=torch.int32)
+    # Group scales: fp16 values that are also exact in T (so the file's T scales and svdq's fp16
+    # scales hold the same numbers): draw in fp32, round to T, then check fp16 holds them.
+    sc = torch.tensor(np.exp2(rng.uniform(-9, -3, size=(N, G))), dtype=torch.float32).to(T)
+    assert torch.equal(sc.to(torch.float16).to(T), sc)
+    if wrapper:
+        smooth = torch.ones(K, dtype=T)
+    else:
+        smooth = torch.tensor(np.exp2(rng.uniform(-2, 2, size=K)), dtype=torch.float32).to(T)
+    down = torch.tensor(rng.standard_normal((K, r)) * 0.05, dtype=torch.float32).to(T)  # [K, r]
+    up = torch.tensor(rng.standard_normal((N, r)) * 0.05, dtype=torch.float32).to(T)    # [N, r]
+    bias = torch.tensor(rng.standard_normal(N), dtype=torch.float32).to(T) if has_bias else None
+
+    # --- canonical svdq file (docs/checkpoint.md §2) ---
+    qw = ((codes[:, 1::2] & 0xF) << 4 | (codes[:, 0::2] & 0xF)).to(torch.uint8)
+    meta = {"format": "int4", "group_size": 64, "rank": r, "in_features": K, "out_features": N,
+            "storage": storage, "bias": has_bias}
+    tens = [(layer + ".qweight", "U8", [N, K // 2], qw.numpy().tobytes()),
+            (layer + ".wscales", "F16", [N, G], _bits16(sc.to(torch.float16))),
+            (layer + ".smooth", _st_dtype(smooth), [K], _bits16(smooth)),
+            (layer + ".lora_down", _st_dtype(down), [K, r], _bits16(down)),
+            (layer + ".lora_up", _st_dtype(up), [N, r], _bits16(up))]
+    if has_bias:
+        tens.append((layer + ".bias", _st_dtype(bias), [N], _bits16(bias)))
+    write_safetensors(os.path.join(outdir, case + ".svdq.safetensors"), tens,
+                      {"svdq.layer." + layer: json.dumps(meta, sort_keys=True)})
+
+    # --- DeepCompressor's packing of the same layer ---
+    # The packer divides the weight by its scale in fp32 and rounds; codes * scale rounded to T
+    # divides back to the exact code (|error| <= 8 * 2^-9 < 0.5), checked here.
+    w = (codes.to(torch.float32).view(N, G, 64) * sc.to(torch.float32).view(N, G, 1)).view(N, K).to(T)
+    back = (w.to(torch.float32).view(N, G, 64) / sc.to(torch.float32).view(N, G, 1)).round()
+    assert torch.equal(back.view(N, K).to(torch.int32), codes)
+    scale4 = sc.view(N, 1, G, 1)
+    lora = (down.t().contiguous(), up) if r > 0 else None
+    if wrapper:
+        # The real entry point, convert.convert_to_nunchaku_w4x4y16_linear_state_dict, with no
+        # smoothing (so it does not re-divide lora_down). Imported by file: convert.py needs tqdm.
+        import importlib.util
+        spec = importlib.util.spec_from_file_location(
+            "deepcompressor.backend.nunchaku.convert", os.path.join(os.path.dirname(u.__file__), "convert.py"))
+        conv = importlib.util.module_from_spec(spec)
+        sys.modules["tqdm"] = sys.modules.get("tqdm") or type(sys)("tqdm")
+        spec.loader.exec_module(conv)
+        sd = conv.convert_to_nunchaku_w4x4y16_linear_state_dict(
+            weight=w, scale=scale4, bias=bias, smooth=None, lora=lora)
+    else:
+        # convert_to_nunchaku_w4x4y16_linear_weight is what the wrapper calls after dividing the
+        # "a" weight by the smoothing factors; svdq's lora_down is already divided, so it is passed
+        # here directly. The keys are the wrapper's (smooth_fused = False).
+        qweight, wscales, pbias, psmooth, plora, _ = u.convert_to_nunchaku_w4x4y16_linear_weight(
+            w, scale=scale4, bias=bias, smooth=smooth, lora=lora, float_point=False)
+        sd = {"qweight": qweight, "wscales": wscales, "bias": pbias, "smooth_orig": psmooth,
+              "smooth": psmooth.clone()}
+        if plora is not None:
+            sd["lora_down"], sd["lora_up"] = plora
+    ntens = []
+    for key in ["qweight", "wscales", "bias", "smooth", "smooth_orig", "lora_down", "lora_up"]:
+        if key in sd:
+            t = sd[key]
+            ntens.append((layer + "." + key, _st_dtype(t), list(t.shape), _raw(t)))
+    rp = sd["lora_down"].shape[1] if "lora_down" in sd else 0
+    qc = {"method": "svdquant",
+          "weight": {"dtype": "int4", "scale_dtype": None, "group_size": 64},
+          "activation": {"dtype": "int4", "scale_dtype": None, "group_size": 64},
+          "rank": rp}
+    nmeta = {"quantization_config": json.dumps(qc),
+             "svdq.nunchaku." + layer: json.dumps({"in_features": K, "out_features": N, "rank": r},
+                                                 separators=(",", ":"))}
+    write_safetensors(os.path.join(outdir, case + ".nunchaku.safetensors"), ntens, nmeta)
+    return [t[0] + " " + t[1] + " " + str(t[2]) for t in ntens]
+
+
+def make(outdir):
+    import torch
+    import deepcompressor
+    u = load_packer()
+    os.makedirs(outdir, exist_ok=True)
+    torch.manual_seed(0)
+    for c in CASES:
+        lines = make_case(u, outdir, *c)
+        print(c[0], "\n  " + "\n  ".join(lines))
+    print("torch", torch.__version__, "deepcompressor", getattr(deepcompressor, "__version__", "?"))
+
+
+def main():
+    cmd = sys.argv[1] if len(sys.argv) > 1 else "make"
+    if cmd == "setup":
+        setup()
+        return
+    if os.path.realpath(sys.prefix) != os.path.realpath(VENV):
+        setup()
+        os.execv(VPY, [VPY, os.path.abspath(__file__)] + sys.argv[1:])
+    if cmd == "make":
+        make(sys.argv[2] if len(sys.argv) > 2 else os.path.join(ROOT, "tests", "data", "nunchaku"))
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main()
