@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "convert.hpp"
 #include "svdq/svdq.hpp"
 
 namespace {
@@ -347,7 +348,9 @@ int main(int argc, char** argv) {
   bench->add_option("--rank", brank, "low-rank branch rank")->check(CLI::Range(0, 4096))->capture_default_str();
   bench->add_option("--repeats", breps, "timed runs (median reported)")->check(CLI::Range(1, 1000))->capture_default_str();
 
+  auto run_convert = svdq_cli::register_convert(app);
   CLI11_PARSE(app, argc, argv);
+  if (app.got_subcommand("convert")) return run_convert();
   if (*quantize) return cmd_quantize(qa);
   if (*calibrate) return cmd_calibrate(calib_inputs, calib_out, calib_suffix, calib_rows, calib_gram);
   if (*inspect) return cmd_inspect(inspect_path);

@@ -530,8 +530,9 @@ Status add_nunchaku(SafetensorsWriter& writer, const std::string& layer, const Q
   }
   out.emplace_back(p + "bias", st_name(t), std::vector<int64_t>{np}, &bias);
   out.emplace_back(p + (v2 ? "smooth_factor" : "smooth"), st_name(t), std::vector<int64_t>{kp}, &smooth);
-  out.emplace_back(p + (v2 ? "smooth_factor_orig" : "smooth_orig"), st_name(t),
-                   std::vector<int64_t>{kp}, &smooth);
+  if (options.smooth_orig)
+    out.emplace_back(p + (v2 ? "smooth_factor_orig" : "smooth_orig"), st_name(t),
+                     std::vector<int64_t>{kp}, &smooth);
   if (r > 0) {
     out.emplace_back(p + (v2 ? "proj_down" : "lora_down"), st_name(t), std::vector<int64_t>{kp, rp}, &down);
     out.emplace_back(p + (v2 ? "proj_up" : "lora_up"), st_name(t), std::vector<int64_t>{np, rp}, &up);

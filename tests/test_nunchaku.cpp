@@ -332,3 +332,32 @@ TEST(Nunchaku, BadInputNamesLayerAndTensor) {
 
 }  // namespace
 }  // namespace svdq
+
+namespace svdq {
+namespace {
+
+TEST(Nunchaku, LegacyTwoFileFolder) {
+  const Case& c = kCases[0];
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::path(::testing::TempDir()) / "nk_legacy";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  fs::copy_file(kData + c.name + ".nunchaku.safetensors", dir / "transformer_blocks.safetensors");
+  SafetensorsWriter w;
+  const float x[2] = {1.0f, 2.0f};
+  ASSERT_TRUE(w.add("x_embedder.weight", "F32", {2}, ByteSpan(reinterpret_cast<const uint8_t*>(x), 8)).ok());
+  ASSERT_TRUE(w.write((dir / "unquantized_layers.safetensors").string()).ok());
+  std::vector<SafetensorsFile> files;
+  auto imp = load_nunchaku(dir.string(), files);
+  ASSERT_TRUE(imp.ok()) << imp.status().to_string();
+  ASSERT_EQ(files.size(), 2u);
+  EXPECT_EQ(imp->layers.size(), 1u);
+  ASSERT_EQ(imp->other_tensors.size(), 2u);  // smooth_orig, and the unquantized tensor
+  EXPECT_EQ(imp->other_tensors[1].first, 1u);
+  EXPECT_EQ(imp->other_tensors[1].second, "x_embedder.weight");
+  EXPECT_TRUE(files[1].contains("x_embedder.weight"));
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace svdq

@@ -89,6 +89,9 @@ struct NunchakuExportOptions {
   NunchakuNames names = NunchakuNames::kLegacy;
   /// Also write the "svdq.nunchaku.<layer>" metadata (true sizes), which import reads back.
   bool shape_metadata = true;
+  /// Write smooth_orig (= smooth; unused by Nunchaku's runtime). `svdq convert --to nunchaku`
+  /// turns it off for a layer whose input file still carries the imported original.
+  bool smooth_orig = true;
 };
 
 /// Adds the tensors of `layer` in Nunchaku's layout, dtypes and padding, byte for byte what
