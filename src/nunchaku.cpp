@@ -522,11 +522,17 @@ Status add_nunchaku(SafetensorsWriter& writer, const std::string& layer, const Q
   out.emplace_back(p + "wscales", ws_dtype, ws_shape, &ws);
   std::vector<uint8_t> wc, wt(4);
   if (q.format == Format::kNvfp4) {
-    wc = vec({}, 0, np);
+    // t_w as DeepCompressor writes a per-tensor scale: in every wcscales entry when the storage
+    // dtype holds it exactly (padding 1), else wcscales = 1 and an F32 wtscale.
     const float tw = q.wtscale;
-    std::memcpy(wt.data(), &tw, 4);
+    const uint16_t twb = float_to_bits16(tw, t);
+    const bool in_wc = bits16_to_float(twb, t) == tw;
+    wc = vec(std::vector<uint16_t>(static_cast<size_t>(n), in_wc ? twb : one), n, np);
     out.emplace_back(p + "wcscales", st_name(t), std::vector<int64_t>{np}, &wc);
-    out.emplace_back(p + "wtscale", "F32", std::vector<int64_t>{1}, &wt);
+    if (!in_wc) {
+      std::memcpy(wt.data(), &tw, 4);
+      out.emplace_back(p + "wtscale", "F32", std::vector<int64_t>{1}, &wt);
+    }
   }
   out.emplace_back(p + "bias", st_name(t), std::vector<int64_t>{np}, &bias);
   out.emplace_back(p + (v2 ? "smooth_factor" : "smooth"), st_name(t), std::vector<int64_t>{kp}, &smooth);

@@ -30,6 +30,8 @@ const Case kCases[] = {
     {"int4_n96_k320_r48_f16", "single_transformer_blocks.3.mlp_fc1"},
     {"int4_n300_k256_r32_bf16_wrapper", "transformer_blocks.1.qkv_proj_context"},
     {"int4_n64_k128_r0_f16", "transformer_blocks.2.out_proj_context"},
+    {"nvfp4_n200_k256_r32_bf16", "transformer_blocks.0.qkv_proj"},
+    {"nvfp4_n128_k384_r16_f16", "single_transformer_blocks.1.out_proj"},
 };
 
 SafetensorsFile open_file(const std::string& path) {

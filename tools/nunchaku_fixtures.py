@@ -114,6 +114,12 @@ CASES = [
     # group_size == -1 branch), which is not Nunchaku's [Kp/64, Np]; svdq's importer refuses it.
     ("int4_n64_k64_r0_f16_quirk", "transformer_blocks.3.out_proj", 64, 64, 0, "f16", True, False),
 ]
+# nvfp4: (case, layer, N, K, r, storage, bias, t_w). K is a multiple of 128: for other K,
+# DeepCompressor pads the micro scales' group axis to 4 groups only (see README).
+NVFP4_CASES = [
+    ("nvfp4_n200_k256_r32_bf16", "transformer_blocks.0.qkv_proj", 200, 256, 32, "bf16", True, 0.75),
+    ("nvfp4_n128_k384_r16_f16", "single_transformer_blocks.1.out_proj", 128, 384, 16, "f16", False, 1.0),
+]
 
 
 def make_case(u, outdir, case, layer, N, K, r, storage, has_bias, wrapper):
@@ -196,6 +202,67 @@ def make_case(u, outdir, case, layer, N, K, r, storage, has_bias, wrapper):
     return [t[0] + " " + t[1] + " " + str(t[2]) for t in ntens]
 
 
+def make_nvfp4_case(u, outdir, case, layer, N, K, r, storage, has_bias, tw):
+    import numpy as np
+    import torch
+    seed = int(hashlib.sha256(case.encode()).hexdigest()[:8], 16)
+    rng = np.random.default_rng(seed)
+    T = torch.float16 if storage == "f16" else torch.bfloat16
+    G = K // 16
+    codes = torch.tensor(rng.integers(0, 16, size=(N, K)), dtype=torch.int32)
+    codes[codes == 8] = 0  # DeepCompressor's fp_quantize never emits -0 (argmin ties to +0)
+    book = torch.tensor([0, .5, 1, 1.5, 2, 3, 4, 6, -0., -.5, -1, -1.5, -2, -3, -4, -6], dtype=torch.float64)
+    vals = book[codes.long()]
+    sub8 = torch.tensor(np.exp2(rng.uniform(-6, 2, size=(N, G))), dtype=torch.float32).to(torch.float8_e4m3fn)
+    sub = sub8.to(torch.float64)
+    assert (sub > 0).all()
+    smooth = torch.tensor(np.exp2(rng.uniform(-2, 2, size=K)), dtype=torch.float32).to(T)
+    down = torch.tensor(rng.standard_normal((K, r)) * 0.05, dtype=torch.float32).to(T)
+    up = torch.tensor(rng.standard_normal((N, r)) * 0.05, dtype=torch.float32).to(T)
+    bias = torch.tensor(rng.standard_normal(N), dtype=torch.float32).to(T) if has_bias else None
+
+    qw = ((codes[:, 1::2] & 0xF) << 4 | (codes[:, 0::2] & 0xF)).to(torch.uint8)
+    meta = {"format": "nvfp4", "group_size": 16, "rank": r, "in_features": K, "out_features": N,
+            "storage": storage, "bias": has_bias}
+    tens = [(layer + ".qweight", "U8", [N, K // 2], qw.numpy().tobytes()),
+            (layer + ".wscales", "F8_E4M3", [N, G], _raw(sub8)),
+            (layer + ".wtscale", "F32", [1], struct.pack("<f", tw)),
+            (layer + ".act_tscale", "F32", [1], struct.pack("<f", 1.0)),
+            (layer + ".smooth", _st_dtype(smooth), [K], _bits16(smooth)),
+            (layer + ".lora_down", _st_dtype(down), [K, r], _bits16(down)),
+            (layer + ".lora_up", _st_dtype(up), [N, r], _bits16(up))]
+    if has_bias:
+        tens.append((layer + ".bias", _st_dtype(bias), [N], _bits16(bias)))
+    write_safetensors(os.path.join(outdir, case + ".svdq.safetensors"), tens,
+                      {"svdq.layer." + layer: json.dumps(meta, sort_keys=True)})
+
+    # W = code * group scale * t_w, exact in T (checked); DeepCompressor's nvfp4 inputs: the
+    # per-channel scale (all t_w; it becomes wcscales) and the group-16 subscale (wscales).
+    wexact = (vals.view(N, G, 16) * sub.view(N, G, 1) * tw).view(N, K)
+    w = wexact.to(T)
+    assert torch.equal(w.to(torch.float64), wexact)
+    scale = torch.full((N, 1, 1, 1), tw, dtype=T)
+    subscale = sub.to(T).view(N, 1, G, 1)
+    lora = (down.t().contiguous(), up) if r > 0 else None
+    qweight, wcscales, pbias, psmooth, plora, wscales = u.convert_to_nunchaku_w4x4y16_linear_weight(
+        w, scale=scale, bias=bias, smooth=smooth, lora=lora, float_point=True, subscale=subscale)
+    sd = {"qweight": qweight, "wscales": wscales, "wcscales": wcscales, "bias": pbias,
+          "smooth": psmooth.clone(), "smooth_orig": psmooth}
+    if plora is not None:
+        sd["lora_down"], sd["lora_up"] = plora
+    ntens = [(layer + "." + k, _st_dtype(t), list(t.shape), _raw(t)) for k, t in sd.items()]
+    rp = sd["lora_down"].shape[1] if "lora_down" in sd else 0
+    qc = {"method": "svdquant",
+          "weight": {"dtype": "fp4_e2m1_all", "scale_dtype": [None, "fp8_e4m3_nan"], "group_size": 16},
+          "activation": {"dtype": "fp4_e2m1_all", "scale_dtype": "fp8_e4m3_nan", "group_size": 16},
+          "rank": rp}
+    nmeta = {"quantization_config": json.dumps(qc),
+             "svdq.nunchaku." + layer: json.dumps({"in_features": K, "out_features": N, "rank": r},
+                                                 separators=(",", ":"))}
+    write_safetensors(os.path.join(outdir, case + ".nunchaku.safetensors"), ntens, nmeta)
+    return [t[0] + " " + t[1] + " " + str(t[2]) for t in ntens]
+
+
 def make(outdir):
     import torch
     import deepcompressor
@@ -204,6 +271,9 @@ def make(outdir):
     torch.manual_seed(0)
     for c in CASES:
         lines = make_case(u, outdir, *c)
+        print(c[0], "\n  " + "\n  ".join(lines))
+    for c in NVFP4_CASES:
+        lines = make_nvfp4_case(u, outdir, *c)
         print(c[0], "\n  " + "\n  ".join(lines))
     print("torch", torch.__version__, "deepcompressor", getattr(deepcompressor, "__version__", "?"))
 

@@ -97,7 +97,8 @@ struct NunchakuExportOptions {
 /// Adds the tensors of `layer` in Nunchaku's layout, dtypes and padding, byte for byte what
 /// DeepCompressor's packer writes for the same layer (with its padding values: codes 0, scales,
 /// smooth and bias 1, lora 0; a layer without bias gets zeros), plus smooth_orig = smooth and,
-/// for nvfp4, wcscales = 1 and wtscale = t_w (F32). Every 16-bit tensor has the layer's storage
+/// for nvfp4, wcscales = t_w on every channel when the storage dtype holds t_w exactly (no
+/// wtscale tensor), else wcscales = 1 and an F32 wtscale = t_w. Every 16-bit tensor has the layer's storage
 /// dtype. Refuses (kErrorInvalidArgument, nothing added) a layer it cannot write exactly: an
 /// int4 fp16 scale that bf16 cannot hold when storage is bf16, an nvfp4 layer with
 /// act_tensor_scale != 1, a layer that fails validate(). Sets the "svdq.nunchaku.<layer>"
