@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <random>
 #include <string>
@@ -482,6 +483,97 @@ TEST(Nunchaku, RuntimeSemanticsGapIsSmall) {
     EXPECT_LT(gap, 0.75 * err_ref);   // ... by less than the activation quantization error
     EXPECT_LT(err_nk, 1.1 * err_ref);  // and is about as accurate
   }
+}
+
+}  // namespace
+}  // namespace svdq
+
+namespace svdq {
+namespace {
+
+std::vector<uint8_t> bytes_of(const SafetensorsFile& f, const std::string& name) {
+  auto b = f.bytes(name);
+  EXPECT_TRUE(b.ok());
+  return std::vector<uint8_t>(b->begin(), b->end());
+}
+
+TEST(Nunchaku, NotRepresentableLayersAreListed) {
+  // nvfp4 with per-channel wcscales.
+  const Case& f4 = kCases[5];  // nvfp4_n200_k256_r32_bf16, t_w = 0.75 in wcscales
+  SafetensorsFile nk = open_file(kData + f4.name + ".nunchaku.safetensors");
+  const std::string L = f4.layer;
+  std::vector<uint8_t> wc = bytes_of(nk, L + ".wcscales");
+  wc[2 * 5] ^= 0x01;  // the entry at position 5 (some channel other than position 0s) differs
+  SafetensorsFile a = edited(nk, {"", L + ".wcscales", "BF16", {256}, wc});
+  auto imp = import_nunchaku({&a});
+  ASSERT_TRUE(imp.ok()) << imp.status().to_string();
+  ASSERT_EQ(imp->skipped.size(), 1u);
+  EXPECT_NE(imp->skipped[0].reason.find("per-channel wcscales"), std::string::npos);
+
+  // DeepCompressor's per-tensor variant: wcscales absent, wtscale BF16 [1] = 0.75: same layer.
+  SafetensorsFile sv = open_file(kData + f4.name + ".svdq.safetensors");
+  auto canonical = load_quantized(sv, L);
+  ASSERT_TRUE(canonical.ok());
+  const uint16_t b075 = float_to_bf16_bits(0.75f);
+  SafetensorsWriter w;
+  for (const auto& name : nk.names()) {
+    auto info = nk.info(name);
+    if (name == L + ".wcscales") {
+      ASSERT_TRUE(w.add(L + ".wtscale", "BF16", {1}, ByteSpan(reinterpret_cast<const uint8_t*>(&b075), 2)).ok());
+      continue;
+    }
+    ASSERT_TRUE(w.add(name, info->dtype, info->shape, info->data).ok());
+  }
+  for (const auto& [k, v] : nk.metadata()) ASSERT_TRUE(w.set_metadata(k, v).ok());
+  auto b = SafetensorsFile::from_bytes(std::move(w.serialize()).value());
+  ASSERT_TRUE(b.ok());
+  imp = import_nunchaku({&*b});
+  ASSERT_TRUE(imp.ok()) << imp.status().to_string();
+  ASSERT_EQ(imp->layers.size(), 1u);
+  expect_same_data(imp->layers[0].second, *canonical);
+
+  // int4 bf16 scale that fp16 cannot hold (1e6 > 65504).
+  const Case& i4 = kCases[1];  // int4_n200_k192_r32_bf16
+  SafetensorsFile nk4 = open_file(kData + i4.name + ".nunchaku.safetensors");
+  std::vector<uint8_t> ws = bytes_of(nk4, std::string(i4.layer) + ".wscales");
+  const uint16_t big = float_to_bf16_bits(1e6f);
+  std::memcpy(ws.data(), &big, 2);  // scale (n 0, g 0)
+  SafetensorsFile c = edited(nk4, {"", std::string(i4.layer) + ".wscales", "BF16", {4, 256}, ws});
+  imp = import_nunchaku({&c});
+  ASSERT_TRUE(imp.ok()) << imp.status().to_string();
+  ASSERT_EQ(imp->skipped.size(), 1u);
+  EXPECT_NE(imp->skipped[0].reason.find("not exactly representable in fp16"), std::string::npos)
+      << imp->skipped[0].reason;
+
+  // AWQ W4A16 (qweight I32, wzeros): listed, not an error.
+  SafetensorsWriter aw;
+  std::vector<uint8_t> z(64 * 4);
+  ASSERT_TRUE(aw.add("blocks.0.norm1.linear.qweight", "I32", {8, 8}, ByteSpan(z.data(), z.size())).ok());
+  ASSERT_TRUE(aw.add("blocks.0.norm1.linear.wzeros", "BF16", {8}, ByteSpan(z.data(), 16)).ok());
+  auto awf = SafetensorsFile::from_bytes(std::move(aw.serialize()).value());
+  ASSERT_TRUE(awf.ok());
+  imp = import_nunchaku({&*awf});
+  ASSERT_TRUE(imp.ok()) << imp.status().to_string();
+  ASSERT_EQ(imp->skipped.size(), 1u);
+  EXPECT_NE(imp->skipped[0].reason.find("AWQ"), std::string::npos);
+  EXPECT_EQ(imp->other_tensors.size(), 2u);
+}
+
+TEST(Nunchaku, BothKeySpellingsInOneLayerIsAnError) {
+  const Case& c = kCases[0];
+  SafetensorsFile nk = open_file(kData + c.name + ".nunchaku.safetensors");
+  SafetensorsWriter w;
+  for (const auto& name : nk.names()) {
+    auto info = nk.info(name);
+    ASSERT_TRUE(w.add(name, info->dtype, info->shape, info->data).ok());
+  }
+  auto sm = nk.info(std::string(c.layer) + ".smooth");
+  ASSERT_TRUE(w.add(std::string(c.layer) + ".smooth_factor", sm->dtype, sm->shape, sm->data).ok());
+  auto f = SafetensorsFile::from_bytes(std::move(w.serialize()).value());
+  ASSERT_TRUE(f.ok());
+  auto imp = import_nunchaku({&*f});
+  ASSERT_FALSE(imp.ok());
+  EXPECT_NE(imp.status().message().find("smooth_factor"), std::string::npos);
 }
 
 }  // namespace
