@@ -188,7 +188,12 @@ std::vector<Case> cases() {
     }
   return v;
 }
-INSTANTIATE_TEST_SUITE_P(All, GpuLayer, ::testing::ValuesIn(cases()));
+std::string case_name(const ::testing::TestParamInfo<Case>& info) {
+  const Case& c = info.param;
+  return std::string(svdq::format_name(c.format)) + "_" + svdq::dtype_name(c.dtype) + "_r" + std::to_string(c.rank) +
+         "_m" + std::to_string(c.m);
+}
+INSTANTIATE_TEST_SUITE_P(All, GpuLayer, ::testing::ValuesIn(cases()), case_name);
 
 // The dense FP16 layer y = x W^T + b (fp16 x and W, fp32 accumulation and output): cuBLAS on the
 // device; on the emulated backend a float64 host GEMM of the same fp16 operands.
