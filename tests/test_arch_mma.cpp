@@ -307,6 +307,66 @@ TEST(ArchMmaS4, AccumulationWrapsWithoutSatfinite) {
   EXPECT_EQ(D[3][4], std::numeric_limits<int32_t>::max());
 }
 
+// ================================ m16n8k32 .s8 =================================================
+// Same 8-bit fragment layout as .e4m3 (Figures 88, 90, 91); exact integer accumulation, wrapping.
+TEST(ArchMmaS8, OneHotAndRandomMatchInt64Gemm) {
+  std::mt19937 rng(13);
+  auto run = [](const uint32_t(&A)[16][32], const uint32_t(&B)[32][8], const int32_t(&C)[16][8],
+                int32_t(&D)[16][8]) {
+    uint32_t a[32][4], b[32][2];
+    int32_t c[32][4], d[32][4];
+    pack_a<32>(A, 8, isa_k32_a, a);
+    pack_b<32>(B, 8, isa_k32_b, b);
+    pack_c(C, c);
+    ref::mma_m16n8k32_s8s8s32(a, b, c, d);
+    unpack_d(d, D);
+  };
+  auto s8 = [](uint32_t v) { return static_cast<int>(static_cast<int8_t>(v & 0xFF)); };
+  uint32_t Bm[32][8];
+  for (auto& row : Bm)
+    for (auto& v : row) v = rng() & 0xFF;
+  const int32_t zero[16][8] = {};
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 32; ++j) {
+      uint32_t A[16][32] = {};
+      A[i][j] = 1;
+      int32_t D[16][8];
+      run(A, Bm, zero, D);
+      for (int m = 0; m < 16; ++m)
+        for (int n = 0; n < 8; ++n)
+          ASSERT_EQ(D[m][n], m == i ? s8(Bm[j][n]) : 0) << "A one-hot (" << i << "," << j << ")";
+    }
+  for (int k = 0; k < 32; ++k)
+    for (int n = 0; n < 8; ++n) {
+      uint32_t A[16][32], B[32][8] = {};
+      for (auto& row : A)
+        for (auto& v : row) v = rng() & 0xFF;
+      B[k][n] = 0xFF;  // -1
+      int32_t D[16][8];
+      run(A, B, zero, D);
+      for (int m = 0; m < 16; ++m)
+        for (int nn = 0; nn < 8; ++nn)
+          ASSERT_EQ(D[m][nn], nn == n ? -s8(A[m][k]) : 0) << "B one-hot (" << k << "," << n << ")";
+    }
+  for (int trial = 0; trial < 100; ++trial) {
+    uint32_t A[16][32], B[32][8];
+    int32_t C[16][8], D[16][8];
+    for (auto& row : A)
+      for (auto& v : row) v = rng() & 0xFF;
+    for (auto& row : B)
+      for (auto& v : row) v = rng() & 0xFF;
+    for (auto& row : C)
+      for (auto& v : row) v = static_cast<int32_t>(rng());
+    run(A, B, C, D);
+    for (int m = 0; m < 16; ++m)
+      for (int n = 0; n < 8; ++n) {
+        int64_t s = C[m][n];
+        for (int k = 0; k < 32; ++k) s += static_cast<int64_t>(s8(A[m][k])) * s8(B[k][n]);
+        ASSERT_EQ(D[m][n], static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint64_t>(s))));
+      }
+  }
+}
+
 // ================================ m16n8k32 .e4m3 ===============================================
 void run_e4m3(const uint32_t (&A)[16][32], const uint32_t (&B)[32][8], const float (&C)[16][8],
               float (&D)[16][8]) {

@@ -44,9 +44,18 @@
 //         of two is a multiple of 2^-20, so the sum is exact only while |C| + sum |A*B| < 2^4;
 //         beyond that host and device may differ in the last bits of D.
 //     Not verified on a GPU: the ISA promises only "at least single precision". The DeepSeek-V3
-//     report (arXiv 2412.19437, §3.3.2) measured FP8 mma accumulation on H800 keeping about 14 bits
-//     after alignment; the int4-as-e4m3 sums above need 13 bits (|values| <= 3136 < 2^12, integer
-//     spacing), so they are expected exact there too — to be confirmed on the device.
+//     report (arXiv 2412.19437, §3.3.2) measured FP8 GEMM accumulation on H800 tensor cores
+//     (wgmma) keeping about 14 bits after alignment; the int4-as-e4m3 sums above need 13 bits
+//     (|values| <= 3136 < 2^12, integer spacing), so they are expected exact there too — to be
+//     confirmed on the device.
+//
+// What ptxas makes of these (CUDA 13.0, cuobjdump -sass of cuda/arch_check.cu):
+//   sm_80/86: IMMA.16864.S4.S4, IMMA.16832.S8.S8, HMMA.16816.F32(.BF16); e4m3 -> the trap below.
+//   sm_89:    the same plus QMMA.16832.F32.E4M3.E4M3 (native e4m3).
+//   sm_90/90a: .s4 is lowered to a subroutine of shifts and 2 x IMMA.16832.S8.S8; .e4m3 to
+//             12 x F2FP.F16.E4M3.UNPACK_B + 2 x HMMA.16816.F32 (f16 products, exact for e4m3,
+//             so the precision caveat above does not apply to mma.sync there); .s8 stays native.
+//             On Hopper mma.sync e4m3 is therefore no faster than f16 or s8 mma.sync.
 //   * NaN: the host propagates NaN through double arithmetic (payload not reproduced); the
 //     hardware's NaN bits are not reproduced bit for bit.
 #pragma once
@@ -122,6 +131,9 @@ SVDQ_HD constexpr Coord m16n8_c(int lane, int reg) {
 inline int s4_element(uint32_t reg, int elem) {
   const int v = static_cast<int>((reg >> (4 * elem)) & 0xFu);
   return v >= 8 ? v - 16 : v;
+}
+inline int s8_element(uint32_t reg, int elem) {
+  return static_cast<int8_t>(static_cast<uint8_t>(reg >> (8 * elem)));
 }
 /// E4M3 ("fn": bias 7, no infinities, S.1111.111 = NaN) as a double, exactly.
 inline double e4m3_element(uint32_t reg, int elem) {
@@ -205,6 +217,24 @@ inline void mma_m16n8k64_s4s4s32_lane(const uint32_t a[32][4], const uint32_t b[
 inline void mma_m16n8k64_s4s4s32(const uint32_t a[32][4], const uint32_t b[32][2],
                                  const int32_t c[32][4], int32_t d[32][4]) {
   for (int lane = 0; lane < 32; ++lane) mma_m16n8k64_s4s4s32_lane(a, b, c[lane], lane, d[lane]);
+}
+
+/// One lane's D of mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 (wrapping, as .s4 above).
+inline void mma_m16n8k32_s8s8s32_lane(const uint32_t a[32][4], const uint32_t b[32][2],
+                                      const int32_t c[4], int lane, int32_t d[4]) {
+  int A[16][32], B[32][8];
+  detail::gather_a<32, 4>(a, m16n8k32_a, s8_element, A);
+  detail::gather_b<32, 4>(b, m16n8k32_b, s8_element, B);
+  for (int r = 0; r < 4; ++r) {
+    const Coord p = m16n8_c(lane, r);
+    uint32_t acc = static_cast<uint32_t>(c[r]);
+    for (int k = 0; k < 32; ++k) acc += static_cast<uint32_t>(A[p.row][k] * B[k][p.col]);
+    d[r] = static_cast<int32_t>(acc);
+  }
+}
+inline void mma_m16n8k32_s8s8s32(const uint32_t a[32][4], const uint32_t b[32][2],
+                                 const int32_t c[32][4], int32_t d[32][4]) {
+  for (int lane = 0; lane < 32; ++lane) mma_m16n8k32_s8s8s32_lane(a, b, c[lane], lane, d[lane]);
 }
 
 /// One lane's D of mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 (order and rounding: see
@@ -306,6 +336,29 @@ SVDQ_DEV void mma_m16n8k64_s4s4s32(int32_t (&d)[4], const uint32_t (&a)[4], cons
         "r"(c[2]), "r"(c[3]));
 #elif defined(__CUDA_ARCH__)
   SVDQ_NO_DEVICE_CODE("mma.sync.aligned.m16n8k64.row.col.s32.s4.s4.s32 (needs sm_80)");
+#endif
+}
+
+/// D = A*B + C, A 16x32 .s8 (row), B 32x8 .s8 (col), C/D 16x8 .s32, wrapping on overflow.
+/// a: 4 x u32 (4 s8 bytes each), b: 2 x u32, c/d: 4 x s32 (the 8-bit maps ref::m16n8k32_a/_b).
+/// sm_80+; native on sm_90 (IMMA.16832.S8.S8), unlike the .s4 and .e4m3 forms there.
+SVDQ_DEV void mma_m16n8k32_s8s8s32(int32_t (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
+                                   const int32_t (&c)[4]) {
+#if SVDQ_ARCH_HOST
+  uint32_t A[32][4], B[32][2];
+  int32_t own_c[4];
+  detail::mma_gather("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32", a, b, c, A, B, own_c);
+  ref::mma_m16n8k32_s8s8s32_lane(A, B, own_c, emu::lane_id(), d);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  // volatile: keep the warp-synchronous instruction at its program point (see above).
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 "
+      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %11, %12, %13};\n"
+      : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(c[0]), "r"(c[1]),
+        "r"(c[2]), "r"(c[3]));
+#elif defined(__CUDA_ARCH__)
+  SVDQ_NO_DEVICE_CODE("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 (needs sm_80)");
 #endif
 }
 
