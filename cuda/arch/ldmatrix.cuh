@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 
 #include "config.cuh"
@@ -76,8 +77,14 @@ SVDQ_DEV void ldmatrix_m8n8_b16(uint32_t (&d)[N], const void* row) {
   // Rows read by this lane: row lane/4 of each matrix, or with .trans rows 2*(lane%4) and +1.
   for (int j = 0; j < N; ++j)
     for (int half = 0; half < (kTrans ? 2 : 1); ++half) {
-      const uintptr_t p = addr[8 * j + ref::ldmatrix_row(lane, half, kTrans)];
-      if (p % 16 != 0) emu::fail(kWhat, "a row address is not 16-byte aligned");
+      const int supplier = 8 * j + ref::ldmatrix_row(lane, half, kTrans);
+      const uintptr_t p = addr[supplier];
+      if (p % 16 != 0) {
+        char msg[96];
+        std::snprintf(msg, sizeof msg, "the row address of lane %d is not 16-byte aligned",
+                      supplier);
+        emu::fail(kWhat, msg);
+      }
       emu::note_shared_access(reinterpret_cast<const void*>(p), 16, false, kWhat, true);
     }
   for (int j = 0; j < N; ++j) {
