@@ -48,16 +48,19 @@
 //     (wgmma) keeping about 14 bits after alignment; the int4-as-e4m3 sums above need 13 bits
 //     (|values| <= 3136 < 2^12, integer spacing), so they are expected exact there too — to be
 //     confirmed on the device.
+//   * NaN: the host propagates NaN through double arithmetic (NaN * 0 is NaN, as in IEEE); the
+//     hardware's NaN bit patterns are not reproduced bit for bit.
+//   * .s8 (m16n8k32, the 8-bit layout of .e4m3): as .s4, exact and wrapping.
 //
 // What ptxas makes of these (CUDA 13.0, cuobjdump -sass of cuda/arch_check.cu):
 //   sm_80/86: IMMA.16864.S4.S4, IMMA.16832.S8.S8, HMMA.16816.F32(.BF16); e4m3 -> the trap below.
 //   sm_89:    the same plus QMMA.16832.F32.E4M3.E4M3 (native e4m3).
 //   sm_90/90a: .s4 is lowered to a subroutine of shifts and 2 x IMMA.16832.S8.S8; .e4m3 to
-//             12 x F2FP.F16.E4M3.UNPACK_B + 2 x HMMA.16816.F32 (f16 products, exact for e4m3,
-//             so the precision caveat above does not apply to mma.sync there); .s8 stays native.
-//             On Hopper mma.sync e4m3 is therefore no faster than f16 or s8 mma.sync.
-//   * NaN: the host propagates NaN through double arithmetic (payload not reproduced); the
-//     hardware's NaN bits are not reproduced bit for bit.
+//             12 x F2FP.F16.E4M3.UNPACK_B + 2 x HMMA.16816.F32 (exact e4m3 -> f16 conversions,
+//             then f16 mma: its accumulation is HMMA's, as unspecified by the ISA as any; the
+//             DeepSeek figure above concerns wgmma, not this path); .s8 stays native (IMMA).
+//             On Hopper, mma.sync e4m3 is therefore no faster than f16 or s8 mma.sync, and the
+//             exact integer path for int4 is s4x8_to_s8x8 (convert.cuh) + the s8 mma.
 #pragma once
 
 #include <cstdint>
