@@ -51,7 +51,8 @@ __global__ void arch_instruction_check_kernel(const uint32_t* in, uint32_t* out)
   o[2] = r1[0] ^ r2[0] ^ r2[1] ^ r4[0] ^ r4[1] ^ r4[2] ^ r4[3];
   o[3] = t1[0] ^ t2[0] ^ t2[1] ^ t4[0] ^ t4[1] ^ t4[2] ^ t4[3];
   o[4] = s8lo ^ s8hi ^ e4lo ^ e4hi ^ static_cast<uint32_t>(dot);
-  o[5] = wb ^ wh ^ pb ^ ph ^ arch::e2m1_to_bf16(in[11]) ^ arch::e2m1_to_f16(in[11]);
+  o[5] = wb ^ wh ^ pb ^ ph ^ arch::e2m1x2_to_bf16x2(in[12]) ^ arch::e2m1x2_to_f16x2(in[12]) ^
+         arch::e2m1_to_bf16(in[11]) ^ arch::e2m1_to_f16(in[11]);
 }
 
 // Apart, because below sm_89 its body is a trap, after which the compiler drops everything else.

@@ -166,6 +166,20 @@ TEST(ArchConvert, E2m1ToBf16F16FloatAll16) {
   }
 }
 
+TEST(ArchConvert, E2m1PairsToBf16x2AndF16x2) {
+  for (uint32_t codes = 0; codes < 256; ++codes) {
+    const uint32_t b = arch::e2m1x2_to_bf16x2(codes | 0xFFFFFF00u),
+                   h = arch::e2m1x2_to_f16x2(codes);
+    for (int e = 0; e < 2; ++e) {
+      const float want = svdq::decode_e2m1(static_cast<uint8_t>((codes >> (4 * e)) & 0xF));
+      EXPECT_EQ(bits(static_cast<float>(bf16_value(static_cast<uint16_t>(b >> (16 * e))))),
+                bits(want));
+      EXPECT_EQ(bits(static_cast<float>(f16_value(static_cast<uint16_t>(h >> (16 * e))))),
+                bits(want));
+    }
+  }
+}
+
 // 16 x 16 code pairs x all 256 E4M3 scales: each element is exactly e2m1 * e4m3 (float64), in bf16
 // and f16; NaN scales give NaN.
 TEST(ArchConvert, E2m1TimesE4m3ScaleExhaustive) {

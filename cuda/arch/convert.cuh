@@ -151,6 +151,17 @@ SVDQ_HD uint16_t e2m1_to_f16(uint32_t code) {
   const uint32_t bits = mag >= 2u ? (mag << 9) + 0x3800u : mag * 0x3800u;
   return static_cast<uint16_t>(bits | ((code & 0x8u) << 12));
 }
+/// Two E2M1 codes (bits 0-3 = element 0, bits 4-7 = element 1) as bf16x2 / f16x2 (element 0 in the
+/// low half), exact: the operands of the nvfp4 group sum (one m16n8k16 = one group of 16, C = 0,
+/// exact; the scales are applied in fp32 afterwards, as the contract orders it).
+SVDQ_HD uint32_t e2m1x2_to_bf16x2(uint32_t codes) {
+  return static_cast<uint32_t>(e2m1_to_bf16(codes)) |
+         (static_cast<uint32_t>(e2m1_to_bf16(codes >> 4)) << 16);
+}
+SVDQ_HD uint32_t e2m1x2_to_f16x2(uint32_t codes) {
+  return static_cast<uint32_t>(e2m1_to_f16(codes)) |
+         (static_cast<uint32_t>(e2m1_to_f16(codes >> 4)) << 16);
+}
 /// Exact value of an E2M1 code as fp32.
 SVDQ_HD float e2m1_to_float(uint32_t code) {
   return detail::u32_as_float(static_cast<uint32_t>(e2m1_to_bf16(code)) << 16);
