@@ -63,15 +63,13 @@
 //             exact integer path for int4 is s4x8_to_s8x8 (convert.cuh) + the s8 mma.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
 #include "config.cuh"
 #include "guard.cuh"
 
-#if !defined(__CUDACC__)
-#include <cmath>
-#endif
 
 namespace svdq::arch {
 
