@@ -125,6 +125,7 @@ TEST(ArchConvert, S4ToE4m3Exhaustive) {
     arch::s4x8_to_e4m3x8(w, lo, hi);
     ASSERT_EQ(lo, arch::s4x4_to_e4m3x4(w & 0xFFFF));
     ASSERT_EQ(hi, arch::s4x4_to_e4m3x4(w >> 16));
+    ASSERT_EQ(arch::s4x4_to_e4m3x4(w), arch::s4x4_to_e4m3x4(w & 0xFFFF));  // bits 16-31 ignored
   }
 }
 

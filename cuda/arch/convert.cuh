@@ -90,23 +90,20 @@ SVDQ_HD void s4x8_to_s8x8(uint32_t packed, uint32_t& lo, uint32_t& hi) {
 }
 
 /// 4 int4 nibbles (bits 0-15 of `packed16`, element e in bits [4e, 4e+4)) -> 4 E4M3 bytes
-/// (byte e = element e). Exact: every integer with |v| <= 8 has at most 4 significant bits and is
-/// an E4M3 value (1 = 0x38, 2 = 0x40, 3 = 0x44, ...). Two table lookups by byte permute (the
-/// 16-entry table is two 8-entry halves selected by the code's low 3 bits) and a per-byte select on
-/// the code's bit 3.
+/// (byte e = element e; bits 16-31 are ignored). Exact: every integer with |v| <= 8 has at most 4
+/// significant bits and is an E4M3 value (1 = 0x38, 2 = 0x40, 3 = 0x44, ...). Two table lookups by
+/// byte permute (the 16-entry table is two 8-entry halves selected by the code's low 3 bits) and a
+/// per-byte select on the code's bit 3.
 SVDQ_HD uint32_t s4x4_to_e4m3x4(uint32_t packed16) {
   // Table halves: codes 0-7 (values 0..7) and codes 8-15 (values -8..-1), 8 bytes each.
   constexpr uint32_t kPos0 = 0x44403800u;  // codes 3 2 1 0 : 3 = 0x44, 2 = 0x40, 1 = 0x38, 0 = 0
   constexpr uint32_t kPos1 = 0x4E4C4A48u;  // codes 7 6 5 4 : 7 = 0x4E, 6 = 0x4C, 5 = 0x4A, 4 = 0x48
-  constexpr uint32_t kNeg0 =
-      0xCACCCED0u;  // codes 11..8  : -5 = 0xCA, -6 = 0xCC, -7 = 0xCE, -8 = 0xD0
-  constexpr uint32_t kNeg1 =
-      0xB8C0C4C8u;  // codes 15..12 : -1 = 0xB8, -2 = 0xC0, -3 = 0xC4, -4 = 0xC8
+  constexpr uint32_t kNeg0 = 0xCACCCED0u;  // codes 11..8: -5 = 0xCA, -6, -7, -8 = 0xD0
+  constexpr uint32_t kNeg1 = 0xB8C0C4C8u;  // codes 15..12: -1 = 0xB8, -2 = 0xC0, -3, -4 = 0xC8
   const uint32_t sel = packed16 & 0x7777u;  // low 3 bits of each code select within a half
   const uint32_t pos = byte_perm(kPos0, kPos1, sel);
   const uint32_t neg = byte_perm(kNeg0, kNeg1, sel);
-  // Byte mask 0xFF where the code's bit 3 is set (a negative value): selector 1 picks byte 1 =
-  // 0xFF.
+  // Byte mask 0xFF where the code's bit 3 is set (negative): selector 1 picks byte 1 (0xFF).
   const uint32_t neg_mask = byte_perm(0x0000FF00u, 0u, (packed16 >> 3) & 0x1111u);
   return (pos & ~neg_mask) | (neg & neg_mask);
 }
