@@ -622,6 +622,7 @@ std::string launch(const char* kernel, dim3 grid, dim3 block, size_t dynamic_sha
   const size_t limit = std::min(options.shared_limit, kArenaCapacity);
   if (dynamic_shared_bytes > limit)
     return bad(std::to_string(dynamic_shared_bytes) + " bytes of dynamic shared memory exceed " + std::to_string(limit));
+  if (options.configuration_only) return "";
 
   auto l = std::make_unique<Launch>();
   l->kernel = name;

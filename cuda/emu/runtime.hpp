@@ -26,6 +26,7 @@ struct LaunchOptions {
   size_t shared_limit = 48 * 1024;   // static + dynamic shared bytes per CTA (sm_90 opt-in: 227 KiB)
   unsigned preempt_one_in = 0;       // also switch fibers at 1 in n shared accesses (0: never)
   size_t stack_bytes = 0;            // per fiber; 0: 256 KiB (512 KiB under ASan)
+  bool configuration_only = false;   // check the launch configuration, run nothing
   bool check_races = true;           // the barrier-interval race check (tests of the interleaving
                                      // itself turn it off to watch a race change the result)
 };
