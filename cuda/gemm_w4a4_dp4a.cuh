@@ -16,7 +16,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include "arch/dp4a_tmp.cuh"  // svdq::arch::dp4a (moves to arch/convert.cuh)
+#include "arch/convert.cuh"  // svdq::arch::dp4a
 #include "arch/fp.cuh"
 #include "arch/smem.cuh"
 #include "arch/warp.cuh"
