@@ -70,10 +70,10 @@ struct CudaLauncher {
                          dim3(fl.qgrid.x, fl.qgrid.y, fl.qgrid.z), dim3(fl.qblock.x, fl.qblock.y, fl.qblock.z),
                          qargs, 0, stream),
         "launching quantize_lora_down_kernel"));
-    return cuda_status(cudaLaunchKernel(reinterpret_cast<const void*>(&cuda::gemm_w4a4_dp4a_kernel<T, kKind>),
+    return cuda_status(cudaLaunchKernel(reinterpret_cast<const void*>(cuda::gemm_kernel<T, kKind>(fl.path)),
                                         dim3(fl.ggrid.x, fl.ggrid.y, fl.ggrid.z),
                                         dim3(fl.gblock.x, fl.gblock.y, fl.gblock.z), gargs, 0, stream),
-                       "launching gemm_w4a4_dp4a_kernel");
+                       ("launching " + cuda::gemm_kernel_name(fl.path, fl.bf16, kKind)).c_str());
   }
 };
 
@@ -113,9 +113,14 @@ Result<GpuLinear> GpuLinear::create(const QuantizedLinear& q, DType act_dtype, i
     return Status(StatusCode::kErrorArchMismatch,
                   std::string(kFn) + ": device " + prop.name + " is sm_" + std::to_string(prop.major * 10 + prop.minor) +
                       "; svdq's kernels need sm_80 or newer");
+  // Kernel 2's path for this architecture (cuda/dispatch.hpp); any other is kErrorArchMismatch.
+  auto path = cuda::gemm_path_for(prop.major, prop.minor, kFn);
+  if (!path.ok()) return path.status();
+  plan->path = *path;
   // The build must hold code this device can run (SASS for it or PTX it can JIT).
   cudaFuncAttributes attr{};
-  if (cudaFuncGetAttributes(&attr, cuda::gemm_w4a4_dp4a_kernel<__nv_bfloat16, 0>) != cudaSuccess) {
+  if (cudaFuncGetAttributes(&attr, reinterpret_cast<const void*>(cuda::gemm_kernel<__nv_bfloat16, 0>(*path))) !=
+      cudaSuccess) {
     cudaGetLastError();
     return Status(StatusCode::kErrorArchMismatch,
                   std::string(kFn) + ": this build has no kernel image for " + prop.name + " (sm_" +

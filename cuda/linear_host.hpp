@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "dispatch.hpp"  // GemmPath, the kernel 2 instantiations
 #include "gemm_w4a4_dp4a.cuh"
 #include "quantize_lora_down.cuh"
 #include "svdq/linear.hpp"
@@ -31,6 +32,7 @@ struct LinearPlan {
   int rank = 0, group = 64;
   float t_act = 1.0f, t_prod = 1.0f;
   bool has_bias = false;
+  GemmPath path = GemmPath::kDp4a;  // kernel 2 (the backend sets it from the device: dispatch.hpp)
   std::vector<uint8_t> w_codes;  // (N, K/2) canonical packed codes (the dp4a kernel reads them as is)
   std::vector<float> w_scales;   // (N, G) fp32, exact decode of the fp16 / E4M3 group scales
   std::vector<float> inv_s;      // (K) fp32, 1 / s
@@ -110,6 +112,7 @@ struct ForwardLaunch {
   GemmParams gp;
   bool bf16 = true;
   int kind = 0;  // 0 int4, 1 nvfp4
+  GemmPath path = GemmPath::kDp4a;
 };
 
 /// The launch configuration for M rows: kernel 1 one CTA per row (gridDim.x = M <= 2^31-1);
@@ -147,6 +150,7 @@ inline Status plan_forward(const LinearPlan* p, const DeviceWeights& w, const vo
   out->gblock.x = kGemmThreads;
   out->bf16 = L.act == DType::kBF16;
   out->kind = L.format == Format::kInt4 ? 0 : 1;
+  out->path = L.path;
   return Status::Ok();
 }
 

@@ -79,7 +79,24 @@ struct Case {
   svdq::DType dtype;
   int rank;
   int64_t m;
+  int sm = 0;  // emulated backend: the device's compute capability, which picks kernel 2 (0: dp4a)
 };
+
+// The emulated device runs kernel 2's every path (cuda/dispatch.hpp): 0 = dp4a (CUDA cores),
+// 80 = mma.s4 (sm_80/86/89), 90 = s4 -> s8 + mma.s8 (sm_90). A CUDA device runs its own.
+const std::vector<int>& arch_params() {
+  static const std::vector<int> v = kEmu ? std::vector<int>{0, 80, 90} : std::vector<int>{0};
+  return v;
+}
+
+svdq::Result<Linear> make_linear(const svdq::QuantizedLinear& q, svdq::DType dt, int sm) {
+#if defined(SVDQ_TEST_BACKEND_EMU)
+  return Linear::create(q, dt, -1, sm);
+#else
+  (void)sm;
+  return Linear::create(q, dt);
+#endif
+}
 
 struct Fixture {
   // The emulated device runs every CTA's 256 threads as fibers with checked shared accesses:
@@ -156,7 +173,7 @@ TEST_P(GpuLayer, MatchesTheCpuReference) {
   const Case c = GetParam();
   const Fixture& f = fixture();
   const svdq::QuantizedLinear q = f.quantize(c.format, c.rank);
-  auto g = Linear::create(q, c.dtype);
+  auto g = make_linear(q, c.dtype, c.sm);
   ASSERT_TRUE(g.ok()) << g.status().to_string();
   const auto x = f.activations(c.m, c.dtype);
   std::vector<uint16_t> y_gpu;
@@ -178,20 +195,21 @@ TEST_P(GpuLayer, MatchesTheCpuReference) {
 
 std::vector<Case> cases() {
   std::vector<Case> v;
-  for (auto f : {svdq::Format::kInt4, svdq::Format::kNvfp4})
-    for (auto dt : {svdq::DType::kBF16, svdq::DType::kF16}) {
-      for (int64_t m : {1, 7, 44, 129}) v.push_back({f, dt, 32, m});
-      if (!kEmu)
-        for (int64_t m : {1000, 4096}) v.push_back({f, dt, 32, m});
-      for (int r : {0, 16, 64}) v.push_back({f, dt, r, 129});
-      v.push_back({f, dt, 0, 7});
-    }
+  for (int sm : arch_params())
+    for (auto f : {svdq::Format::kInt4, svdq::Format::kNvfp4})
+      for (auto dt : {svdq::DType::kBF16, svdq::DType::kF16}) {
+        for (int64_t m : {1, 7, 44, 129}) v.push_back({f, dt, 32, m, sm});
+        if (!kEmu)
+          for (int64_t m : {1000, 4096}) v.push_back({f, dt, 32, m, sm});
+        for (int r : {0, 16, 64}) v.push_back({f, dt, r, 129, sm});
+        v.push_back({f, dt, 0, 7, sm});
+      }
   return v;
 }
 std::string case_name(const ::testing::TestParamInfo<Case>& info) {
   const Case& c = info.param;
   return std::string(svdq::format_name(c.format)) + "_" + svdq::dtype_name(c.dtype) + "_r" + std::to_string(c.rank) +
-         "_m" + std::to_string(c.m);
+         "_m" + std::to_string(c.m) + (kEmu ? "_sm" + std::to_string(c.sm) : std::string());
 }
 INSTANTIATE_TEST_SUITE_P(All, GpuLayer, ::testing::ValuesIn(cases()), case_name);
 
@@ -305,6 +323,23 @@ TEST(GpuLayerLaunch, GridsFitTheDeviceLimitsForEveryAcceptedM) {
   EXPECT_EQ(svdq::cuda::kMaxGridYZ * svdq::cuda::kBlkN, 4194240);
 }
 
+// Kernel 2's path comes from one table (cuda/dispatch.hpp); an architecture without a kernel is
+// refused at create with kErrorArchMismatch naming it, never run with a wrong kernel.
+TEST(GpuLayerLaunch, ArchitectureTableAndMismatch) {
+  const Fixture& f = fixture();
+  const auto q = f.quantize(svdq::Format::kInt4, 0);
+  for (int sm : {70, 75, 88, 100, 120}) {
+    auto g = Linear::create(q, svdq::DType::kBF16, -1, sm);
+    ASSERT_FALSE(g.ok()) << sm;
+    EXPECT_EQ(g.status().code(), svdq::StatusCode::kErrorArchMismatch) << sm;
+    EXPECT_NE(g.status().to_string().find("sm_" + std::to_string(sm)), std::string::npos) << g.status().to_string();
+  }
+  for (int sm : {80, 86, 87, 89, 90}) EXPECT_TRUE(Linear::create(q, svdq::DType::kBF16, -1, sm).ok()) << sm;
+  using svdq::cuda::GemmPath;
+  EXPECT_EQ(*svdq::cuda::gemm_path_for(8, 6, "t"), GemmPath::kMmaS4);
+  EXPECT_EQ(*svdq::cuda::gemm_path_for(9, 0, "t"), GemmPath::kMmaS8);
+}
+
 #else
 TEST(GpuLayerLaunch, SecondStreamGraphCaptureAndDeterminism) {
   SKIP_WITHOUT_GPU();
@@ -371,9 +406,11 @@ TEST(GpuLayerLaunch, NanRowStaysInItsRow) {
   SKIP_WITHOUT_GPU();
   const Fixture& f = fixture();
   const int64_t m = 7;
+  for (int sm : arch_params())
   for (auto fmt : {svdq::Format::kInt4, svdq::Format::kNvfp4}) {
+    SCOPED_TRACE("sm " + std::to_string(sm));
     const auto q = f.quantize(fmt, 16);
-    auto g = Linear::create(q, svdq::DType::kBF16);
+    auto g = make_linear(q, svdq::DType::kBF16, sm);
     ASSERT_TRUE(g.ok());
     auto x = f.activations(m, svdq::DType::kBF16);
     std::vector<uint16_t> clean, dirty;
@@ -403,22 +440,25 @@ TEST(GpuLayerLaunch, NanRowStaysInItsRow) {
 TEST(GpuLayerLaunch, BadInputIsAStatus) {
   SKIP_WITHOUT_GPU();
   const Fixture& f = fixture();
-  auto g = Linear::create(f.quantize(svdq::Format::kInt4, 16), svdq::DType::kBF16);
-  ASSERT_TRUE(g.ok());
-  DeviceArray<uint16_t> dx(16 * f.k), dy(16 * f.n);
-  DeviceArray<uint8_t> ws(g->workspace_size(16));
-  EXPECT_EQ(g->forward(dx.ptr, dy.ptr, 0, ws.ptr, ws.n, nullptr).code(), svdq::StatusCode::kErrorShape);
-  EXPECT_EQ(g->forward(dx.ptr, dy.ptr, int64_t{1} << 31, ws.ptr, ws.n, nullptr).code(), svdq::StatusCode::kErrorShape);
-  EXPECT_EQ(g->forward(nullptr, dy.ptr, 16, ws.ptr, ws.n, nullptr).code(), svdq::StatusCode::kErrorNullPointer);
-  EXPECT_EQ(g->forward(dx.ptr + 1, dy.ptr, 16, ws.ptr, ws.n, nullptr).code(), svdq::StatusCode::kErrorInvalidArgument);
-  EXPECT_EQ(g->forward(dx.ptr, dy.ptr, 16, ws.ptr, ws.n - 1, nullptr).code(), svdq::StatusCode::kErrorWorkspace);
-  EXPECT_EQ(g->forward(dx.ptr, dy.ptr, 16, nullptr, ws.n, nullptr).code(), svdq::StatusCode::kErrorWorkspace);
-  EXPECT_EQ(g->forward(dx.ptr, dy.ptr, 16, ws.ptr + 16, ws.n, nullptr).code(), svdq::StatusCode::kErrorWorkspace);
-  EXPECT_EQ(g->can_implement(16, svdq::DType::kF16).code(), svdq::StatusCode::kErrorInvalidArgument);
-  EXPECT_FALSE(Linear::create(f.quantize(svdq::Format::kInt4, 16), svdq::DType::kF32).ok());
-  Linear moved = std::move(*g);
-  EXPECT_EQ(g->can_implement(16, svdq::DType::kBF16).code(), svdq::StatusCode::kErrorInvalidArgument);  // NOLINT
-  EXPECT_TRUE(moved.can_implement(16, svdq::DType::kBF16).ok());
+  for (int sm : arch_params()) {
+    SCOPED_TRACE("sm " + std::to_string(sm));
+    auto g = make_linear(f.quantize(svdq::Format::kInt4, 16), svdq::DType::kBF16, sm);
+    ASSERT_TRUE(g.ok());
+    DeviceArray<uint16_t> dx(16 * f.k), dy(16 * f.n);
+    DeviceArray<uint8_t> ws(g->workspace_size(16));
+    EXPECT_EQ(g->forward(dx.ptr, dy.ptr, 0, ws.ptr, ws.n, nullptr).code(), svdq::StatusCode::kErrorShape);
+    EXPECT_EQ(g->forward(dx.ptr, dy.ptr, int64_t{1} << 31, ws.ptr, ws.n, nullptr).code(), svdq::StatusCode::kErrorShape);
+    EXPECT_EQ(g->forward(nullptr, dy.ptr, 16, ws.ptr, ws.n, nullptr).code(), svdq::StatusCode::kErrorNullPointer);
+    EXPECT_EQ(g->forward(dx.ptr + 1, dy.ptr, 16, ws.ptr, ws.n, nullptr).code(), svdq::StatusCode::kErrorInvalidArgument);
+    EXPECT_EQ(g->forward(dx.ptr, dy.ptr, 16, ws.ptr, ws.n - 1, nullptr).code(), svdq::StatusCode::kErrorWorkspace);
+    EXPECT_EQ(g->forward(dx.ptr, dy.ptr, 16, nullptr, ws.n, nullptr).code(), svdq::StatusCode::kErrorWorkspace);
+    EXPECT_EQ(g->forward(dx.ptr, dy.ptr, 16, ws.ptr + 16, ws.n, nullptr).code(), svdq::StatusCode::kErrorWorkspace);
+    EXPECT_EQ(g->can_implement(16, svdq::DType::kF16).code(), svdq::StatusCode::kErrorInvalidArgument);
+    EXPECT_FALSE(Linear::create(f.quantize(svdq::Format::kInt4, 16), svdq::DType::kF32).ok());
+    Linear moved = std::move(*g);
+    EXPECT_EQ(g->can_implement(16, svdq::DType::kBF16).code(), svdq::StatusCode::kErrorInvalidArgument);  // NOLINT
+    EXPECT_TRUE(moved.can_implement(16, svdq::DType::kBF16).ok());
+  }
 }
 
 }  // namespace

@@ -26,8 +26,8 @@ struct EmuLauncher {
   Status operator()(const cuda::ForwardLaunch& fl) const {
     const char* names[2][2] = {{"quantize_lora_down_kernel<__half, 0>", "quantize_lora_down_kernel<__half, 1>"},
                                {"quantize_lora_down_kernel<__nv_bfloat16, 0>", "quantize_lora_down_kernel<__nv_bfloat16, 1>"}};
-    const char* gnames[2][2] = {{"gemm_w4a4_dp4a_kernel<__half, 0>", "gemm_w4a4_dp4a_kernel<__half, 1>"},
-                                {"gemm_w4a4_dp4a_kernel<__nv_bfloat16, 0>", "gemm_w4a4_dp4a_kernel<__nv_bfloat16, 1>"}};
+    const std::string gname = cuda::gemm_kernel_name(fl.path, fl.bf16, kKind);
+    const cuda::GemmKernel gemm = cuda::gemm_kernel<T, kKind>(fl.path);
     const int b = fl.bf16 ? 1 : 0;
     const cuda::QuantizeParams qp = fl.qp;
     const cuda::GemmParams gp = fl.gp;
@@ -35,9 +35,8 @@ struct EmuLauncher {
                              dim3(fl.qblock.x, fl.qblock.y, fl.qblock.z), 0, *options,
                              [&] { cuda::quantize_lora_down_kernel<T, kKind>(qp); });
     if (err.empty())
-      err = launch(gnames[b][kKind], dim3(fl.ggrid.x, fl.ggrid.y, fl.ggrid.z),
-                   dim3(fl.gblock.x, fl.gblock.y, fl.gblock.z), 0, *options,
-                   [&] { cuda::gemm_w4a4_dp4a_kernel<T, kKind>(gp); });
+      err = launch(gname.c_str(), dim3(fl.ggrid.x, fl.ggrid.y, fl.ggrid.z),
+                   dim3(fl.gblock.x, fl.gblock.y, fl.gblock.z), 0, *options, [&] { gemm(gp); });
     if (!err.empty()) return Status(StatusCode::kErrorInternal, "emulated device: " + err);
     return Status::Ok();
   }
@@ -50,9 +49,14 @@ EmuLinear::EmuLinear(EmuLinear&&) noexcept = default;
 EmuLinear& EmuLinear::operator=(EmuLinear&&) noexcept = default;
 EmuLinear::~EmuLinear() = default;
 
-Result<EmuLinear> EmuLinear::create(const QuantizedLinear& q, DType act_dtype, int) {
+Result<EmuLinear> EmuLinear::create(const QuantizedLinear& q, DType act_dtype, int, int sm) {
   auto plan = cuda::make_plan(q, act_dtype, "GpuLinear::create");
   if (!plan.ok()) return plan.status();
+  if (sm != 0) {
+    auto path = cuda::gemm_path_for(sm / 10, sm % 10, "GpuLinear::create");
+    if (!path.ok()) return path.status();
+    plan->path = *path;
+  }
   auto impl = std::make_unique<Impl>();
   impl->plan = std::move(*plan);
   return EmuLinear(std::move(impl));

@@ -18,7 +18,10 @@ namespace svdq::emu {
 
 class EmuLinear {
  public:
-  static Result<EmuLinear> create(const QuantizedLinear& q, DType act_dtype, int device = -1);
+  /// `sm`: the emulated device's compute capability (major * 10 + minor), which selects kernel 2
+  /// through cuda/dispatch.hpp's table as on a GPU (80, 86, 87, 89: mma_s4; 90: mma_s8; others:
+  /// kErrorArchMismatch); 0 runs the CUDA-core dp4a kernel, which no architecture selects.
+  static Result<EmuLinear> create(const QuantizedLinear& q, DType act_dtype, int device = -1, int sm = 0);
 
   EmuLinear(EmuLinear&&) noexcept;
   EmuLinear& operator=(EmuLinear&&) noexcept;
