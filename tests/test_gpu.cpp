@@ -276,8 +276,10 @@ TEST(GpuLayerQuality, SameBudgetAsTheCpuAgainstADenseFp16Layer) {
 TEST(GpuLayerLaunch, DeterministicUnderEveryInterleaving) {
   const Fixture& f = fixture();
   const int64_t m = 70;
+  for (int sm : arch_params())
   for (auto fmt : {svdq::Format::kInt4, svdq::Format::kNvfp4}) {
-    auto g = Linear::create(f.quantize(fmt, 16), svdq::DType::kBF16);
+    SCOPED_TRACE("sm " + std::to_string(sm));
+    auto g = make_linear(f.quantize(fmt, 16), svdq::DType::kBF16, sm);
     ASSERT_TRUE(g.ok());
     const auto x = f.activations(m, svdq::DType::kBF16);
     std::vector<uint16_t> y0, y1;
