@@ -22,7 +22,8 @@
 // The epilogue is the dp4a kernel's, element for element: (nvfp4) * t_prod, + the low-rank branch
 // lora[m, :] . up[n, :] (fp32 fma in r order), + bias, one rounding to T.
 //
-// Not yet: weights repacked at upload into fragment order with 16-byte loads, cp.async
+// Pipelining: register double buffering (group g + 1 is loaded into registers while group g's mma
+// run). Not yet: weights repacked at upload into fragment order with 16-byte loads, cp.async
 // multi-stage pipelining, the tensor-core low-rank epilogue (issue 9 items 1, 5).
 #pragma once
 
@@ -75,34 +76,59 @@ __global__ void __launch_bounds__(kGemmThreads) gemm_w4a4_mma_kernel(GemmParams 
 #pragma unroll
     for (int r = 0; r < 4; ++r) acc[j][r] = 0.0f;
 
-  for (int64_t g = 0; g < groups; ++g) {
-    // Stage the group's codes (rows past M or N are zero: their results are never stored).
-    for (int idx = threadIdx.x; idx < kBlkM * kWords; idx += kGemmThreads) {
+  // Register double buffering: group g + 1's codes and scales are loaded from global memory into
+  // registers while group g's mma run (global latency overlaps the tensor-core work).
+  constexpr int kLoads = (kBlkM * kWords + kGemmThreads - 1) / kGemmThreads;  // per thread: 2 or 1
+  uint32_t next_a[kLoads], next_w[kLoads];
+  float next_s = 0.0f;
+  auto load = [&](int64_t g) {
+#pragma unroll
+    for (int l = 0; l < kLoads; ++l) {
+      const int idx = static_cast<int>(threadIdx.x) + l * kGemmThreads;
       const int r = idx / kWords, wd = idx % kWords;
-      uint32_t wa = 0, ww = 0;
+      next_a[l] = 0;
+      next_w[l] = 0;
+      if (idx >= kBlkM * kWords) continue;
+      // Rows past M or N are zero (their results are never stored).
       if (m0 + r < p.m)
-        wa = *reinterpret_cast<const uint32_t*>(p.a_codes + (m0 + r) * row_bytes + g * (kGroup / 2) + wd * 4);
+        next_a[l] = *reinterpret_cast<const uint32_t*>(p.a_codes + (m0 + r) * row_bytes + g * (kGroup / 2) + wd * 4);
       if (n0 + r < p.n)
-        ww = *reinterpret_cast<const uint32_t*>(p.w_codes + (n0 + r) * row_bytes + g * (kGroup / 2) + wd * 4);
-      sm.a_s[r][wd] = wa;
-      sm.w_s[r][wd] = ww;
+        next_w[l] = *reinterpret_cast<const uint32_t*>(p.w_codes + (n0 + r) * row_bytes + g * (kGroup / 2) + wd * 4);
     }
+    next_s = 0.0f;
     if (threadIdx.x < kBlkM) {
       const int64_t mm = m0 + threadIdx.x;
-      float s = 0.0f;
       if (mm < p.m) {
         if (kKind == 0) {
-          s = *reinterpret_cast<const float*>(p.a_scales + (mm * groups + g) * 4);
+          next_s = *reinterpret_cast<const float*>(p.a_scales + (mm * groups + g) * 4);
         } else {
-          s = decode_e4m3(p.a_scales[mm * groups + g]);
+          next_s = decode_e4m3(p.a_scales[mm * groups + g]);
         }
       }
-      sm.sx_s[threadIdx.x] = s;
     } else if (threadIdx.x < kBlkM + kBlkN) {
       const int64_t nn = n0 + (threadIdx.x - kBlkM);
-      sm.sw_s[threadIdx.x - kBlkM] = nn < p.n ? p.w_scales[nn * groups + g] : 0.0f;
+      if (nn < p.n) next_s = p.w_scales[nn * groups + g];
+    }
+  };
+  if (groups > 0) load(0);
+
+  for (int64_t g = 0; g < groups; ++g) {
+    // Stage group g from the registers, then start loading group g + 1.
+#pragma unroll
+    for (int l = 0; l < kLoads; ++l) {
+      const int idx = static_cast<int>(threadIdx.x) + l * kGemmThreads;
+      if (idx < kBlkM * kWords) {
+        sm.a_s[idx / kWords][idx % kWords] = next_a[l];
+        sm.w_s[idx / kWords][idx % kWords] = next_w[l];
+      }
+    }
+    if (threadIdx.x < kBlkM) {
+      sm.sx_s[threadIdx.x] = next_s;
+    } else if (threadIdx.x < kBlkM + kBlkN) {
+      sm.sw_s[threadIdx.x - kBlkM] = next_s;
     }
     arch::syncthreads();
+    if (g + 1 < groups) load(g + 1);
 
     float pg[4][4];  // the exact group sums, as fp32
     if constexpr (kKind == 0) {
