@@ -1,7 +1,8 @@
 // cuda/gemm_w4a4_dp4a.cuh — kernel 2: the W4A4 GEMM with the low-rank up-projection and bias in
 // the epilogue, on integer dot products (dp4a, every GPU from sm_61; used here for sm_80+).
 //
-// Tile (BLK_M, BLK_N) = (64, 64) per CTA, 256 threads, each thread a 4x4 sub-tile at rows
+// Tile (BLK_M, BLK_N) = (64, 64) per CTA (M tiles on gridDim.x, which allows 2^31-1 of them; N
+// tiles on gridDim.y, at most 65535, checked at create), 256 threads, each thread a 4x4 sub-tile at rows
 // ty + 16 i and columns tx + 16 j. For each group g, in order: the CTA unpacks the group's codes
 // of its 64 rows of x and 64 rows of W into int8 in shared memory — int4 nibbles sign-extended,
 // E2M1 codes as twice their value (an integer in [-12, 12]) — and each thread forms
@@ -15,6 +16,10 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "arch/convert.cuh"  // svdq::arch::dp4a
+#include "arch/fp.cuh"
+#include "arch/smem.cuh"
+#include "arch/warp.cuh"
 #include "codecs.cuh"
 
 namespace svdq::cuda {
@@ -39,9 +44,9 @@ struct GemmParams {
 __device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
 __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
-// Unpacks one 32-bit word of 8 packed codes into two words of 4 int8 each.
+// Unpacks one 32-bit word of 8 packed codes into two words of 4 int8 each (out[0]: codes 0-3).
 template <int kKind>
-__device__ __forceinline__ void unpack8(uint32_t w, int32_t* lo, int32_t* hi) {
+__device__ __forceinline__ void unpack8(uint32_t w, int32_t (&res)[2]) {
   uint32_t out[2] = {0, 0};
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
@@ -49,21 +54,28 @@ __device__ __forceinline__ void unpack8(uint32_t w, int32_t* lo, int32_t* hi) {
     const int v = kKind == 0 ? int4_value(code) : e2m1_twice(code);
     out[i / 4] |= (static_cast<uint32_t>(v) & 0xFFu) << (8 * (i % 4));
   }
-  *lo = static_cast<int32_t>(out[0]);
-  *hi = static_cast<int32_t>(out[1]);
+  res[0] = static_cast<int32_t>(out[0]);
+  res[1] = static_cast<int32_t>(out[1]);
 }
+
+// The CTA's shared memory (one instance per CTA: arch::shared<GemmSmem<...>>()).
+template <int kWords>
+struct GemmSmem {
+  arch::smem_array<int32_t, kBlkM, kWords + 1> a_s;  // (BLK_M, group/4), +1 against bank conflicts
+  arch::smem_array<int32_t, kBlkN, kWords + 1> w_s;  // (BLK_N, group/4)
+  arch::smem_array<float, kBlkM> sx_s;
+  arch::smem_array<float, kBlkN> sw_s;
+};
 
 template <typename T, int kKind>
 __global__ void __launch_bounds__(kGemmThreads) gemm_w4a4_dp4a_kernel(GemmParams p) {
   constexpr int kGroup = kKind == 0 ? 64 : 16;
   constexpr int kWords = kGroup / 4;         // int8x4 words per row per group: 16 or 4
   constexpr int kPackedWords = kGroup / 8;   // packed 32-bit words per row per group: 8 or 2
-  __shared__ int32_t a_s[kBlkM][kWords + 1];  // (BLK_M, group/4), +1 against bank conflicts
-  __shared__ int32_t w_s[kBlkN][kWords + 1];  // (BLK_N, group/4)
-  __shared__ float sx_s[kBlkM], sw_s[kBlkN];
+  GemmSmem<kWords>& sm = arch::shared<GemmSmem<kWords>>();
 
-  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kBlkM;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kBlkN;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kBlkM;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kBlkN;
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   const int64_t groups = p.k / kGroup;
   const int64_t row_bytes = p.k / 2;
@@ -84,8 +96,13 @@ __global__ void __launch_bounds__(kGemmThreads) gemm_w4a4_dp4a_kernel(GemmParams
         wa = *reinterpret_cast<const uint32_t*>(p.a_codes + (m0 + r) * row_bytes + g * (kGroup / 2) + wd * 4);
       if (n0 + r < p.n)
         ww = *reinterpret_cast<const uint32_t*>(p.w_codes + (n0 + r) * row_bytes + g * (kGroup / 2) + wd * 4);
-      unpack8<kKind>(wa, &a_s[r][2 * wd], &a_s[r][2 * wd + 1]);
-      unpack8<kKind>(ww, &w_s[r][2 * wd], &w_s[r][2 * wd + 1]);
+      int32_t ua[2], uw[2];
+      unpack8<kKind>(wa, ua);
+      unpack8<kKind>(ww, uw);
+      sm.a_s[r][2 * wd] = ua[0];
+      sm.a_s[r][2 * wd + 1] = ua[1];
+      sm.w_s[r][2 * wd] = uw[0];
+      sm.w_s[r][2 * wd + 1] = uw[1];
     }
     if (threadIdx.x < kBlkM) {
       const int64_t mm = m0 + threadIdx.x;
@@ -97,12 +114,12 @@ __global__ void __launch_bounds__(kGemmThreads) gemm_w4a4_dp4a_kernel(GemmParams
           s = decode_e4m3(p.a_scales[mm * groups + g]);
         }
       }
-      sx_s[threadIdx.x] = s;
+      sm.sx_s[threadIdx.x] = s;
     } else if (threadIdx.x < kBlkM + kBlkN) {
       const int64_t nn = n0 + (threadIdx.x - kBlkM);
-      sw_s[threadIdx.x - kBlkM] = nn < p.n ? p.w_scales[nn * groups + g] : 0.0f;
+      sm.sw_s[threadIdx.x - kBlkM] = nn < p.n ? p.w_scales[nn * groups + g] : 0.0f;
     }
-    __syncthreads();
+    arch::syncthreads();
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int r = ty + 16 * i;
@@ -111,12 +128,12 @@ __global__ void __launch_bounds__(kGemmThreads) gemm_w4a4_dp4a_kernel(GemmParams
         const int c = tx + 16 * j;
         int32_t dot = 0;
 #pragma unroll
-        for (int w = 0; w < kWords; ++w) dot = __dp4a(a_s[r][w], w_s[c][w], dot);
+        for (int w = 0; w < kWords; ++w) dot = arch::dp4a(sm.a_s[r][w], sm.w_s[c][w], dot);
         const float pg = kKind == 0 ? static_cast<float>(dot) : static_cast<float>(dot) * 0.25f;
-        acc[i][j] = fmaf(pg, __fmul_rn(sx_s[r], sw_s[c]), acc[i][j]);
+        acc[i][j] = arch::fma_rn(pg, arch::fmul_rn(sm.sx_s[r], sm.sw_s[c]), acc[i][j]);
       }
     }
-    __syncthreads();
+    arch::syncthreads();
   }
 
   // Epilogue: (nvfp4) tensor scales, low-rank up, bias, one rounding to T.
@@ -129,12 +146,12 @@ __global__ void __launch_bounds__(kGemmThreads) gemm_w4a4_dp4a_kernel(GemmParams
     for (int j = 0; j < 4; ++j) {
       const int64_t nn = n0 + tx + 16 * j;
       if (nn >= p.n) continue;
-      float v = kKind == 1 ? __fmul_rn(acc[i][j], p.t_prod) : acc[i][j];
+      float v = kKind == 1 ? arch::fmul_rn(acc[i][j], p.t_prod) : acc[i][j];
       float branch = 0.0f;
       for (int q = 0; q < p.rank; ++q)
-        branch = fmaf(p.lora[mm * p.rank + q], p.up[nn * p.rank + q], branch);
-      v = __fadd_rn(v, branch);
-      if (p.bias != nullptr) v = __fadd_rn(v, p.bias[nn]);
+        branch = arch::fma_rn(p.lora[mm * p.rank + q], p.up[nn * p.rank + q], branch);
+      v = arch::fadd_rn(v, branch);
+      if (p.bias != nullptr) v = arch::fadd_rn(v, p.bias[nn]);
       store(y + mm * p.n + nn, v);
     }
   }

@@ -5,8 +5,7 @@
 #include <cstring>
 #include <vector>
 
-#include "gemm_w4a4_dp4a.cuh"
-#include "quantize_lora_down.cuh"
+#include "linear_host.hpp"
 #include "svdq/gpu.hpp"
 
 namespace svdq {
@@ -18,9 +17,6 @@ Status cuda_status(cudaError_t e, const char* what) {
   return Status(StatusCode::kErrorCuda,
                 std::string(what) + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
 }
-
-constexpr size_t kAlign = 256;
-size_t align_up(size_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
 
 // A device buffer owned by the layer.
 struct DeviceBuffer {
@@ -42,26 +38,46 @@ struct DeviceBuffer {
 
 struct GpuLinear::Impl {
   int device = 0;
-  Format format = Format::kInt4;
-  DType act = DType::kBF16;
-  int64_t n = 0, k = 0;
-  int rank = 0, group = 64;
-  float t_act = 1.0f, t_prod = 1.0f;
-  bool has_bias = false;
-  // Device copies, repacked for the kernels (the checkpoint layout is never changed):
-  DeviceBuffer w_codes;   // (N, K/2) canonical packed codes (the dp4a kernel reads them as is)
-  DeviceBuffer w_scales;  // (N, G) fp32, exact decode of the fp16 / E4M3 group scales
-  DeviceBuffer inv_s;     // (K) fp32, 1 / s
-  DeviceBuffer down_t;    // (r, K) fp32, lora_down transposed
-  DeviceBuffer up;        // (N, r) fp32
-  DeviceBuffer bias;      // (N) fp32
-
-  size_t codes_bytes(int64_t m) const { return align_up(static_cast<size_t>(m * (k / 2))); }
-  size_t scales_bytes(int64_t m) const {
-    return align_up(static_cast<size_t>(m * (k / group) * (format == Format::kInt4 ? 4 : 1)));
+  cuda::LinearPlan plan;  // scalars only after upload (the arrays live on the device)
+  DeviceBuffer w_codes, w_scales, inv_s, down_t, up, bias;
+  cuda::DeviceWeights weights() const {
+    return {static_cast<const uint8_t*>(w_codes.ptr), static_cast<const float*>(w_scales.ptr),
+            static_cast<const float*>(inv_s.ptr),     static_cast<const float*>(down_t.ptr),
+            static_cast<const float*>(up.ptr),        static_cast<const float*>(bias.ptr)};
   }
-  size_t lora_bytes(int64_t m) const { return align_up(static_cast<size_t>(m * rank) * 4); }
 };
+
+namespace {
+
+// Launches forward()'s two kernels with cudaLaunchKernel, whose return value is this launch's
+// error. An error already pending on the thread (left by the caller's earlier work) is reported
+// as such before anything is launched, instead of being blamed on svdq's kernels afterwards.
+struct CudaLauncher {
+  cudaStream_t stream;
+  template <typename T, int kKind>
+  Status operator()(const cuda::ForwardLaunch& fl) const {
+    const cudaError_t prior = cudaGetLastError();
+    if (prior != cudaSuccess)
+      return Status(StatusCode::kErrorCuda, std::string("GpuLinear::forward: a CUDA error was already pending "
+                                                        "before the launch (left by earlier work, not by svdq): ") +
+                                                cudaGetErrorName(prior) + " (" + cudaGetErrorString(prior) + ")");
+    cuda::QuantizeParams qp = fl.qp;
+    cuda::GemmParams gp = fl.gp;
+    void* qargs[] = {&qp};
+    void* gargs[] = {&gp};
+    SVDQ_RETURN_IF_ERROR(cuda_status(
+        cudaLaunchKernel(reinterpret_cast<const void*>(&cuda::quantize_lora_down_kernel<T, kKind>),
+                         dim3(fl.qgrid.x, fl.qgrid.y, fl.qgrid.z), dim3(fl.qblock.x, fl.qblock.y, fl.qblock.z),
+                         qargs, 0, stream),
+        "launching quantize_lora_down_kernel"));
+    return cuda_status(cudaLaunchKernel(reinterpret_cast<const void*>(cuda::gemm_kernel<T, kKind>(fl.path)),
+                                        dim3(fl.ggrid.x, fl.ggrid.y, fl.ggrid.z),
+                                        dim3(fl.gblock.x, fl.gblock.y, fl.gblock.z), gargs, 0, stream),
+                       ("launching " + cuda::gemm_kernel_name(fl.path, fl.bf16, kKind)).c_str());
+  }
+};
+
+}  // namespace
 
 bool gpu_compiled() noexcept { return true; }
 
@@ -79,16 +95,14 @@ GpuLinear::GpuLinear(GpuLinear&&) noexcept = default;
 GpuLinear& GpuLinear::operator=(GpuLinear&&) noexcept = default;
 GpuLinear::~GpuLinear() = default;
 
-int64_t GpuLinear::in_features() const noexcept { return impl_ ? impl_->k : 0; }
-int64_t GpuLinear::out_features() const noexcept { return impl_ ? impl_->n : 0; }
-DType GpuLinear::act_dtype() const noexcept { return impl_ ? impl_->act : DType::kBF16; }
+int64_t GpuLinear::in_features() const noexcept { return impl_ ? impl_->plan.k : 0; }
+int64_t GpuLinear::out_features() const noexcept { return impl_ ? impl_->plan.n : 0; }
+DType GpuLinear::act_dtype() const noexcept { return impl_ ? impl_->plan.act : DType::kBF16; }
 
 Result<GpuLinear> GpuLinear::create(const QuantizedLinear& q, DType act_dtype, int device) {
   constexpr const char* kFn = "GpuLinear::create";
-  SVDQ_RETURN_IF_ERROR(validate(q));
-  if (act_dtype != DType::kF16 && act_dtype != DType::kBF16)
-    return Status(StatusCode::kErrorInvalidArgument,
-                  std::string(kFn) + ": act_dtype (" + dtype_name(act_dtype) + ") must be f16 or bf16");
+  auto plan = cuda::make_plan(q, act_dtype, kFn);
+  if (!plan.ok()) return plan.status();
   if (gpu_device_count() == 0)
     return Status(StatusCode::kErrorNotSupported, std::string(kFn) + ": no CUDA device is visible");
   if (device < 0) SVDQ_RETURN_IF_ERROR(cuda_status(cudaGetDevice(&device), "cudaGetDevice"));
@@ -99,9 +113,14 @@ Result<GpuLinear> GpuLinear::create(const QuantizedLinear& q, DType act_dtype, i
     return Status(StatusCode::kErrorArchMismatch,
                   std::string(kFn) + ": device " + prop.name + " is sm_" + std::to_string(prop.major * 10 + prop.minor) +
                       "; svdq's kernels need sm_80 or newer");
+  // Kernel 2's path for this architecture (cuda/dispatch.hpp); any other is kErrorArchMismatch.
+  auto path = cuda::gemm_path_for(prop.major, prop.minor, kFn);
+  if (!path.ok()) return path.status();
+  plan->path = *path;
   // The build must hold code this device can run (SASS for it or PTX it can JIT).
   cudaFuncAttributes attr{};
-  if (cudaFuncGetAttributes(&attr, cuda::gemm_w4a4_dp4a_kernel<__nv_bfloat16, 0>) != cudaSuccess) {
+  if (cudaFuncGetAttributes(&attr, reinterpret_cast<const void*>(cuda::gemm_kernel<__nv_bfloat16, 0>(*path))) !=
+      cudaSuccess) {
     cudaGetLastError();
     return Status(StatusCode::kErrorArchMismatch,
                   std::string(kFn) + ": this build has no kernel image for " + prop.name + " (sm_" +
@@ -110,110 +129,42 @@ Result<GpuLinear> GpuLinear::create(const QuantizedLinear& q, DType act_dtype, i
 
   auto impl = std::make_unique<Impl>();
   impl->device = device;
-  impl->format = q.format;
-  impl->act = act_dtype;
-  impl->n = q.out_features;
-  impl->k = q.in_features;
-  impl->rank = q.rank;
-  impl->group = q.group;
-  impl->t_act = q.format == Format::kNvfp4 ? q.act_tensor_scale : 1.0f;
-  impl->t_prod = q.act_tensor_scale * q.wtscale;
-  impl->has_bias = !q.bias.empty();
-  const int64_t n = q.out_features, k = q.in_features, r = q.rank, groups = k / q.group;
-
-  std::vector<float> ws(static_cast<size_t>(n * groups)), inv = q.inverse_smooth();
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t g = 0; g < groups; ++g) ws[i * groups + g] = q.wscale(i, g);
-  std::vector<float> down_t(static_cast<size_t>(r * k)), up(static_cast<size_t>(n * r)), b(q.bias.size());
-  for (int64_t kk = 0; kk < k; ++kk)
-    for (int64_t j = 0; j < r; ++j) down_t[j * k + kk] = bits16_to_float(q.lora_down[kk * r + j], q.storage);
-  for (int64_t i = 0; i < n * r; ++i) up[i] = bits16_to_float(q.lora_up[i], q.storage);
-  for (size_t i = 0; i < b.size(); ++i) b[i] = bits16_to_float(q.bias[i], q.storage);
-
-  SVDQ_RETURN_IF_ERROR(impl->w_codes.upload(q.qweight.data(), q.qweight.size()));
-  SVDQ_RETURN_IF_ERROR(impl->w_scales.upload(ws.data(), ws.size() * 4));
-  SVDQ_RETURN_IF_ERROR(impl->inv_s.upload(inv.data(), inv.size() * 4));
-  SVDQ_RETURN_IF_ERROR(impl->down_t.upload(down_t.data(), down_t.size() * 4));
-  SVDQ_RETURN_IF_ERROR(impl->up.upload(up.data(), up.size() * 4));
-  SVDQ_RETURN_IF_ERROR(impl->bias.upload(b.data(), b.size() * 4));
+  cuda::LinearPlan& p = *plan;
+  SVDQ_RETURN_IF_ERROR(impl->w_codes.upload(p.w_codes.data(), p.w_codes.size()));
+  SVDQ_RETURN_IF_ERROR(impl->w_scales.upload(p.w_scales.data(), p.w_scales.size() * 4));
+  SVDQ_RETURN_IF_ERROR(impl->inv_s.upload(p.inv_s.data(), p.inv_s.size() * 4));
+  SVDQ_RETURN_IF_ERROR(impl->down_t.upload(p.down_t.data(), p.down_t.size() * 4));
+  SVDQ_RETURN_IF_ERROR(impl->up.upload(p.up.data(), p.up.size() * 4));
+  SVDQ_RETURN_IF_ERROR(impl->bias.upload(p.bias.data(), p.bias.size() * 4));
+  for (auto* v : {&p.w_scales, &p.inv_s, &p.down_t, &p.up, &p.bias}) std::vector<float>().swap(*v);
+  std::vector<uint8_t>().swap(p.w_codes);
+  impl->plan = std::move(p);
   return GpuLinear(std::move(impl));
 }
 
 Status GpuLinear::can_implement(int64_t m, DType dtype) const {
-  constexpr const char* kFn = "GpuLinear::can_implement";
-  if (!impl_) return Status(StatusCode::kErrorInvalidArgument, std::string(kFn) + ": empty (moved-from) layer");
-  if (m < 1 || m > (int64_t{1} << 31) - 1)
-    return Status(StatusCode::kErrorShape, std::string(kFn) + ": M (" + std::to_string(m) + ") must be in [1, 2^31)");
-  if (dtype != impl_->act)
-    return Status(StatusCode::kErrorInvalidArgument, std::string(kFn) + ": dtype (" + dtype_name(dtype) +
-                                                         ") must be the layer's act dtype (" + dtype_name(impl_->act) + ")");
-  return Status::Ok();
+  return cuda::can_implement(impl_ ? &impl_->plan : nullptr, m, dtype, "GpuLinear::can_implement");
 }
 
 size_t GpuLinear::workspace_size(int64_t max_m) const noexcept {
-  if (!impl_ || max_m < 1) return 0;
-  return impl_->codes_bytes(max_m) + impl_->scales_bytes(max_m) + impl_->lora_bytes(max_m);
+  return impl_ ? impl_->plan.workspace_size(max_m) : 0;
 }
 
 Status GpuLinear::forward(const void* d_x, void* d_y, int64_t m, void* d_workspace,
                           size_t workspace_bytes, void* stream) const {
-  constexpr const char* kFn = "GpuLinear::forward";
-  SVDQ_RETURN_IF_ERROR(can_implement(m, impl_ ? impl_->act : DType::kF32));
-  const Impl& L = *impl_;
-  if (d_x == nullptr || d_y == nullptr)
-    return Status(StatusCode::kErrorNullPointer, std::string(kFn) + ": x and y must be device pointers, not null");
-  if ((reinterpret_cast<uintptr_t>(d_x) | reinterpret_cast<uintptr_t>(d_y)) % 16 != 0)
-    return Status(StatusCode::kErrorInvalidArgument, std::string(kFn) + ": x and y must be 16-byte aligned");
-  if (d_workspace == nullptr || reinterpret_cast<uintptr_t>(d_workspace) % kAlign != 0)
-    return Status(StatusCode::kErrorWorkspace, std::string(kFn) + ": workspace must be non-null and 256-byte aligned");
-  if (workspace_bytes < workspace_size(m))
-    return Status(StatusCode::kErrorWorkspace, std::string(kFn) + ": workspace_bytes (" + std::to_string(workspace_bytes) +
-                                                   ") < workspace_size(M) (" + std::to_string(workspace_size(m)) + ")");
-  uint8_t* ws = static_cast<uint8_t*>(d_workspace);
-  uint8_t* codes = ws;
-  uint8_t* scales = codes + L.codes_bytes(m);
-  float* lora = reinterpret_cast<float*>(scales + L.scales_bytes(m));
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-
-  cuda::QuantizeParams qp{d_x, m, L.k, static_cast<const float*>(L.inv_s.ptr), L.t_act, codes, scales,
-                          static_cast<const float*>(L.down_t.ptr), L.rank, lora};
-  cuda::GemmParams gp{m, L.n, L.k, codes, scales, static_cast<const uint8_t*>(L.w_codes.ptr),
-                      static_cast<const float*>(L.w_scales.ptr), L.t_prod, lora,
-                      static_cast<const float*>(L.up.ptr), L.rank,
-                      L.has_bias ? static_cast<const float*>(L.bias.ptr) : nullptr, d_y};
-  const dim3 qgrid(static_cast<unsigned>(m));
-  const dim3 ggrid(static_cast<unsigned>((L.n + cuda::kBlkN - 1) / cuda::kBlkN),
-                   static_cast<unsigned>((m + cuda::kBlkM - 1) / cuda::kBlkM));
-  const bool bf16 = L.act == DType::kBF16, int4 = L.format == Format::kInt4;
-  if (bf16 && int4) {
-    cuda::quantize_lora_down_kernel<__nv_bfloat16, 0><<<qgrid, cuda::kQuantThreads, 0, s>>>(qp);
-    cuda::gemm_w4a4_dp4a_kernel<__nv_bfloat16, 0><<<ggrid, cuda::kGemmThreads, 0, s>>>(gp);
-  } else if (bf16) {
-    cuda::quantize_lora_down_kernel<__nv_bfloat16, 1><<<qgrid, cuda::kQuantThreads, 0, s>>>(qp);
-    cuda::gemm_w4a4_dp4a_kernel<__nv_bfloat16, 1><<<ggrid, cuda::kGemmThreads, 0, s>>>(gp);
-  } else if (int4) {
-    cuda::quantize_lora_down_kernel<__half, 0><<<qgrid, cuda::kQuantThreads, 0, s>>>(qp);
-    cuda::gemm_w4a4_dp4a_kernel<__half, 0><<<ggrid, cuda::kGemmThreads, 0, s>>>(gp);
-  } else {
-    cuda::quantize_lora_down_kernel<__half, 1><<<qgrid, cuda::kQuantThreads, 0, s>>>(qp);
-    cuda::gemm_w4a4_dp4a_kernel<__half, 1><<<ggrid, cuda::kGemmThreads, 0, s>>>(gp);
-  }
-  return cuda_status(cudaGetLastError(), "kernel launch");
+  cuda::ForwardLaunch fl;
+  SVDQ_RETURN_IF_ERROR(cuda::plan_forward(impl_ ? &impl_->plan : nullptr, impl_ ? impl_->weights() : cuda::DeviceWeights{},
+                                          d_x, d_y, m, d_workspace, workspace_bytes, &fl));
+  return cuda::dispatch(fl, CudaLauncher{static_cast<cudaStream_t>(stream)});
 }
 
 Status GpuLinear::read_activations(const void* d_workspace, int64_t m, void* stream,
                                    QuantizedActivations* out) const {
   if (!impl_ || out == nullptr || d_workspace == nullptr || m < 1)
     return Status(StatusCode::kErrorInvalidArgument, "GpuLinear::read_activations: bad arguments");
-  const Impl& L = *impl_;
-  out->format = L.format;
-  out->rows = m;
-  out->cols = L.k;
-  out->tensor_scale = L.t_act;
-  const size_t codes = static_cast<size_t>(m * (L.k / 2));
-  const size_t scales = static_cast<size_t>(m * (L.k / L.group) * (L.format == Format::kInt4 ? 4 : 1));
-  out->codes.resize(codes);
-  out->scales.resize(scales);
+  const cuda::LinearPlan& L = impl_->plan;
+  size_t codes = 0, scales = 0;
+  cuda::activations_meta(L, m, out, &codes, &scales);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const uint8_t* ws = static_cast<const uint8_t*>(d_workspace);
   SVDQ_RETURN_IF_ERROR(cuda_status(cudaMemcpyAsync(out->codes.data(), ws, codes, cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync"));

@@ -13,6 +13,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "arch/fp.cuh"
+#include "arch/warp.cuh"
 #include "codecs.cuh"
 
 namespace svdq::cuda {
@@ -68,8 +70,8 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_lora_down_kernel(Quant
       int fin = finite ? 1 : 0;
 #pragma unroll
       for (int off = 1; off < 4; off <<= 1) {
-        a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, off));
-        fin &= __shfl_xor_sync(0xffffffffu, fin, off);
+        a = fmaxf(a, arch::shfl_xor(arch::kFullMask, a, off));
+        fin &= arch::shfl_xor(arch::kFullMask, fin, off);
       }
       finite = fin != 0;
     }
@@ -99,9 +101,9 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_lora_down_kernel(Quant
   for (int j = warp; j < p.rank; j += kWarps) {
     const float* d = p.down_t + static_cast<int64_t>(j) * p.k;
     float acc = 0.0f;
-    for (int64_t kk = lane; kk < p.k; kk += 32) acc = fmaf(to_float(x[kk]), d[kk], acc);
+    for (int64_t kk = lane; kk < p.k; kk += 32) acc = arch::fma_rn(to_float(x[kk]), d[kk], acc);
 #pragma unroll
-    for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    for (int off = 16; off > 0; off >>= 1) acc = arch::fadd_rn(acc, arch::shfl_xor(arch::kFullMask, acc, off));
     if (lane == 0) p.lora[row * p.rank + j] = acc;
   }
 }

@@ -22,6 +22,7 @@
 #if defined(SVDQ_EMU) && !defined(__CUDA_ARCH__)
 #define SVDQ_ARCH_HOST 1
 #include "../emu/api.hpp"
+#include "../emu/cuda_host.hpp"  // __global__, threadIdx, ... for g++
 #else
 #define SVDQ_ARCH_HOST 0
 #endif

@@ -39,7 +39,8 @@ class GpuLinear {
  public:
   /// Uploads `q` to the current device (or `device` >= 0) and repacks it for the kernels.
   /// act_dtype: kF16 or kBF16 (x and y). Errors: not a CUDA build (kErrorNotSupported), no device,
-  /// an architecture below sm_80 (kErrorArchMismatch), an invalid layer, out of memory.
+  /// an architecture without a kernel — anything but sm_80/86/87/89/90 (kErrorArchMismatch, see
+  /// cuda/dispatch.hpp) —, an invalid layer, out of memory.
   static Result<GpuLinear> create(const QuantizedLinear& q, DType act_dtype, int device = -1);
 
   GpuLinear(GpuLinear&&) noexcept;

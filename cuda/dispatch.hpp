@@ -1,0 +1,74 @@
+// cuda/dispatch.hpp — the one place that maps a GPU architecture to kernel 2's implementation
+// (issue 9 item 6), and the kernel instantiation that a launch of that path runs. Both backends
+// (gpu_linear.cu and the emulated device, cuda/emu/emu_linear.cpp) use it; the emulated device
+// takes the compute capability as a parameter so that its tests run every path.
+#pragma once
+
+#include <string>
+
+#include "gemm_w4a4_dp4a.cuh"
+#include "gemm_w4a4_mma.cuh"
+#include "svdq/status.hpp"
+
+namespace svdq::cuda {
+
+/// Kernel 2's implementations. kDp4a: CUDA cores (the baseline; no architecture selects it, the
+/// emulated device can force it). kMmaS4: mma.m16n8k64.s4 for int4. kMmaS8: s4 -> s8 in
+/// registers + mma.m16n8k32.s8 for int4 (Hopper: its .s4 mma is emulated by a subroutine and its
+/// e4m3 mma.sync runs on f16 HMMA, see cuda/arch/mma.cuh). nvfp4 uses the bf16 mma on both mma paths.
+enum class GemmPath : int { kDp4a = 0, kMmaS4 = 1, kMmaS8 = 2 };
+
+inline const char* gemm_path_name(GemmPath p) {
+  switch (p) {
+    case GemmPath::kDp4a: return "dp4a";
+    case GemmPath::kMmaS4: return "mma_s4";
+    case GemmPath::kMmaS8: return "mma_s8";
+  }
+  return "?";
+}
+
+struct ArchEntry {
+  int major, minor;
+  GemmPath path;
+};
+
+/// The architectures svdq has kernels for (the CUDA build's fat binary: sm_80 SASS runs on
+/// sm_86/87/89; sm_90 SASS on sm_90).
+inline constexpr ArchEntry kArchTable[] = {
+    {8, 0, GemmPath::kMmaS4},  // A100
+    {8, 6, GemmPath::kMmaS4},  // RTX 30xx, A40, A10
+    {8, 7, GemmPath::kMmaS4},  // Orin
+    {8, 9, GemmPath::kMmaS4},  // L4, L40, RTX 40xx
+    {9, 0, GemmPath::kMmaS8},  // H100, H200
+};
+
+/// The path for sm_<major><minor>; kErrorArchMismatch naming the rule for any other architecture.
+inline Result<GemmPath> gemm_path_for(int major, int minor, const char* fn) {
+  for (const ArchEntry& e : kArchTable)
+    if (e.major == major && e.minor == minor) return e.path;
+  return Status(StatusCode::kErrorArchMismatch,
+                std::string(fn) + ": sm_" + std::to_string(major * 10 + minor) +
+                    " has no svdq kernel; supported: sm_80, sm_86, sm_87, sm_89, sm_90");
+}
+
+using GemmKernel = void (*)(GemmParams);
+
+/// The kernel 2 instantiation of a path for dtype T and format kKind (0 int4, 1 nvfp4).
+template <typename T, int kKind>
+GemmKernel gemm_kernel(GemmPath p) {
+  switch (p) {
+    case GemmPath::kMmaS4: return &gemm_w4a4_mma_kernel<T, kKind, 1>;
+    case GemmPath::kMmaS8: return &gemm_w4a4_mma_kernel<T, kKind, 2>;
+    default: return &gemm_w4a4_dp4a_kernel<T, kKind>;
+  }
+}
+
+/// Its name, for messages ("gemm_w4a4_mma_kernel<__nv_bfloat16, 0, 2>").
+inline std::string gemm_kernel_name(GemmPath p, bool bf16, int kind) {
+  const std::string t = bf16 ? "__nv_bfloat16" : "__half";
+  if (p == GemmPath::kDp4a) return "gemm_w4a4_dp4a_kernel<" + t + ", " + std::to_string(kind) + ">";
+  return "gemm_w4a4_mma_kernel<" + t + ", " + std::to_string(kind) + ", " +
+         std::to_string(static_cast<int>(p)) + ">";
+}
+
+}  // namespace svdq::cuda
