@@ -43,25 +43,9 @@ constexpr const char* kLayerKeyPrefix = "svdq.layer.";
 /// Largest in_features / out_features load_quantized accepts: keeps every size product in int64.
 constexpr int64_t kMaxFeatures = (int64_t{1} << 31) - 1;
 
-/// A name as it appears in messages: quoted, non-printable bytes as \xNN, cut after 120 bytes.
-std::string quote(std::string_view s) {
-  std::string out = "'";
-  const size_t n = std::min<size_t>(s.size(), 120);
-  for (size_t i = 0; i < n; ++i) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    if (c >= 0x20 && c < 0x7f && c != '\\' && c != '\'') {
-      out += static_cast<char>(c);
-    } else {
-      static constexpr char kHex[] = "0123456789abcdef";
-      out += "\\x";
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
-    }
-  }
-  if (s.size() > n) out += "...";
-  out += "'";
-  return out;
-}
+/// A name as it appears in messages: quoted, non-printable bytes as \xNN, cut after 120 bytes
+/// (svdq::printable, which the command-line tool uses for the names it prints).
+std::string quote(std::string_view s) { return "'" + printable(s, 120) + "'"; }
 
 /// Strict UTF-8 (RFC 3629: no overlong forms, no surrogates, nothing above U+10FFFF), the rule
 /// JSON strings follow.
