@@ -505,12 +505,16 @@ TEST(AtomicWrite, RefusesSpecialFilesInsteadOfReplacingThem) {
   struct stat st {};
   ASSERT_EQ(stat(fifo.c_str(), &st), 0);
   EXPECT_TRUE(S_ISFIFO(st.st_mode));
-  s = small_writer().write("/dev/null");
+  // A link to /dev/null in our own directory: a broken writer replaces the link, never /dev/null.
+  const std::string devnull = dir.file("devnull");
+  fs::create_symlink("/dev/null", devnull);
+  s = small_writer().write(devnull);
   EXPECT_EQ(s.code(), StatusCode::kErrorIo) << s.to_string();
   EXPECT_NE(s.message().find("character device"), std::string::npos) << s.to_string();
   s = small_writer().write(dir.file(""));
   EXPECT_EQ(s.code(), StatusCode::kErrorIo) << s.to_string();
-  EXPECT_EQ(listing(dir.file("")), std::vector<std::string>{"fifo"});
+  EXPECT_EQ(listing(dir.file("")), (std::vector<std::string>{"devnull", "fifo"}));
+  EXPECT_TRUE(fs::is_symlink(devnull));
 }
 
 TEST(AtomicWrite, AFailedWriteLeavesNoTemporaryFile) {
