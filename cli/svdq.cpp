@@ -1,13 +1,22 @@
 // svdq — the command-line tool: quantize a safetensors model, build calibration statistics,
 // inspect a quantized file, benchmark a layer. `svdq --help` and `svdq <command> --help`.
+#include <fcntl.h>
 #include <omp.h>
+#include <sys/random.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <map>
+#include <new>
 #include <regex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -43,6 +52,131 @@ svdq::ConstMatrixRef float_view(const std::vector<float>& v, int64_t rows, int64
   return svdq::MatrixView<const float>(v.data(), rows, cols);
 }
 
+/// A tensor or layer name from a file, safe to print: control and non-ASCII bytes as \xNN.
+std::string shown(const std::string& name) { return svdq::printable(name, 200); }
+
+void warn(const std::string& what) { std::fprintf(stderr, "svdq: warning: %s\n", what.c_str()); }
+
+// ----------------------------------------------------------------------------------------------
+// Files: inputs must be regular files (a FIFO would block open(2) forever); the output must be
+// creatable before any work starts, must not be a special file and must not be an input.
+
+/// stat(2) of an input, refusing anything but a regular file; never opens it.
+Status check_input_file(const std::string& path, const char* what) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0)
+    return Status(svdq::StatusCode::kErrorIo, std::string(what) + " '" + shown(path) +
+                                                  "': cannot stat: " + std::strerror(errno));
+  if (!S_ISREG(st.st_mode))
+    return Status(svdq::StatusCode::kErrorIo, std::string(what) + " '" + shown(path) +
+                                                  "' is not a regular file (a FIFO, device or "
+                                                  "directory cannot be read as safetensors)");
+  return Status::Ok();
+}
+
+/// The output can be written: not a special file, not one of the inputs, and its directory lets
+/// us create a file (checked by creating and removing an exclusive probe file).
+Status check_output_path(const std::string& out, const std::vector<std::string>& inputs) {
+  const auto bad = [&](const std::string& why) {
+    return Status(svdq::StatusCode::kErrorIo, "output '" + shown(out) + "' " + why);
+  };
+  struct stat st {};
+  if (::stat(out.c_str(), &st) == 0) {
+    if (!S_ISREG(st.st_mode))
+      return bad(S_ISDIR(st.st_mode) ? "is a directory"
+                                     : "is a special file (FIFO, device, socket or a link to "
+                                       "one, e.g. /dev/stdout): svdq writes regular files only");
+    for (const std::string& in : inputs) {
+      struct stat si {};
+      if (!in.empty() && ::stat(in.c_str(), &si) == 0 && si.st_dev == st.st_dev &&
+          si.st_ino == st.st_ino)
+        return bad("is the input file '" + shown(in) + "': write to another path");
+    }
+  } else if (errno != ENOENT) {
+    return bad(std::string("cannot be checked: ") + std::strerror(errno));
+  }
+  const size_t slash = out.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : out.substr(0, slash));
+  uint64_t r = 0;
+  if (getrandom(&r, sizeof r, GRND_NONBLOCK) != static_cast<ssize_t>(sizeof r))
+    r = static_cast<uint64_t>(getpid()) * 0x9e3779b97f4a7c15ULL;
+  char name[64];
+  std::snprintf(name, sizeof name, "/.svdq-probe-%016llx", static_cast<unsigned long long>(r));
+  const std::string probe = dir + name;
+  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0)
+    return bad("cannot be created: no file can be created in directory '" + shown(dir) +
+               "': " + std::strerror(errno));
+  ::close(fd);
+  ::unlink(probe.c_str());
+  return Status::Ok();
+}
+
+// The temporary output file, removed by SIGINT/SIGTERM/SIGHUP/SIGXFSZ before the process dies, so
+// an interrupted run leaves nothing behind. Written with those signals blocked, read by the
+// handler (unlink(2) is async-signal-safe).
+char g_temp_path[4096];
+
+void remove_temp_and_die(int sig) {
+  if (g_temp_path[0] != '\0') ::unlink(g_temp_path);
+  std::signal(sig, SIG_DFL);
+  std::raise(sig);
+}
+
+void install_cleanup_handlers() {
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGXFSZ}) std::signal(sig, remove_temp_and_die);
+}
+
+void set_temp_path(const std::string& path) {
+  sigset_t block, old;
+  sigemptyset(&block);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGXFSZ}) sigaddset(&block, sig);
+  sigprocmask(SIG_BLOCK, &block, &old);
+  const size_t n = std::min(path.size(), sizeof g_temp_path - 1);
+  std::memcpy(g_temp_path, path.data(), n);
+  g_temp_path[n] = '\0';
+  sigprocmask(SIG_SETMASK, &old, nullptr);
+}
+
+/// Writes the file atomically (svdq::SafetensorsWriter::write); an interrupt removes the temp.
+Status write_output(const svdq::SafetensorsWriter& writer, const std::string& path) {
+  install_cleanup_handlers();
+  return writer.write(path, set_temp_path);
+}
+
+// ----------------------------------------------------------------------------------------------
+// Memory: sizes asked for on the command line are checked against the machine before allocating.
+
+double physical_memory_bytes() {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 ? static_cast<double>(pages) * static_cast<double>(page) : 0.0;
+}
+
+Status check_memory(double bytes, const std::string& what) {
+  const double have = physical_memory_bytes();
+  if (have > 0 && bytes > have)
+    return Status(svdq::StatusCode::kErrorInvalidArgument,
+                  what + " needs about " + std::to_string(static_cast<long long>(bytes / (1 << 20))) +
+                      " MiB, more than this machine's " +
+                      std::to_string(static_cast<long long>(have / (1 << 20))) + " MiB of memory");
+  return Status::Ok();
+}
+
+// ----------------------------------------------------------------------------------------------
+// Tensor names are matched with std::regex, whose backtracking matcher recurses per character:
+// on a 200k-byte name it overflowed the stack and 20k bytes took 15 s. Names longer than this are
+// never matched (they are copied unchanged and listed); real tensor names are < 200 bytes.
+constexpr size_t kMaxMatchedNameBytes = 1024;
+
+struct NameFilter {
+  std::regex include, exclude;
+  bool has_exclude = false;
+  bool matches(const std::string& name) const {
+    if (name.size() > kMaxMatchedNameBytes) return false;
+    return std::regex_search(name, include) && !(has_exclude && std::regex_search(name, exclude));
+  }
+};
+
 // ----------------------------------------------------------------------------------------------
 // svdq quantize
 
@@ -53,11 +187,137 @@ struct QuantizeArgs {
   bool plus = false;
 };
 
+// One weight to quantize: tensor "<layer>.weight" (or any matching name) and its optional bias.
+struct Job {
+  std::string tensor, layer, bias;  // bias: "" when the layer has none
+  const svdq::ActivationStats* stats = nullptr;
+};
+
+// The tensor names a quantized layer writes (besides the bias it takes over).
+constexpr const char* kLayerOutputSuffixes[] = {".qweight", ".wscales",   ".wtscale", ".act_tscale",
+                                                ".smooth",  ".lora_down", ".lora_up"};
+
+bool is_float_dtype(const std::string& d) { return d == "F32" || d == "F16" || d == "BF16"; }
+
+/// Decides, before anything is quantized, which tensors become layers. Every tensor that is not
+/// taken is copied unchanged; the reason is listed when it matched --include. Refusals that would
+/// make the output unloadable (a bias the layer cannot hold, an output name the input already
+/// uses) skip the layer instead of writing a file svdq's own loader refuses.
+Status plan_jobs(const QuantizeArgs& a, const svdq::SafetensorsFile& model,
+                 const std::map<std::string, svdq::ActivationStats>& calib, const NameFilter& filter,
+                 int gs, std::vector<Job>* jobs, std::vector<std::string>* skipped,
+                 std::vector<std::string>* warnings) {
+  std::set<std::string> layers;
+  size_t long_names = 0;
+  for (const std::string& name : model.names()) {
+    if (name.size() > kMaxMatchedNameBytes) {
+      ++long_names;
+      continue;
+    }
+    if (!filter.matches(name)) continue;
+    const auto info = model.info(name);
+    const auto skip = [&](const std::string& why) { skipped->push_back(shown(name) + " (" + why + ")"); };
+    if (!is_float_dtype(info->dtype) || info->shape.size() != 2) {
+      skip("not a 2-D float tensor: " + info->dtype + ", " + std::to_string(info->shape.size()) + "-D");
+      continue;
+    }
+    const int64_t n = info->shape[0], k = info->shape[1];
+    if (n == 0 || k == 0) {
+      skip("empty weight [" + std::to_string(n) + ", " + std::to_string(k) + "]: nothing to quantize");
+      continue;
+    }
+    if (k % gs != 0) {
+      skip("in_features " + std::to_string(k) + " is not a multiple of the " + a.format + " group " +
+           std::to_string(gs));
+      continue;
+    }
+    Job job;
+    job.tensor = name;
+    job.layer = name;
+    if (job.layer.size() > 7 && job.layer.compare(job.layer.size() - 7, 7, ".weight") == 0)
+      job.layer.resize(job.layer.size() - 7);
+    if (!layers.insert(job.layer).second) {
+      skip("layer name '" + shown(job.layer) + "' is already taken by another weight");
+      continue;
+    }
+    std::string clash;
+    for (const char* suffix : kLayerOutputSuffixes)
+      if (model.contains(job.layer + suffix)) clash = job.layer + suffix;
+    if (!clash.empty()) {
+      layers.erase(job.layer);
+      skip("the input already has a tensor '" + shown(clash) + "', a name the quantized layer writes");
+      continue;
+    }
+    const std::string bias = job.layer + ".bias";
+    if (model.contains(bias) && bias != name) {
+      const auto b = model.info(bias);
+      const bool vector_of_n = (b->shape.size() == 1 && b->shape[0] == n) ||
+                               (b->shape.size() == 2 && b->shape[0] == 1 && b->shape[1] == n);
+      if (!is_float_dtype(b->dtype) || !vector_of_n) {
+        layers.erase(job.layer);
+        skip("its bias '" + shown(bias) + "' is " + b->dtype + " of " + std::to_string(b->shape.size()) +
+             "-D shape with " + std::to_string(b->numel) + " elements; a layer's bias must be " +
+             std::to_string(n) + " floats (F32/F16/BF16)");
+        continue;
+      }
+      job.bias = bias;
+    }
+    if (!a.calib.empty()) {
+      const auto it = calib.find(job.layer);
+      if (it == calib.end()) {
+        warnings->push_back("layer '" + shown(job.layer) + "' has no statistics in --calib '" +
+                            shown(a.calib) + "': it is quantized data-free");
+      } else {
+        job.stats = &it->second;
+        if (job.stats->channels() != k)
+          return Status(svdq::StatusCode::kErrorShape,
+                        "the statistics of layer '" + shown(job.layer) + "' in --calib have " +
+                            std::to_string(job.stats->channels()) +
+                            " channels, the weight has in_features " + std::to_string(k));
+        if (a.plus && job.stats->sampled_rows() == 0)
+          return Status(svdq::StatusCode::kErrorInvalidArgument,
+                        "--plus scores candidates on sampled rows, but the statistics of layer '" +
+                            shown(job.layer) + "' in '" + shown(a.calib) +
+                            "' hold none (made with `svdq calibrate --max-rows 0`?); rerun "
+                            "calibrate with --max-rows > 0 or drop --plus");
+      }
+    }
+    jobs->push_back(std::move(job));
+  }
+  if (long_names > 0)
+    warnings->push_back(std::to_string(long_names) + " tensor name(s) longer than " +
+                        std::to_string(kMaxMatchedNameBytes) +
+                        " bytes are not matched against --include and are copied unchanged");
+  for (const auto& [layer, st] : calib)
+    if (layers.count(layer) == 0)
+      warnings->push_back("--calib has statistics of '" + shown(layer) +
+                          "', which is not a quantized layer here (unused)");
+  return Status::Ok();
+}
+
+/// Input metadata is copied, except keys in svdq's own namespace "svdq.": stale or forged layer
+/// descriptions must never shadow the ones this run writes.
+void copy_metadata(const svdq::SafetensorsFile& model, svdq::SafetensorsWriter* writer) {
+  for (const auto& [key, value] : model.metadata()) {
+    if (key.rfind("svdq.", 0) == 0) {
+      warn("input metadata key '" + shown(key) + "' is in svdq's namespace: dropped");
+      continue;
+    }
+    (void)writer->set_metadata(key, value);
+  }
+}
+
 int cmd_quantize(const QuantizeArgs& a) {
   const auto t_all = std::chrono::steady_clock::now();
   if (a.threads > 0) omp_set_num_threads(a.threads);
   auto format = svdq::parse_format(a.format);
   if (!format.ok()) return fail(format.status());
+  if (a.plus && a.calib.empty())
+    return fail("--plus needs --calib (svdq-plus scores and refines on calibration rows)");
+  if (Status st = check_input_file(a.model, "model"); !st.ok()) return fail(st);
+  if (!a.calib.empty())
+    if (Status st = check_input_file(a.calib, "--calib"); !st.ok()) return fail(st);
+  if (Status st = check_output_path(a.output, {a.model, a.calib}); !st.ok()) return fail(st);
   auto model = svdq::SafetensorsFile::open(a.model);
   if (!model.ok()) return fail(model.status());
   std::map<std::string, svdq::ActivationStats> calib;
@@ -65,86 +325,65 @@ int cmd_quantize(const QuantizeArgs& a) {
     auto c = svdq::load_calibration(a.calib);
     if (!c.ok()) return fail(c.status());
     calib = std::move(*c);
+    if (calib.empty())
+      return fail("--calib '" + shown(a.calib) +
+                  "' holds no calibration statistics (no 'svdq.calib.<layer>' metadata); is it a "
+                  "rows file? Build statistics with `svdq calibrate ROWS -o STATS` first");
   }
-  std::regex include, exclude;
+  NameFilter filter;
   try {
-    include = std::regex(a.include);
-    if (!a.exclude.empty()) exclude = std::regex(a.exclude);
+    filter.include = std::regex(a.include);
+    filter.has_exclude = !a.exclude.empty();
+    if (filter.has_exclude) filter.exclude = std::regex(a.exclude);
   } catch (const std::regex_error& e) {
     return fail(std::string("--include/--exclude is not a valid regular expression: ") + e.what());
   }
   const int gs = svdq::group_size(*format);
-
-  // Which tensors become quantized layers: matching 2-D float weights whose K fits the group.
-  struct Job {
-    std::string tensor, layer;
-  };
   std::vector<Job> jobs;
-  std::vector<std::string> skipped;
-  for (const std::string& name : model->names()) {
-    if (!std::regex_search(name, include) || (!a.exclude.empty() && std::regex_search(name, exclude)))
-      continue;
-    const auto info = model->info(name);
-    const bool is_float = info->dtype == "F32" || info->dtype == "F16" || info->dtype == "BF16";
-    if (!is_float || info->shape.size() != 2) {
-      skipped.push_back(name + " (not a 2-D float tensor: " + info->dtype + ")");
-      continue;
-    }
-    if (info->shape[1] % gs != 0) {
-      skipped.push_back(name + " (in_features " + std::to_string(info->shape[1]) +
-                        " is not a multiple of the " + a.format + " group " + std::to_string(gs) + ")");
-      continue;
-    }
-    std::string layer = name;
-    if (layer.size() > 7 && layer.compare(layer.size() - 7, 7, ".weight") == 0)
-      layer.resize(layer.size() - 7);
-    jobs.push_back({name, layer});
-  }
+  std::vector<std::string> skipped, warnings;
+  if (Status st = plan_jobs(a, *model, calib, filter, gs, &jobs, &skipped, &warnings); !st.ok())
+    return fail(st);
+
   std::printf("svdq quantize: %zu layer(s) of %s -> %s, %s rank %d%s\n", jobs.size(),
-              a.model.c_str(), a.output.c_str(), a.format.c_str(), a.rank, a.plus ? ", svdq-plus" : "");
+              shown(a.model).c_str(), shown(a.output).c_str(), a.format.c_str(), a.rank,
+              a.plus ? ", svdq-plus" : "");
   if (a.calib.empty())
     std::printf("  no --calib: data-free quantization (no activation smoothing, alpha = beta = 0)\n");
   for (const std::string& s : skipped) std::printf("  skipped %s\n", s.c_str());
-  if (jobs.empty()) return fail("no tensor of " + a.model + " matches --include and can be quantized");
+  for (const std::string& w : warnings) warn(w);
+  if (jobs.empty()) return fail("no tensor of " + shown(a.model) + " matches --include and can be quantized");
 
   svdq::SafetensorsWriter writer;
-  std::map<std::string, bool> consumed;  // tensors replaced by a quantized layer
+  std::set<std::string> consumed;  // tensors replaced by a quantized layer
   std::printf("  %-40s %-13s %-10s %-12s %8s\n", "layer", "shape (NxK)", "method", "calib err", "time s");
   for (size_t i = 0; i < jobs.size(); ++i) {
     const Job& j = jobs[i];
-    progress(static_cast<int>(i), static_cast<int>(jobs.size()), j.layer);
+    progress(static_cast<int>(i), static_cast<int>(jobs.size()), shown(j.layer));
     const auto info = model->info(j.tensor);
     const int64_t n = info->shape[0], k = info->shape[1];
     auto w = model->read_float(j.tensor);
     if (!w.ok()) return fail(w.status());
     std::vector<float> bias;
-    const std::string bias_name = j.layer + ".bias";
-    if (model->contains(bias_name)) {
-      auto b = model->read_float(bias_name);
-      if (b.ok() && static_cast<int64_t>(b->size()) == n) {
-        bias = std::move(*b);
-        consumed[bias_name] = true;
-      }
+    if (!j.bias.empty()) {
+      auto b = model->read_float(j.bias);
+      if (!b.ok()) return fail(b.status());
+      bias = std::move(*b);
     }
-    const auto it = calib.find(j.layer);
-    const svdq::ActivationStats* stats = it != calib.end() ? &it->second : nullptr;
-    if (stats != nullptr && stats->channels() != k)
-      return fail("calibration of layer " + j.layer + " has " + std::to_string(stats->channels()) +
-                  " channels, the weight has in_features " + std::to_string(k));
+    const svdq::ActivationStats* stats = j.stats;
     svdq::QuantConfig cfg;
     cfg.format = *format;
     cfg.rank = static_cast<int>(std::min<int64_t>(a.rank, std::min(n, k)));
     std::string method = stats ? "svdquant" : "data-free";
     if (stats == nullptr) {
       cfg.alpha = cfg.beta = 0.0f;
-    } else if (a.plus && stats->sampled_rows() > 0) {
-      cfg = svdq::svdq_plus_config(cfg);
+    } else if (a.plus) {
+      cfg = svdq::svdq_plus_config(cfg);  // plan_jobs made sure the statistics hold rows
       method = "svdq-plus";
     }
     const svdq::ConstMatrixRef wv = float_view(*w, n, k);
     const svdq::ConstMatrixRef bv = bias.empty() ? svdq::ConstMatrixRef() : float_view(bias, 1, n);
     auto q = svdq::quantize_linear(wv, bv, stats, cfg);
-    if (!q.ok()) return fail("layer " + j.layer + ": " + q.status().to_string());
+    if (!q.ok()) return fail("layer '" + shown(j.layer) + "': " + q.status().to_string());
     // Output error on the calibration rows, when there are some.
     std::string err = "-";
     if (stats != nullptr && stats->sampled_rows() > 0) {
@@ -161,38 +400,90 @@ int cmd_quantize(const QuantizeArgs& a) {
         err = buf;
       }
     }
+    const double seconds = q->info.seconds;
+    q->info.seconds = 0;  // same command, same file: the time is printed, never stored
     if (Status st = svdq::add_quantized(writer, j.layer, *q); !st.ok()) return fail(st);
-    consumed[j.tensor] = true;
-    std::printf("  %-40s %-13s %-10s %-12s %8.2f\n", j.layer.c_str(),
+    consumed.insert(j.tensor);
+    if (!j.bias.empty()) consumed.insert(j.bias);
+    std::printf("  %-40s %-13s %-10s %-12s %8.2f\n", shown(j.layer).c_str(),
                 (std::to_string(n) + "x" + std::to_string(k)).c_str(), method.c_str(), err.c_str(),
-                q->info.seconds);
+                seconds);
   }
   progress(static_cast<int>(jobs.size()), static_cast<int>(jobs.size()), "done");
-  // Every other tensor is copied unchanged.
+  // Every other tensor is copied unchanged, streamed from the mapped input (no copy in memory).
   int copied = 0;
   for (const std::string& name : model->names()) {
     if (consumed.count(name)) continue;
     const auto info = model->info(name);
-    if (Status st = writer.add(name, info->dtype, info->shape, info->data); !st.ok()) return fail(st);
+    if (Status st = writer.add_view(name, info->dtype, info->shape, info->data); !st.ok()) return fail(st);
     ++copied;
   }
-  for (const auto& [key, value] : model->metadata()) (void)writer.set_metadata(key, value);
+  copy_metadata(*model, &writer);
   (void)writer.set_metadata("svdq.version", svdq::version_string());
-  if (Status st = writer.write(a.output); !st.ok()) return fail(st);
+  if (Status st = write_output(writer, a.output); !st.ok()) return fail(st);
   std::printf("wrote %s: %zu quantized layer(s), %d tensor(s) copied unchanged, %.1f s\n",
-              a.output.c_str(), jobs.size(), copied, seconds_since(t_all));
+              shown(a.output).c_str(), jobs.size(), copied, seconds_since(t_all));
   return 0;
 }
 
 // ----------------------------------------------------------------------------------------------
 // svdq calibrate: rows of each layer's input (tensors "<layer><suffix>", [M, K]) -> statistics
 
+// Rows are fed to ActivationStats in chunks of at most this many bytes, straight from the mapped
+// file when its dtype and alignment allow: a 1 GiB rows tensor is never copied whole.
+constexpr int64_t kRowChunkBytes = int64_t{64} << 20;
+
+/// Folds one [M, K] rows tensor into stats, chunk by chunk (fixed chunk sizes: same file, same
+/// statistics).
+Status observe_rows(const svdq::TensorInfo& t, svdq::ActivationStats* stats) {
+  const int64_t m = t.shape[0], k = t.shape[1];
+  const int64_t elem = svdq::safetensors_dtype_size(t.dtype);
+  const int64_t chunk = std::max<int64_t>(1, kRowChunkBytes / std::max<int64_t>(1, k * 4));
+  std::vector<float> buf;
+  for (int64_t r0 = 0; r0 < m; r0 += chunk) {
+    const int64_t rows = std::min(chunk, m - r0);
+    const uint8_t* p = t.data.data() + r0 * k * elem;
+    svdq::ConstMatrixRef view;
+    const bool aligned = reinterpret_cast<uintptr_t>(p) % static_cast<uintptr_t>(elem) == 0;
+    if (aligned && (t.dtype == "F32" || t.dtype == "F16" || t.dtype == "BF16")) {
+      const svdq::DType dt = t.dtype == "F32" ? svdq::DType::kF32
+                             : t.dtype == "F16" ? svdq::DType::kF16 : svdq::DType::kBF16;
+      view = svdq::ConstMatrixRef(p, dt, rows, k, k);
+    } else {  // unaligned or F8_E4M3: convert this chunk only
+      buf.resize(static_cast<size_t>(rows * k));
+      for (int64_t i = 0; i < rows * k; ++i) {
+        if (t.dtype == "F32") {
+          std::memcpy(&buf[i], p + 4 * i, 4);
+        } else if (t.dtype == "F8_E4M3") {
+          buf[i] = svdq::decode_e4m3(p[i]);
+        } else {
+          uint16_t b;
+          std::memcpy(&b, p + 2 * i, 2);
+          buf[i] = t.dtype == "F16" ? svdq::half_bits_to_float(b) : svdq::bf16_bits_to_float(b);
+        }
+      }
+      view = float_view(buf, rows, k);
+    }
+    SVDQ_RETURN_IF_ERROR(stats->observe(view));
+  }
+  return Status::Ok();
+}
+
 int cmd_calibrate(const std::vector<std::string>& inputs, const std::string& output,
                   const std::string& suffix, int64_t max_rows, bool gram) {
-  std::map<std::string, svdq::ActivationStats> layers;
   svdq::CalibrationOptions opt;
   opt.max_rows = max_rows;
   opt.accumulate_gram = gram;
+  for (const std::string& path : inputs)
+    if (Status st = check_input_file(path, "rows file"); !st.ok()) return fail(st);
+  if (Status st = check_output_path(output, inputs); !st.ok()) return fail(st);
+  std::vector<svdq::SafetensorsFile> files;
+  // First pass, headers only: which layers, K, rows; the memory the statistics will take is
+  // checked before anything is allocated.
+  struct LayerPlan {
+    int64_t k = 0, rows = 0;
+  };
+  std::map<std::string, LayerPlan> plan;
   for (const std::string& path : inputs) {
     auto file = svdq::SafetensorsFile::open(path);
     if (!file.ok()) return fail(file.status());
@@ -200,22 +491,51 @@ int cmd_calibrate(const std::vector<std::string>& inputs, const std::string& out
       if (name.size() <= suffix.size() || name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0)
         continue;
       const auto info = file->info(name);
-      if (info->shape.size() != 2) return fail(name + " must be a 2-D [rows, in_features] tensor");
-      auto rows = file->read_float(name);
-      if (!rows.ok()) return fail(rows.status());
+      if (info->shape.size() != 2)
+        return fail("'" + shown(name) + "' must be a 2-D [rows, in_features] tensor");
+      if (!is_float_dtype(info->dtype) && info->dtype != "F8_E4M3")
+        return fail("'" + shown(name) + "' has dtype " + info->dtype + "; rows must be F32, F16, BF16 or F8_E4M3");
+      if (info->shape[1] == 0) return fail("'" + shown(name) + "' has 0 columns (in_features)");
+      const std::string layer = name.substr(0, name.size() - suffix.size());
+      LayerPlan& lp = plan[layer];
+      if (lp.k != 0 && lp.k != info->shape[1])
+        return fail("'" + shown(name) + "' has " + std::to_string(info->shape[1]) +
+                    " columns, an earlier rows tensor of layer '" + shown(layer) + "' has " +
+                    std::to_string(lp.k));
+      lp.k = info->shape[1];
+      lp.rows += info->shape[0];
+    }
+    files.push_back(std::move(*file));
+  }
+  if (plan.empty()) return fail("no tensor named '<layer>" + shown(suffix) + "' in the input file(s)");
+  double need = 0;
+  for (const auto& [layer, lp] : plan) {
+    const double k = static_cast<double>(lp.k);
+    need += 4.0 * k + 4.0 * k * static_cast<double>(std::min(max_rows, lp.rows)) + (gram ? 8.0 * k * k : 0.0);
+  }
+  if (Status st = check_memory(need, std::string("the statistics (--max-rows ") + std::to_string(max_rows) +
+                                         (gram ? ", --gram" : "") + ")");
+      !st.ok())
+    return fail(st.message() + "; lower --max-rows" + (gram ? " or drop --gram" : ""));
+
+  std::map<std::string, svdq::ActivationStats> layers;
+  for (const svdq::SafetensorsFile& file : files) {
+    for (const std::string& name : file.names()) {
+      if (name.size() <= suffix.size() || name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0)
+        continue;
+      const auto info = file.info(name);
       const std::string layer = name.substr(0, name.size() - suffix.size());
       auto [it, fresh] = layers.try_emplace(layer, info->shape[1], opt);
-      if (Status st = it->second.observe(float_view(*rows, info->shape[0], info->shape[1])); !st.ok())
-        return fail(layer + ": " + st.to_string());
+      if (Status st = observe_rows(*info, &it->second); !st.ok())
+        return fail("'" + shown(layer) + "': " + st.to_string());
     }
   }
-  if (layers.empty()) return fail("no tensor named '<layer>" + suffix + "' in the input file(s)");
   if (Status st = svdq::save_calibration(output, layers); !st.ok()) return fail(st);
   for (const auto& [name, st] : layers)
-    std::printf("  %-40s K=%-6lld rows=%-8lld sampled=%lld\n", name.c_str(),
+    std::printf("  %-40s K=%-6lld rows=%-8lld sampled=%lld\n", shown(name).c_str(),
                 static_cast<long long>(st.channels()), static_cast<long long>(st.rows_observed()),
                 static_cast<long long>(st.sampled_rows()));
-  std::printf("wrote %s: statistics of %zu layer(s)\n", output.c_str(), layers.size());
+  std::printf("wrote %s: statistics of %zu layer(s)\n", shown(output).c_str(), layers.size());
   return 0;
 }
 
@@ -223,25 +543,26 @@ int cmd_calibrate(const std::vector<std::string>& inputs, const std::string& out
 // svdq inspect
 
 int cmd_inspect(const std::string& path) {
+  if (Status st = check_input_file(path, "file"); !st.ok()) return fail(st);
   auto file = svdq::SafetensorsFile::open(path);
   if (!file.ok()) return fail(file.status());
   auto layers = svdq::quantized_layers(*file);
   if (!layers.ok()) return fail(layers.status());
-  std::printf("%s: %lld bytes, %zu tensors, %zu quantized layer(s)\n", path.c_str(),
+  std::printf("%s: %lld bytes, %zu tensors, %zu quantized layer(s)\n", shown(path).c_str(),
               static_cast<long long>(file->file_size()), file->names().size(), layers->size());
   if (auto v = file->metadata().find("svdq.version"); v != file->metadata().end())
-    std::printf("written by svdq %s\n", v->second.c_str());
+    std::printf("written by svdq %s\n", shown(v->second).c_str());
   int64_t q_bytes = 0, q_weights = 0;
   if (!layers->empty())
     std::printf("  %-40s %-6s %-6s %-5s %-5s %-13s %12s %8s %8s\n", "layer", "format", "group", "rank",
                 "dtype", "shape (NxK)", "bytes", "bits/w", "vs bf16");
   for (const std::string& name : *layers) {
     auto q = svdq::load_quantized(*file, name);
-    if (!q.ok()) return fail("layer " + name + ": " + q.status().to_string());
+    if (!q.ok()) return fail("layer '" + shown(name) + "': " + q.status().to_string());
     const int64_t weights = q->in_features * q->out_features;
     q_bytes += q->size_bytes();
     q_weights += weights;
-    std::printf("  %-40s %-6s %-6d %-5d %-5s %-13s %12lld %8.3f %7.2fx\n", name.c_str(),
+    std::printf("  %-40s %-6s %-6d %-5d %-5s %-13s %12lld %8.3f %7.2fx\n", shown(name).c_str(),
                 svdq::format_name(q->format), q->group, q->rank, svdq::dtype_name(q->storage),
                 (std::to_string(q->out_features) + "x" + std::to_string(q->in_features)).c_str(),
                 static_cast<long long>(q->size_bytes()), q->bits_per_weight(),
@@ -260,6 +581,13 @@ int cmd_inspect(const std::string& path) {
 int cmd_bench(int64_t k, int64_t n, int64_t m, const std::string& fmt, int rank, int repeats) {
   auto format = svdq::parse_format(fmt);
   if (!format.ok()) return fail(format.status());
+  // W and about eight N x K working copies in the quantizer, the rows, y (float) and ref (double).
+  const double kd = static_cast<double>(k), nd = static_cast<double>(n), md = static_cast<double>(m);
+  if (Status st = check_memory(4.0 * 9.0 * nd * kd + 4.0 * (md + 256.0) * kd + 12.0 * md * nd,
+                               "bench -k " + std::to_string(k) + " -n " + std::to_string(n) +
+                                   " -m " + std::to_string(m));
+      !st.ok())
+    return fail(st);
   svdq::synth::LayerSpec spec;
   spec.in_features = k;
   spec.out_features = n;
@@ -299,9 +627,21 @@ int cmd_bench(int64_t k, int64_t n, int64_t m, const std::string& fmt, int rank,
   return 0;
 }
 
+// libgomp's default wait policy spins at every barrier before sleeping. On a busy machine a
+// thread that waits for a descheduled one burns its time slice spinning: the CLI ran 3-5x slower
+// with the default thread count than with --threads 1 (~60% of samples inside libgomp). The
+// policy is read once when libgomp loads, so the tool re-executes itself once with
+// OMP_WAIT_POLICY=PASSIVE unless the user chose a policy (OMP_WAIT_POLICY or GOMP_SPINCOUNT).
+void prefer_passive_omp_waits(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr || std::getenv("GOMP_SPINCOUNT") != nullptr) return;
+  if (setenv("OMP_WAIT_POLICY", "PASSIVE", 1) != 0) return;
+  execv("/proc/self/exe", argv);  // returns only on failure: then run on with the default policy
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  prefer_passive_omp_waits(argv);
   CLI::App app{"svdq: SVDQuant-style W4A4 quantization of linear layers"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string(svdq::version_string()));
@@ -350,10 +690,18 @@ int main(int argc, char** argv) {
 
   auto run_convert = svdq_cli::register_convert(app);
   CLI11_PARSE(app, argc, argv);
-  if (app.got_subcommand("convert")) return run_convert();
-  if (*quantize) return cmd_quantize(qa);
-  if (*calibrate) return cmd_calibrate(calib_inputs, calib_out, calib_suffix, calib_rows, calib_gram);
-  if (*inspect) return cmd_inspect(inspect_path);
-  if (*bench) return cmd_bench(bk, bn, bm, bfmt, brank, breps);
+  // The library returns Status for every failure; this is the last resort for the tool's own
+  // allocations (an exception must never escape main and abort).
+  try {
+    if (app.got_subcommand("convert")) return run_convert();
+    if (*quantize) return cmd_quantize(qa);
+    if (*calibrate) return cmd_calibrate(calib_inputs, calib_out, calib_suffix, calib_rows, calib_gram);
+    if (*inspect) return cmd_inspect(inspect_path);
+    if (*bench) return cmd_bench(bk, bn, bm, bfmt, brank, breps);
+  } catch (const std::bad_alloc&) {
+    return fail("out of memory (the sizes asked for do not fit this machine)");
+  } catch (const std::exception& e) {
+    return fail(std::string("unexpected failure: ") + e.what());
+  }
   return 0;
 }

@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -14,6 +15,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <limits>
 #include <new>
 #include <nlohmann/json.hpp>
@@ -41,25 +43,9 @@ constexpr const char* kLayerKeyPrefix = "svdq.layer.";
 /// Largest in_features / out_features load_quantized accepts: keeps every size product in int64.
 constexpr int64_t kMaxFeatures = (int64_t{1} << 31) - 1;
 
-/// A name as it appears in messages: quoted, non-printable bytes as \xNN, cut after 120 bytes.
-std::string quote(std::string_view s) {
-  std::string out = "'";
-  const size_t n = std::min<size_t>(s.size(), 120);
-  for (size_t i = 0; i < n; ++i) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    if (c >= 0x20 && c < 0x7f && c != '\\' && c != '\'') {
-      out += static_cast<char>(c);
-    } else {
-      static constexpr char kHex[] = "0123456789abcdef";
-      out += "\\x";
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
-    }
-  }
-  if (s.size() > n) out += "...";
-  out += "'";
-  return out;
-}
+/// A name as it appears in messages: quoted, non-printable bytes as \xNN, cut after 120 bytes
+/// (svdq::printable, which the command-line tool uses for the names it prints).
+std::string quote(std::string_view s) { return "'" + printable(s, 120) + "'"; }
 
 /// Strict UTF-8 (RFC 3629: no overlong forms, no surrogates, nothing above U+10FFFF), the rule
 /// JSON strings follow.
@@ -192,7 +178,7 @@ SafetensorsFile& SafetensorsFile::operator=(SafetensorsFile&& other) noexcept {
 Result<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
   try {
     const std::string where = "SafetensorsFile::open: " + quote(path);
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);  // a FIFO never blocks
     if (fd < 0) return error(StatusCode::kErrorIo, where, ": cannot open: ", std::strerror(errno));
     struct stat st {};
     if (fstat(fd, &st) != 0) {
@@ -411,7 +397,20 @@ Result<std::vector<float>> SafetensorsFile::read_float(const std::string& name) 
 
 Status SafetensorsWriter::add(const std::string& name, const std::string& dtype,
                               const std::vector<int64_t>& shape, ByteSpan bytes) {
-  const std::string where = "SafetensorsWriter::add: tensor " + quote(name);
+  return add_tensor(name, dtype, shape, bytes, /*borrow=*/false);
+}
+
+Status SafetensorsWriter::add_view(const std::string& name, const std::string& dtype,
+                                   const std::vector<int64_t>& shape, ByteSpan bytes) {
+  return add_tensor(name, dtype, shape, bytes, /*borrow=*/true);
+}
+
+Status SafetensorsWriter::add_tensor(const std::string& name, const std::string& dtype,
+                                     const std::vector<int64_t>& shape, ByteSpan bytes,
+                                     bool borrow) {
+  const std::string where =
+      std::string(borrow ? "SafetensorsWriter::add_view" : "SafetensorsWriter::add") +
+      ": tensor " + quote(name);
   constexpr auto kBad = StatusCode::kErrorInvalidArgument;
   if (name == kMetadataKey) return error(kBad, where, ": the name \"__metadata__\" is reserved");
   if (!valid_utf8(name)) return error(kBad, where, ": name is not valid UTF-8");
@@ -430,7 +429,12 @@ Status SafetensorsWriter::add(const std::string& name, const std::string& dtype,
   if (bytes.data() == nullptr && !bytes.empty())
     return error(StatusCode::kErrorNullPointer, where, ": bytes.data() is null");
   try {
-    Tensor t{name, dtype, shape, std::vector<uint8_t>(bytes.begin(), bytes.end())};
+    Tensor t{name, dtype, shape, {}};
+    t.bytes.borrowed = borrow;
+    if (borrow)
+      t.bytes.view = bytes;
+    else
+      t.bytes.owned.assign(bytes.begin(), bytes.end());
     index_.emplace(name, tensors_.size());
     tensors_.push_back(std::move(t));
   } catch (const std::bad_alloc&) {
@@ -497,38 +501,119 @@ Result<std::vector<uint8_t>> SafetensorsWriter::serialize() const {
   }
 }
 
-Status SafetensorsWriter::write(const std::string& path) const {
+namespace {
+
+/// write(2) all of [p, p + n), retrying short writes and EINTR. false with errno set on failure.
+bool write_all(int fd, const uint8_t* p, size_t n) {
+  while (n > 0) {
+    const ssize_t w = ::write(fd, p, std::min<size_t>(n, size_t{1} << 30));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+  return true;
+}
+
+/// 64 unpredictable bits for a temporary file name (getrandom; the clock and address as a
+/// fallback where getrandom is unavailable: the name is still created exclusively).
+uint64_t random_bits() {
+  uint64_t v = 0;
+  if (getrandom(&v, sizeof v, GRND_NONBLOCK) == static_cast<ssize_t>(sizeof v)) return v;
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  v = static_cast<uint64_t>(ts.tv_nsec) ^ (static_cast<uint64_t>(ts.tv_sec) << 32) ^
+      reinterpret_cast<uintptr_t>(&v) ^ (static_cast<uint64_t>(getpid()) << 16);
+  return v * 0x9e3779b97f4a7c15ULL;
+}
+
+std::string file_kind(mode_t m) {
+  if (S_ISDIR(m)) return "a directory";
+  if (S_ISFIFO(m)) return "a FIFO";
+  if (S_ISCHR(m)) return "a character device";
+  if (S_ISBLK(m)) return "a block device";
+  if (S_ISSOCK(m)) return "a socket";
+  return "not a regular file";
+}
+
+}  // namespace
+
+Status SafetensorsWriter::write(const std::string& path,
+                                const std::function<void(const std::string&)>& on_temp) const {
+  const std::string where = "SafetensorsWriter::write: " + quote(path);
+  if (path.empty()) return error(StatusCode::kErrorIo, where, ": the path is empty");
+  // An existing target must be a regular file (followed through links): a FIFO, a device or
+  // /dev/stdout would otherwise be replaced by a regular file. Its mode is kept.
+  mode_t mode = 0666;  // umask applies at creation
+  bool keep_mode = false;
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0) {
+    if (!S_ISREG(st.st_mode))
+      return error(StatusCode::kErrorIo, where, ": is ", file_kind(st.st_mode),
+                   "; svdq writes regular files only and never replaces a special file");
+    mode = st.st_mode & 07777;
+    keep_mode = true;
+  } else if (errno != ENOENT) {
+    return error(StatusCode::kErrorIo, where, ": cannot stat: ", std::strerror(errno));
+  }
   auto h = header();
   if (!h.ok()) return h.status();
-  const std::string where = "SafetensorsWriter::write: " + quote(path);
-  const std::string tmp = path + ".tmp-" + std::to_string(static_cast<long>(getpid()));
-  std::FILE* fp = std::fopen(tmp.c_str(), "wb");
-  if (fp == nullptr)
-    return error(StatusCode::kErrorIo, where, ": cannot create ", quote(tmp), ": ",
-                 std::strerror(errno));
-  errno = 0;
+
+  const size_t slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  const std::string base = slash == std::string::npos ? path : path.substr(slash + 1);
+  std::string tmp;
+  int fd = -1;
+  for (int attempt = 0; attempt < 16 && fd < 0; ++attempt) {
+    char hex[17];
+    std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(random_bits()));
+    tmp = (slash == std::string::npos ? std::string() : path.substr(0, slash + 1)) + "." + base +
+          ".tmp-" + hex;
+    fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+    if (fd < 0 && errno != EEXIST)
+      return error(StatusCode::kErrorIo, where, ": cannot create ", quote(tmp), ": ",
+                   std::strerror(errno));
+  }
+  if (fd < 0)
+    return error(StatusCode::kErrorIo, where, ": cannot create a temporary file in ", quote(dir),
+                 ": 16 random names were all taken");
+  if (on_temp) on_temp(tmp);
+  // Every failure from here removes the temporary file.
+  auto fail = [&](const char* step, int e) {
+    if (fd >= 0) ::close(fd);
+    ::unlink(tmp.c_str());
+    if (on_temp) on_temp(std::string());
+    return error(StatusCode::kErrorIo, where, ": ", step, " ", quote(tmp), " failed: ",
+                 std::strerror(e));
+  };
+  if (keep_mode && fchmod(fd, mode) != 0) return fail("setting the mode of", errno);
   uint8_t len[8];
   const uint64_t n = h->size();
   for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(n >> (8 * i));
-  bool ok =
-      std::fwrite(len, 1, 8, fp) == 8 && std::fwrite(h->data(), 1, h->size(), fp) == h->size();
-  for (const Tensor& t : tensors_) {
-    if (!ok) break;
-    ok = t.bytes.empty() || std::fwrite(t.bytes.data(), 1, t.bytes.size(), fp) == t.bytes.size();
-  }
-  const int write_errno = errno;
-  ok = (std::fclose(fp) == 0) && ok;
-  if (!ok) {
-    std::remove(tmp.c_str());
-    return error(StatusCode::kErrorIo, where, ": writing ", quote(tmp),
-                 " failed: ", std::strerror(write_errno ? write_errno : errno));
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int e = errno;
-    std::remove(tmp.c_str());
-    return error(StatusCode::kErrorIo, where, ": cannot rename ", quote(tmp),
-                 " to it: ", std::strerror(e));
-  }
+  if (!write_all(fd, len, 8) ||
+      !write_all(fd, reinterpret_cast<const uint8_t*>(h->data()), h->size()))
+    return fail("writing", errno);
+  for (const Tensor& t : tensors_)
+    if (!write_all(fd, t.bytes.data(), t.bytes.size())) return fail("writing", errno);
+  if (fsync(fd) != 0) return fail("fsync of", errno);
+  const int fd_closed = fd;
+  fd = -1;
+  if (::close(fd_closed) != 0) return fail("closing", errno);
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) return fail("renaming over the output", errno);
+  if (on_temp) on_temp(std::string());
+  // Durable: the directory entry of the rename reaches the disk too.
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0)
+    return error(StatusCode::kErrorIo, where, ": written, but its directory ", quote(dir),
+                 " cannot be opened to fsync: ", std::strerror(errno));
+  const int sync_rc = fsync(dfd);
+  const int sync_errno = errno;
+  ::close(dfd);
+  if (sync_rc != 0 && sync_errno != EINVAL)  // EINVAL: a directory that does not support fsync
+    return error(StatusCode::kErrorIo, where, ": written, but fsync of its directory ", quote(dir),
+                 " failed: ", std::strerror(sync_errno));
   return Status::Ok();
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <Eigen/Dense>
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -18,6 +19,29 @@ using MatrixRMd = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::R
 
 /// Copies any view into a row-major float matrix.
 MatrixRM to_eigen(ConstMatrixRef v);
+
+/// Rows of a product computed together by one task of gemm_rows: a fixed number, so which rows
+/// share a task (and so every sum's order) never depends on the thread count.
+inline constexpr int64_t kGemmRowBlock = 64;
+
+/// out = a * b (out resized to a.rows() x b.cols()), or out -= a * b with subtract. The rows of
+/// out are split into fixed blocks of kGemmRowBlock, each a single-threaded Eigen GEMM (Eigen is
+/// built with EIGEN_DONT_PARALLELIZE), run in parallel over the blocks: the same bits for any
+/// thread count. a and b are any Eigen expressions with row access (matrices, transposes).
+template <typename Out, typename A, typename B>
+void gemm_rows(const A& a, const B& b, Out* out, bool subtract = false) {
+  const int64_t rows = a.rows();
+  if (!subtract) out->resize(rows, b.cols());
+  const int64_t blocks = (rows + kGemmRowBlock - 1) / kGemmRowBlock;
+#pragma omp parallel for schedule(static) if (blocks > 1 && rows * a.cols() * b.cols() > (1 << 18))
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t r0 = blk * kGemmRowBlock, rb = std::min(kGemmRowBlock, rows - r0);
+    if (subtract)
+      out->middleRows(r0, rb).noalias() -= a.middleRows(r0, rb) * b;
+    else
+      out->middleRows(r0, rb).noalias() = a.middleRows(r0, rb) * b;
+  }
+}
 
 /// A double rounded once (to nearest even) to a 16-bit storage dtype's bits.
 uint16_t double_to_bits16(double v, DType storage);

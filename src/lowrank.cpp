@@ -42,7 +42,8 @@ LowRank truncated_svd(const MatrixRM& a, int rank, const SvdOptions& options,
                       const MatrixRM* right) {
   if (right != nullptr && (options.method == SvdMethod::kExact ||
                            rank + std::max(options.oversample, 0) >= std::min(a.rows(), right->cols()))) {
-    const MatrixRM prod = a * *right;
+    MatrixRM prod;
+    gemm_rows(a, *right, &prod);
     return truncated_svd(prod, rank, options);
   }
   const int64_t n = a.rows(), k = right ? right->cols() : a.cols();
@@ -63,15 +64,25 @@ LowRank truncated_svd(const MatrixRM& a, int rank, const SvdOptions& options,
     for (int64_t i = 0; i < k; ++i) omega(i, j) = static_cast<float>(rng.normal());
 
   // A = a (* right): products with A and A^T, applied factor by factor.
+  // Every product goes through gemm_rows: fixed row blocks, the same bits for any thread count.
   auto apply = [&](const MatrixRM& v) -> MatrixRM {  // A v, v (k, l)
-    if (right == nullptr) return a * v;
-    const MatrixRM rv = *right * v;
-    return a * rv;
+    MatrixRM av;
+    if (right == nullptr) {
+      gemm_rows(a, v, &av);
+      return av;
+    }
+    MatrixRM rv;
+    gemm_rows(*right, v, &rv);
+    gemm_rows(a, rv, &av);
+    return av;
   };
   auto apply_t = [&](const MatrixRM& v) -> MatrixRM {  // A^T v, v (n, l)
-    MatrixRM atv = a.transpose() * v;
+    MatrixRM atv;
+    gemm_rows(a.transpose(), v, &atv);
     if (right == nullptr) return atv;
-    return right->transpose() * atv;
+    MatrixRM ratv;
+    gemm_rows(right->transpose(), atv, &ratv);
+    return ratv;
   };
   MatrixRM q = orthonormalize(apply(omega));  // (n, l): basis of the range sketch
   for (int it = 0; it < options.power_iterations; ++it) {
@@ -81,7 +92,8 @@ LowRank truncated_svd(const MatrixRM& a, int rank, const SvdOptions& options,
   // Project: B = Q^T A (l, k), then the exact SVD of the small B, in double.
   const MatrixCMd b = apply_t(q).transpose().cast<double>();
   Eigen::BDCSVD<MatrixCMd> svd(b, Eigen::ComputeThinU | Eigen::ComputeThinV);
-  const MatrixCMd u = q.cast<double>() * svd.matrixU();  // (n, l)
+  MatrixRMd u;  // (n, l)
+  gemm_rows(q.cast<double>(), svd.matrixU(), &u);
   return from_svd(u, svd.singularValues(), svd.matrixV(), rank);
 }
 

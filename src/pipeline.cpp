@@ -161,7 +161,7 @@ Status set_branch(const Problem& p, const MatrixRM& target, Candidate* c) {
   }
   MatrixRM up, down_raw;  // (N, r), (r, K): branch = x down_raw^T up^T on the raw x
   if (p.cfg.whiten_lowrank) {
-    const MatrixRM t_raw = target * c->s.cwiseInverse().asDiagonal();
+    const MatrixRM t_raw = target * c->s.cwiseInverse().asDiagonal();  // elementwise, no GEMM
     const detail::LowRank lr = detail::truncated_svd(t_raw, r, p.cfg.svd, &p.chol);
     up = lr.up;
     // down_raw = V_r^T C^-1: solve C^T Z = V_r (Z = down_raw^T) with the triangular factor.
@@ -194,7 +194,7 @@ Status set_branch(const Problem& p, const MatrixRM& target, Candidate* c) {
                  up_q.allFinite() ? "lora_down" : "lora_up", ") overflows config.storage (",
                  dtype_name(st), "); use bf16 storage or scale the weights");
   c->residual = c->w_hat;
-  c->residual.noalias() -= up_q * down_eff;
+  detail::gemm_rows(up_q, down_eff, &c->residual, /*subtract=*/true);
   return Status::Ok();
 }
 
@@ -241,14 +241,17 @@ double score(const Problem& p, const Candidate& c, const detail::QuantizedWeight
   for (int64_t m = 0; m < s_rows; ++m)
     for (int64_t j = 0; j < p.k; ++j) a(m, j) = qa.code_value(m, j) * (qa.scale(m, j / gs) * t);
   const MatrixRM wq = detail::dequantize(qsub, f, ns, p.k);
-  MatrixRM y = a * wq.transpose();
+  MatrixRM y;
+  detail::gemm_rows(a, wq.transpose(), &y);
   if (r > 0) {
     MatrixRM down(p.k, r), up(ns, r);
     for (int64_t i = 0; i < p.k * r; ++i) down.data()[i] = bits16_to_float(c.lora_down[i], p.cfg.storage);
     for (int64_t i = 0; i < ns; ++i)
       for (int j = 0; j < r; ++j) up(i, j) = bits16_to_float(c.lora_up[p.scored[i] * r + j], p.cfg.storage);
-    const MatrixRM lora = p.x * down;
-    y.noalias() += lora * up.transpose();
+    MatrixRM lora, branch;
+    detail::gemm_rows(p.x, down, &lora);
+    detail::gemm_rows(lora, up.transpose(), &branch);
+    y += branch;
   }
   return (y - p.y_ref).cast<double>().squaredNorm() / static_cast<double>(y.size());
 }
@@ -298,7 +301,7 @@ Status build_problem(ConstMatrixRef W, const ActivationStats* stats, const Quant
       p->scored.resize(static_cast<size_t>(cap));
       std::sort(p->scored.begin(), p->scored.end());
     }
-    p->y_ref = p->x * scored_rows(*p, p->w).transpose();
+    detail::gemm_rows(p->x, scored_rows(*p, p->w).transpose(), &p->y_ref);
   }
   if (needs_gram(cfg) && has_rows) {
     if (!stats->gram().empty()) {
@@ -306,7 +309,7 @@ Status build_problem(ConstMatrixRef W, const ActivationStats* stats, const Quant
           stats->gram().data(), p->k, p->k);
     } else {
       const Eigen::MatrixXd xd = p->x.cast<double>();
-      p->gram = xd.transpose() * xd;
+      detail::gemm_rows(xd.transpose(), xd, &p->gram);
     }
   }
   if (cfg.whiten_lowrank && cfg.rank > 0) {

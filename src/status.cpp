@@ -1,5 +1,7 @@
 #include "svdq/status.hpp"
 
+#include <algorithm>
+
 #include "svdq/version.hpp"
 
 namespace svdq {
@@ -27,5 +29,24 @@ std::string Status::to_string() const {
 }
 
 const char* version_string() noexcept { return SVDQ_VERSION_STRING; }
+
+std::string printable(std::string_view s, size_t max_bytes) {
+  std::string out;
+  const size_t n = std::min(s.size(), max_bytes);
+  out.reserve(n + 8);
+  for (size_t i = 0; i < n; ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x20 && c < 0x7f && c != '\\' && c != '\'') {
+      out += static_cast<char>(c);
+    } else {
+      static constexpr char kHex[] = "0123456789abcdef";
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+  if (s.size() > n) out += "...";
+  return out;
+}
 
 }  // namespace svdq

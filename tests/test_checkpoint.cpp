@@ -3,7 +3,12 @@
 // the reader's validation has its own crafted file and expected code; load_quantized refuses
 // missing layers and tensors of the wrong dtype or shape.
 #include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <algorithm>
+#include <csignal>
 
 #include <atomic>
 #include <cmath>
@@ -423,6 +428,138 @@ TEST(Writer, SaveQuantizedRefusesNullAndRepeatedLayers) {
   EXPECT_EQ(s.code(), StatusCode::kErrorInvalidArgument) << s.to_string();
   EXPECT_NE(s.message().find("info.alpha"), std::string::npos) << s.to_string();
   EXPECT_FALSE(fs::exists(dir.file("a")));
+}
+
+// ---- The atomic writer: exclusive temp file, modes, special files, no leftovers (issue 10) ------
+
+/// Names in the directory, sorted.
+std::vector<std::string> listing(const std::string& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : fs::directory_iterator(dir)) out.push_back(e.path().filename().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+SafetensorsWriter small_writer() {
+  SafetensorsWriter w;
+  const Bytes b = {1, 2, 3, 4, 5, 6, 7, 8};
+  EXPECT_TRUE(w.add("t", "U8", {8}, b).ok());
+  return w;
+}
+
+TEST(AtomicWrite, PlantedLinkAtTheOldPredictableTempNameIsNotFollowed) {
+  TempDir dir;
+  const std::string out = dir.file("out.safetensors"), victim = dir.file("victim");
+  write_bytes(victim, {'k', 'e', 'e', 'p'});
+  // The writer used to open "<out>.tmp-<pid>" with fopen, following a link planted there.
+  fs::create_symlink(victim, out + ".tmp-" + std::to_string(getpid()));
+  ASSERT_TRUE(small_writer().write(out).ok());
+  EXPECT_EQ(read_bytes(victim), (Bytes{'k', 'e', 'e', 'p'}));
+  auto f = SafetensorsFile::open(out);
+  ASSERT_TRUE(f.ok()) << f.status().to_string();
+  EXPECT_TRUE(f->contains("t"));
+}
+
+TEST(AtomicWrite, TempFileIsInTheOutputDirectoryAndGoneAfterwards) {
+  TempDir dir;
+  const std::string out = dir.file("out.safetensors");
+  std::vector<std::string> temps;
+  ASSERT_TRUE(small_writer().write(out, [&](const std::string& t) { temps.push_back(t); }).ok());
+  ASSERT_EQ(temps.size(), 2u);  // created, then gone
+  EXPECT_EQ(fs::path(temps[0]).parent_path(), fs::path(out).parent_path());
+  EXPECT_NE(temps[0].find(".out.safetensors.tmp-"), std::string::npos) << temps[0];
+  EXPECT_EQ(temps[1], "");
+  EXPECT_EQ(listing(dir.file("")), std::vector<std::string>{"out.safetensors"});
+  // A second write picks another unpredictable name.
+  std::vector<std::string> again;
+  ASSERT_TRUE(small_writer().write(out, [&](const std::string& t) { again.push_back(t); }).ok());
+  ASSERT_FALSE(again.empty());
+  EXPECT_NE(again[0], temps[0]);
+}
+
+TEST(AtomicWrite, KeepsAnExistingOutputsModeAndUsesTheUmaskForANewOne) {
+  TempDir dir;
+  const std::string out = dir.file("out.safetensors");
+  write_bytes(out, {0});
+  ASSERT_EQ(chmod(out.c_str(), 0640), 0);
+  ASSERT_TRUE(small_writer().write(out).ok());
+  struct stat st {};
+  ASSERT_EQ(stat(out.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0640u);
+  const mode_t mask = umask(022);
+  const std::string fresh = dir.file("fresh.safetensors");
+  const Status s = small_writer().write(fresh);
+  umask(mask);
+  ASSERT_TRUE(s.ok()) << s.to_string();
+  ASSERT_EQ(stat(fresh.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0644u);
+}
+
+TEST(AtomicWrite, RefusesSpecialFilesInsteadOfReplacingThem) {
+  TempDir dir;
+  const std::string fifo = dir.file("fifo");
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  Status s = small_writer().write(fifo);
+  EXPECT_EQ(s.code(), StatusCode::kErrorIo) << s.to_string();
+  EXPECT_NE(s.message().find("FIFO"), std::string::npos) << s.to_string();
+  struct stat st {};
+  ASSERT_EQ(stat(fifo.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISFIFO(st.st_mode));
+  // A link to /dev/null in our own directory: a broken writer replaces the link, never /dev/null.
+  const std::string devnull = dir.file("devnull");
+  fs::create_symlink("/dev/null", devnull);
+  s = small_writer().write(devnull);
+  EXPECT_EQ(s.code(), StatusCode::kErrorIo) << s.to_string();
+  EXPECT_NE(s.message().find("character device"), std::string::npos) << s.to_string();
+  s = small_writer().write(dir.file(""));
+  EXPECT_EQ(s.code(), StatusCode::kErrorIo) << s.to_string();
+  EXPECT_EQ(listing(dir.file("")), (std::vector<std::string>{"devnull", "fifo"}));
+  EXPECT_TRUE(fs::is_symlink(devnull));
+}
+
+TEST(AtomicWrite, AFailedWriteLeavesNoTemporaryFile) {
+  TempDir dir;
+  const std::string out = dir.file("big.safetensors");
+  SafetensorsWriter w;
+  const Bytes big(1 << 20, 7);
+  ASSERT_TRUE(w.add("big", "U8", {1 << 20}, big).ok());
+  // A file-size limit makes write(2) fail with EFBIG (SIGXFSZ ignored) halfway through the data.
+  struct rlimit old {};
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &old), 0);
+  const auto old_handler = std::signal(SIGXFSZ, SIG_IGN);
+  struct rlimit lim = old;
+  lim.rlim_cur = 4096;
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &lim), 0);
+  const Status s = w.write(out);
+  setrlimit(RLIMIT_FSIZE, &old);
+  std::signal(SIGXFSZ, old_handler);
+  EXPECT_EQ(s.code(), StatusCode::kErrorIo) << s.to_string();
+  EXPECT_TRUE(listing(dir.file("")).empty());
+}
+
+TEST(AtomicWrite, AddViewStreamsTheCallersBytesWithoutACopy) {
+  TempDir dir;
+  Bytes src = {1, 2, 3, 4};
+  SafetensorsWriter w;
+  ASSERT_TRUE(w.add_view("v", "U8", {4}, src).ok());
+  ASSERT_TRUE(w.add("c", "U8", {4}, src).ok());
+  src[0] = 9;  // the view sees the change, the copy does not
+  ASSERT_TRUE(w.write(dir.file("v.safetensors")).ok());
+  auto f = SafetensorsFile::open(dir.file("v.safetensors"));
+  ASSERT_TRUE(f.ok()) << f.status().to_string();
+  EXPECT_EQ(Bytes(f->bytes("v")->begin(), f->bytes("v")->end()), (Bytes{9, 2, 3, 4}));
+  EXPECT_EQ(Bytes(f->bytes("c")->begin(), f->bytes("c")->end()), (Bytes{1, 2, 3, 4}));
+  Status s = w.add_view("v", "U8", {4}, src);
+  EXPECT_EQ(s.code(), StatusCode::kErrorInvalidArgument) << s.to_string();
+}
+
+TEST(Reader, AFifoIsRefusedWithoutBlocking) {
+  TempDir dir;
+  const std::string fifo = dir.file("fifo");
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  auto f = SafetensorsFile::open(fifo);  // blocked forever in open(2) before O_NONBLOCK
+  EXPECT_EQ(f.status().code(), StatusCode::kErrorIo) << f.status().to_string();
+  EXPECT_NE(f.status().message().find("not a regular file"), std::string::npos);
 }
 
 // ---- Reading files from an independent writer --------------------------------------------------

@@ -39,6 +39,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <span>
 #include <string>
@@ -149,7 +150,9 @@ class SafetensorsFile {
 /// Builds a safetensors file: tensors laid out contiguously in insertion order, header padded
 /// with spaces to a multiple of 8 bytes, "__metadata__" first and the tensors after it in
 /// insertion order. The result is a file that the reference (Rust/Python) safetensors reader
-/// accepts. add() copies the bytes, so the source may go away afterwards.
+/// accepts. add() copies the bytes, so the source may go away afterwards; add_view() does not
+/// (the bytes must stay valid until the last serialize()/write()), so a tensor passed through
+/// from a memory-mapped SafetensorsFile is streamed to the output without a copy in memory.
 class SafetensorsWriter {
  public:
   /// Adds a tensor. name: any valid UTF-8 except "__metadata__", not already added. dtype: a
@@ -158,22 +161,47 @@ class SafetensorsWriter {
   /// dtype, negative dim, overflow), kErrorShape (byte count), kErrorNullPointer.
   Status add(const std::string& name, const std::string& dtype, const std::vector<int64_t>& shape,
              ByteSpan bytes);
+  /// As add(), but keeps a view of `bytes` instead of a copy: they must stay valid and unchanged
+  /// until the writer's last serialize() or write().
+  Status add_view(const std::string& name, const std::string& dtype,
+                  const std::vector<int64_t>& shape, ByteSpan bytes);
   /// Sets (or replaces) a metadata entry. Key and value must be valid UTF-8.
   Status set_metadata(const std::string& key, const std::string& value);
   bool contains(const std::string& name) const;
   /// The whole file as bytes.
   Result<std::vector<uint8_t>> serialize() const;
-  /// Writes the file: to "<path>.tmp-<pid>" first, then renamed over path, so a reader never
-  /// sees half a file. kErrorIo when the file cannot be created, written or renamed.
-  Status write(const std::string& path) const;
+  /// Writes the file atomically and durably: to a temporary file in path's directory, named
+  /// ".<file name>.tmp-<16 random hex digits>" and created exclusively (O_CREAT | O_EXCL |
+  /// O_NOFOLLOW: a planted file or symbolic link is never opened), with the mode of an existing
+  /// regular file at path or else 0666 & ~umask; the data is fsync'ed, the file renamed over
+  /// path, and the directory fsync'ed. A reader never sees half a file; on every failure the
+  /// temporary file is removed. path must not be a FIFO, device, socket or directory (those are
+  /// refused, never replaced). on_temp, when set, is called with the temporary file's path once
+  /// it exists and with "" once it is gone (renamed or removed), so a program can remove it
+  /// from a signal handler. kErrorIo when the file cannot be created, written, synced or renamed.
+  Status write(const std::string& path,
+               const std::function<void(const std::string&)>& on_temp = {}) const;
 
  private:
+  /// A tensor's bytes: owned (add) or borrowed (add_view).
+  struct Bytes {
+    std::vector<uint8_t> owned;
+    ByteSpan view;
+    bool borrowed = false;
+    const uint8_t* data() const noexcept { return borrowed ? view.data() : owned.data(); }
+    size_t size() const noexcept { return borrowed ? view.size() : owned.size(); }
+    bool empty() const noexcept { return size() == 0; }
+    const uint8_t* begin() const noexcept { return data(); }
+    const uint8_t* end() const noexcept { return data() + size(); }
+  };
   struct Tensor {
     std::string name;
     std::string dtype;
     std::vector<int64_t> shape;
-    std::vector<uint8_t> bytes;
+    Bytes bytes;
   };
+  Status add_tensor(const std::string& name, const std::string& dtype,
+                    const std::vector<int64_t>& shape, ByteSpan bytes, bool borrow);
   Result<std::string> header() const;
 
   std::vector<Tensor> tensors_;

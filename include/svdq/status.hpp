@@ -7,7 +7,9 @@
 #pragma once
 
 #include <optional>
+#include <cstddef>
 #include <string>
+#include <string_view>
 #include <utility>
 
 namespace svdq {
@@ -29,6 +31,11 @@ enum class StatusCode : int {
 
 /// Short name of a code ("success", "invalid argument", ...). Never null.
 const char* status_code_name(StatusCode code) noexcept;
+
+/// A name from a file made safe to print (what svdq's messages do with names): bytes outside
+/// printable ASCII, the backslash and the single quote become \xNN; cut after max_bytes input
+/// bytes with "..." appended. E.g. "a\nb" -> "a\x0ab".
+std::string printable(std::string_view s, size_t max_bytes = 120);
 
 /// A code plus a human-readable message. Cheap to return when ok (no allocation).
 class [[nodiscard]] Status {
