@@ -366,12 +366,15 @@ Status SafetensorsFile::parse() {
                  "tensors cover ", covered, " of the ", buffer_size,
                  " data bytes; the format allows none)");
 
-  names_.reserve(entries_.size());
-  for (const auto& [name, e] : entries_) names_.push_back(name);
-  std::stable_sort(names_.begin(), names_.end(),
-                   [this](const std::string& a, const std::string& b) {
-                     return entries_.at(a).begin < entries_.at(b).begin;
-                   });
+  // Buffer order, ties (empty tensors) by name: entries_ iterates by name and the sort is stable.
+  // The offsets travel with the names, so sorting does no map lookups (80k tensors: one pass).
+  std::vector<std::pair<int64_t, const std::string*>> order;
+  order.reserve(entries_.size());
+  for (const auto& [name, e] : entries_) order.emplace_back(e.begin, &name);
+  std::stable_sort(order.begin(), order.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  names_.reserve(order.size());
+  for (const auto& [begin, name] : order) names_.push_back(*name);
   return Status::Ok();
 }
 
