@@ -22,10 +22,6 @@
 #include "svdq/linear.hpp"
 #include "svdq/stats.hpp"
 
-// Under AddressSanitizer a huge request would otherwise be reported and abort the process; with
-// this the allocator returns null, so operator new throws std::bad_alloc as the real one does.
-extern "C" const char* __asan_default_options() { return "allocator_may_return_null=1"; }
-
 namespace {
 
 using namespace svdq;
@@ -157,15 +153,16 @@ TEST(SafetensorsScale, HeaderOf40kTensorsIsFast) {
     ASSERT_TRUE(w.add("model.layers." + std::to_string(i) + ".w", "U8", {1}, one).ok());
   const auto t0 = std::chrono::steady_clock::now();
   auto bytes = w.serialize();
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   ASSERT_TRUE(bytes.ok());
   auto f = SafetensorsFile::from_bytes(std::move(bytes).value());
-  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   ASSERT_TRUE(f.ok()) << f.status().to_string();
   EXPECT_EQ(f->names().size(), static_cast<size_t>(kTensors));
   EXPECT_EQ(f->names().front(), "model.layers.0.w");  // buffer order = insertion order
   EXPECT_EQ(f->names().back(), "model.layers.39999.w");
-  // Quadratic: 4.9 s to write 40k before the fix (issue 10); linear: ~0.1 s in Release.
-  EXPECT_LT(s, 2.5) << "serialize + parse of " << kTensors << " tensors took " << s << " s";
+  // Quadratic: 4.9 s (15 s on a loaded 2-core machine) to write 40k before the fix (issue 10);
+  // linear: 0.03 s in Release on the same loaded machine.
+  EXPECT_LT(s, 1.5) << "serialize of " << kTensors << " tensors took " << s << " s";
 }
 
 TEST(SafetensorsScale, WriterEscapesNamesAndMetadataLikeJson) {
@@ -237,6 +234,12 @@ bool overcommit_always() {
 
 TEST(StatsBounds, AllocationFailureBehindTheApiIsAStatus) {
   if (overcommit_always()) GTEST_SKIP() << "vm.overcommit_memory = 1: a 16 TiB request succeeds";
+#if defined(__SANITIZE_ADDRESS__)
+  // ASan's throwing operator new reports out-of-memory and dies instead of throwing bad_alloc
+  // (even with allocator_may_return_null=1), so a real allocation failure is testable only
+  // without it. The bounds tests above need no failing allocation and run under ASan too.
+  GTEST_SKIP() << "AddressSanitizer's operator new never throws std::bad_alloc";
+#endif
   // A legal view (2^39 rows x 64 fp16 = 64 TiB of claimed bytes, under the 128 TiB view limit)
   // whose output buffers (16 TiB of codes) cannot be allocated. Nothing is read before that.
   const std::vector<uint16_t> x(64, 0);
