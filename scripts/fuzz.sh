@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fuzzes the safetensors reader: builds fuzz/fuzz_safetensors.cpp with clang's libFuzzer plus
+# Fuzzes the safetensors reader, quantized-layer loading and forward, and calibration statistics
+# (load_calibration): builds fuzz/fuzz_safetensors.cpp with clang's libFuzzer plus
 # AddressSanitizer and UndefinedBehaviorSanitizer, seeds a corpus with valid files, and runs it.
 #
 #   scripts/fuzz.sh [SECONDS]      (default 60)
@@ -98,6 +99,14 @@ cat > "$BUILD/safetensors.dict" << 'EOF'
 "9223372036854775807"
 "-1"
 "1e999"
+"\"svdq.calib.\""
+".absmax"
+".samples"
+".gram"
+"\"rows_observed\""
+"\"max_rows\""
+"\"seed\""
+"\"fingerprint\""
 EOF
 
 echo "fuzz.sh: running for ${SECONDS_TO_RUN}s"

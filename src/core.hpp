@@ -14,6 +14,12 @@
 
 namespace svdq::detail {
 
+/// Range validate() accepts for an nvfp4 tensor scale (wtscale, act_tensor_scale): a normal float
+/// (so 1/t is finite) up to FLT_MAX / (6 * 448) (so the largest code times the largest group
+/// scale times t is finite). The quantizer clamps what it computes into this range.
+inline constexpr float kMinTensorScale = 1.17549435e-38f;  // FLT_MIN = 2^-126
+inline constexpr float kMaxTensorScale = 3.40282347e+38f / (6.0f * 448.0f);
+
 using MatrixRM = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using MatrixRMd = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 

@@ -186,8 +186,10 @@ void quantize_group_nvfp4(const float* xh, int gs, float t_act, uint8_t* codes,
 
 }  // namespace
 
-Status quantize_activations(Format format, ConstMatrixRef x, const float* inv_smooth,
-                            float tensor_scale, QuantizedActivations* out) {
+namespace {
+
+Status quantize_activations_impl(Format format, ConstMatrixRef x, const float* inv_smooth,
+                                 float tensor_scale, QuantizedActivations* out) {
   constexpr const char* kFn = "quantize_activations";
   if (out == nullptr) return detail::error(StatusCode::kErrorNullPointer, kFn, ": out is null");
   if (format != Format::kInt4 && format != Format::kNvfp4)
@@ -210,8 +212,9 @@ Status quantize_activations(Format format, ConstMatrixRef x, const float* inv_sm
   out->codes.assign(static_cast<size_t>(m_rows * k / 2), 0);
   out->scales.assign(static_cast<size_t>(m_rows * groups * scale_bytes), 0);
 
+  detail::ParallelGuard guard;
 #pragma omp parallel for schedule(static) if (m_rows * k > (1 << 16))
-  for (int64_t m = 0; m < m_rows; ++m) {
+  for (int64_t m = 0; m < m_rows; ++m) guard.run([&] {
     std::vector<float> xh(static_cast<size_t>(k));
     std::vector<uint8_t> codes(static_cast<size_t>(k));
     detail::load_row(x, m, xh.data());
@@ -226,8 +229,18 @@ Status quantize_activations(Format format, ConstMatrixRef x, const float* inv_sm
                              srow + g);
     }
     pack_nibbles(codes.data(), k, out->codes.data() + m * (k / 2));
-  }
+  });
+  guard.rethrow();
   return Status::Ok();
+}
+
+}  // namespace
+
+Status quantize_activations(Format format, ConstMatrixRef x, const float* inv_smooth,
+                            float tensor_scale, QuantizedActivations* out) {
+  return detail::guard_allocation<Status>("quantize_activations", [&] {
+    return quantize_activations_impl(format, x, inv_smooth, tensor_scale, out);
+  });
 }
 
 }  // namespace svdq

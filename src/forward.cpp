@@ -46,22 +46,20 @@ Status check_forward_args(const QuantizedLinear& layer, ConstMatrixRef x, Matrix
                          layer.out_features, " (x.rows x out_features), got ", y.rows, " x ",
                          y.cols);
   if (x.rows > 0 && x.cols > 0 && y.cols > 0) {  // byte ranges [first, last] must not overlap
-    const auto span = [](const void* p, int64_t rows, int64_t cols, int64_t ld, DType t) {
-      const auto b = reinterpret_cast<uintptr_t>(p);
-      return std::pair<uintptr_t, uintptr_t>(b, b + static_cast<uintptr_t>(((rows - 1) * ld + cols) * static_cast<int64_t>(dtype_size(t))) - 1);
-    };
-    const auto [x0, x1] = span(x.data, x.rows, x.cols, x.ld, x.dtype);
-    const auto [y0, y1] = span(y.data, y.rows, y.cols, y.ld, y.dtype);
+    // check_matrix bounded both extents (no overflow, no wrap-around), so these sums are exact.
+    int64_t xb = 0, yb = 0;
+    detail::view_extent_bytes(x.rows, x.cols, x.ld, x.dtype, &xb);
+    detail::view_extent_bytes(y.rows, y.cols, y.ld, y.dtype, &yb);
+    const auto x0 = reinterpret_cast<uintptr_t>(x.data), y0 = reinterpret_cast<uintptr_t>(y.data);
+    const uintptr_t x1 = x0 + static_cast<uintptr_t>(xb) - 1, y1 = y0 + static_cast<uintptr_t>(yb) - 1;
     if (x0 <= y1 && y0 <= x1)
       return detail::error(StatusCode::kErrorInvalidArgument, kFn, ": y must not alias (overlap) x");
   }
   return Status::Ok();
 }
 
-}  // namespace
-
-Status reference_forward(const QuantizedLinear& layer, ConstMatrixRef x, MatrixRef y,
-                         QuantizedActivations* act) {
+Status reference_forward_impl(const QuantizedLinear& layer, ConstMatrixRef x, MatrixRef y,
+                              QuantizedActivations* act) {
   SVDQ_RETURN_IF_ERROR(check_forward_args(layer, x, y));
   const int64_t m_rows = x.rows, n = layer.out_features, k = layer.in_features;
   const int gs = layer.group, r = layer.rank;
@@ -88,8 +86,9 @@ Status reference_forward(const QuantizedLinear& layer, ConstMatrixRef x, MatrixR
   for (size_t i = 0; i < layer.bias.size(); ++i) bias[i] = bits16_to_float(layer.bias[i], layer.storage);
 
   const int64_t blocks = (m_rows + kRowBlock - 1) / kRowBlock;
+  detail::ParallelGuard guard;
 #pragma omp parallel for schedule(dynamic)
-  for (int64_t blk = 0; blk < blocks; ++blk) {
+  for (int64_t blk = 0; blk < blocks; ++blk) guard.run([&] {
     const int64_t m0 = blk * kRowBlock, mb = std::min(kRowBlock, m_rows - m0);
     // Decoded activation codes of this block, (mb, K) row-major.
     MatrixRM xq(mb, k);
@@ -118,8 +117,17 @@ Status reference_forward(const QuantizedLinear& layer, ConstMatrixRef x, MatrixR
     }
     for (int64_t i = 0; i < mb; ++i)
       for (int64_t c = 0; c < n; ++c) y.store(m0 + i, c, (acc(i, c) + branch(i, c)) + bias[c]);
-  }
+  });
+  guard.rethrow();
   return Status::Ok();
+}
+
+}  // namespace
+
+Status reference_forward(const QuantizedLinear& layer, ConstMatrixRef x, MatrixRef y,
+                         QuantizedActivations* act) {
+  return detail::guard_allocation<Status>(
+      "reference_forward", [&] { return reference_forward_impl(layer, x, y, act); });
 }
 
 }  // namespace svdq

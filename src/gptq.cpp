@@ -75,8 +75,9 @@ Result<QuantizedWeight> gptq_quantize(const MatrixRM& r, Format format, float te
   const int64_t block = std::max(1, opt.block);
   constexpr int64_t kRowChunk = 64;
   const int64_t chunks = (n + kRowChunk - 1) / kRowChunk;
+  ParallelGuard guard;  // no exception may leave the region: rethrown below, a Status upstream
 #pragma omp parallel for schedule(dynamic)
-  for (int64_t ch = 0; ch < chunks; ++ch) {
+  for (int64_t ch = 0; ch < chunks; ++ch) guard.run([&] {
     const int64_t r0 = ch * kRowChunk, rows = std::min(kRowChunk, n - r0);
     MatrixRM wc = wp.middleRows(r0, rows);  // (rows, k) permuted columns
     MatrixRM err1(rows, block);
@@ -99,7 +100,8 @@ Result<QuantizedWeight> gptq_quantize(const MatrixRM& r, Format format, float te
       if (i2 < k)  // lazy batched update of every later column
         wc.rightCols(k - i2).noalias() -= err1.leftCols(bw) * u.block(i1, i2, bw, k - i2);
     }
-  }
+  });
+  guard.rethrow();
   for (int64_t i = 0; i < n; ++i)
     pack_nibbles(codes.data() + i * k, k, out.packed.data() + i * (k / 2));
   return out;

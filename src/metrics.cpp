@@ -13,7 +13,9 @@ namespace {
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 bool same_shape(ConstMatrixRef a, ConstMatrixRef b) {
-  return a.rows == b.rows && a.cols == b.cols && (a.data || a.empty()) && (b.data || b.empty());
+  // check_matrix also refuses an extent that overflows or exceeds kMaxViewBytes.
+  return a.rows == b.rows && a.cols == b.cols && detail::check_matrix("", "a", a, true).ok() &&
+         detail::check_matrix("", "b", b, true).ok();
 }
 
 // Sums of (a-b)^2 and b^2 in double; false when a value is not finite.
@@ -51,8 +53,10 @@ double sqnr_db(ConstMatrixRef a, ConstMatrixRef b) noexcept {
   return -20.0 * std::log10(relative_error(a, b));
 }
 
-Status dense_forward(ConstMatrixRef x, ConstMatrixRef W, ConstMatrixRef bias,
-                     std::vector<double>* y) {
+namespace {
+
+Status dense_forward_impl(ConstMatrixRef x, ConstMatrixRef W, ConstMatrixRef bias,
+                          std::vector<double>* y) {
   constexpr const char* kFn = "dense_forward";
   if (y == nullptr) return detail::error(StatusCode::kErrorNullPointer, kFn, ": y is null");
   SVDQ_RETURN_IF_ERROR(detail::check_matrix(kFn, "x", x, true));
@@ -81,6 +85,14 @@ Status dense_forward(ConstMatrixRef x, ConstMatrixRef W, ConstMatrixRef bias,
     }
   y->assign(out.data(), out.data() + out.size());
   return Status::Ok();
+}
+
+}  // namespace
+
+Status dense_forward(ConstMatrixRef x, ConstMatrixRef W, ConstMatrixRef bias,
+                     std::vector<double>* y) {
+  return detail::guard_allocation<Status>("dense_forward",
+                                          [&] { return dense_forward_impl(x, W, bias, y); });
 }
 
 }  // namespace svdq

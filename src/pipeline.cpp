@@ -87,9 +87,9 @@ Status check_config(const QuantConfig& c, int64_t n, int64_t k) {
                  c.svd.power_iterations, ") in [0, 64]");
   if (c.svd.method != SvdMethod::kRandomized && c.svd.method != SvdMethod::kExact)
     return error(StatusCode::kErrorInvalidArgument, kFn, ": config.svd.method is unknown");
-  if (!(std::isfinite(c.act_tensor_scale) && c.act_tensor_scale > 0.0f))
+  if (!(c.act_tensor_scale >= detail::kMinTensorScale && c.act_tensor_scale <= detail::kMaxTensorScale))
     return error(StatusCode::kErrorInvalidArgument, kFn, ": config.act_tensor_scale (",
-                 c.act_tensor_scale, ") must be finite and > 0");
+                 c.act_tensor_scale, ") must be finite and in [2^-126, FLT_MAX / (6 * 448)]");
   if (c.refine_iterations < 0 || c.refine_iterations > 100)
     return error(StatusCode::kErrorInvalidArgument, kFn, ": config.refine_iterations (",
                  c.refine_iterations, ") must be in [0, 100]");
@@ -141,7 +141,8 @@ void set_smoothing(const Problem& p, float alpha, float beta, Candidate* c) {
       p.stats->rows_observed() > 0) {
     float amax = 0.0f;
     for (int64_t j = 0; j < p.k; ++j) amax = std::max(amax, p.stats->absmax()[j] / c->s[j]);
-    if (amax > 0.0f && std::isfinite(amax)) c->t_act = amax / (6.0f * 448.0f);
+    if (amax > 0.0f && std::isfinite(amax))  // clamped to validate()'s range
+      c->t_act = std::max(amax / (6.0f * 448.0f), detail::kMinTensorScale);
   }
 }
 
@@ -336,10 +337,16 @@ QuantConfig svdq_plus_config(QuantConfig base) {
   return base;
 }
 
-Result<QuantizedLinear> quantize_linear(ConstMatrixRef W, ConstMatrixRef bias,
-                                        const ActivationStats* stats, const QuantConfig& config) {
+namespace {
+
+Result<QuantizedLinear> quantize_linear_impl(ConstMatrixRef W, ConstMatrixRef bias,
+                                             const ActivationStats* stats,
+                                             const QuantConfig& config) {
   constexpr const char* kFn = "quantize_linear";
   const auto t0 = std::chrono::steady_clock::now();
+  if (stats != nullptr)
+    if (Status s = stats->valid(); !s.ok())
+      return Status(s.code(), std::string(kFn) + ": stats: " + s.message());
 
   SVDQ_RETURN_IF_ERROR(detail::check_matrix(kFn, "W", W));
   const int64_t n = W.rows, k = W.cols;
@@ -490,9 +497,12 @@ Result<QuantizedLinear> quantize_linear(ConstMatrixRef W, ConstMatrixRef bias,
   return out;
 }
 
-Result<LowRankFactors> factorize_low_rank(ConstMatrixRef W, const ActivationStats* stats, int rank,
-                                          bool whitened, const SvdOptions& svd) {
+Result<LowRankFactors> factorize_low_rank_impl(ConstMatrixRef W, const ActivationStats* stats,
+                                               int rank, bool whitened, const SvdOptions& svd) {
   constexpr const char* kFn = "factorize_low_rank";
+  if (stats != nullptr)
+    if (Status s = stats->valid(); !s.ok())
+      return Status(s.code(), std::string(kFn) + ": stats: " + s.message());
   SVDQ_RETURN_IF_ERROR(detail::check_matrix(kFn, "W", W));
   if (W.rows <= 0 || W.cols <= 0)
     return error(StatusCode::kErrorShape, kFn, ": W must be non-empty");
@@ -531,6 +541,20 @@ Result<LowRankFactors> factorize_low_rank(ConstMatrixRef W, const ActivationStat
   out.up.assign(up.data(), up.data() + up.size());
   out.down.assign(down.data(), down.data() + down.size());
   return out;
+}
+
+}  // namespace
+
+Result<QuantizedLinear> quantize_linear(ConstMatrixRef W, ConstMatrixRef bias,
+                                        const ActivationStats* stats, const QuantConfig& config) {
+  return detail::guard_allocation<Result<QuantizedLinear>>(
+      "quantize_linear", [&] { return quantize_linear_impl(W, bias, stats, config); });
+}
+
+Result<LowRankFactors> factorize_low_rank(ConstMatrixRef W, const ActivationStats* stats, int rank,
+                                          bool whitened, const SvdOptions& svd) {
+  return detail::guard_allocation<Result<LowRankFactors>>(
+      "factorize_low_rank", [&] { return factorize_low_rank_impl(W, stats, rank, whitened, svd); });
 }
 
 }  // namespace svdq

@@ -49,7 +49,8 @@ std::vector<uint16_t> smoothing_factors(const float* amax_x, const float* amax_w
     const double den = beta == 0.0f ? 1.0 : std::pow(static_cast<double>(amax_w[j]), beta);
     const uint16_t bits = double_to_bits16(num / den, storage);
     const float stored = bits16_to_float(bits, storage);
-    s[j] = (std::isfinite(stored) && stored > 0.0f) ? bits : one;
+    // validate()'s rule: finite, > 0 and 1/s finite (a bf16 subnormal s has 1/s = Inf).
+    s[j] = (std::isfinite(stored) && stored > 0.0f && std::isfinite(1.0f / stored)) ? bits : one;
   }
   return s;
 }
@@ -109,7 +110,8 @@ float quantize_group(Format f, const float* w, int gs, float t, bool clip_search
 
 float nvfp4_tensor_scale(const MatrixRM& r) {
   const float amax = r.size() > 0 ? r.cwiseAbs().maxCoeff() : 0.0f;
-  return amax > 0.0f ? amax / (6.0f * 448.0f) : 1.0f;
+  // Clamped to validate()'s range: a residual below ~3e-35 would give a subnormal t.
+  return amax > 0.0f ? std::max(amax / (6.0f * 448.0f), kMinTensorScale) : 1.0f;
 }
 
 Result<QuantizedWeight> quantize_weight(const MatrixRM& r, Format format) {
@@ -139,15 +141,17 @@ Result<QuantizedWeight> quantize_weight(const MatrixRM& r, Format format, float 
   const float t = out.tensor_scale;
   const double* h = options.h_diag ? options.h_diag->data() : nullptr;
 
+  ParallelGuard guard;  // no exception may leave the region: rethrown below, a Status upstream
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) {
+  for (int64_t i = 0; i < n; ++i) guard.run([&] {
     std::vector<uint8_t> codes(static_cast<size_t>(k), 0);
     const float* row = r.row(i).data();
     for (int64_t g = 0; g < groups; ++g)
       quantize_group(format, row + g * gs, gs, t, options.clip_search, h ? h + g * gs : nullptr,
                      codes.data() + g * gs, out.scales.data() + (i * groups + g) * sbytes);
     pack_nibbles(codes.data(), k, out.packed.data() + i * (k / 2));
-  }
+  });
+  guard.rethrow();
   return out;
 }
 
@@ -246,16 +250,22 @@ Status validate(const QuantizedLinear& l) {
     return error(StatusCode::kErrorShape, kFn, ": rank (", r, ") must be in [0, min(N, K) = ",
                  std::min(n, k), "]");
   const int64_t scale_bytes = l.format == Format::kInt4 ? 2 : 1;
+  // Expected sizes with checked arithmetic: in_features and out_features are caller-set.
+  int64_t nk = 0, kr = 0, nr = 0, ns = 0;
+  if (__builtin_mul_overflow(n, k, &nk) || __builtin_mul_overflow(k, r, &kr) ||
+      __builtin_mul_overflow(n, r, &nr) || __builtin_mul_overflow(n, (k / l.group) * scale_bytes, &ns))
+    return error(StatusCode::kErrorShape, kFn, ": in_features (", k, ") x out_features (", n,
+                 ") overflows 64-bit sizes");
   struct Expect {
     const char* name;
     size_t have;
     int64_t want;
   } const expect[] = {
       {"smooth", l.smooth.size(), k},
-      {"lora_down", l.lora_down.size(), k * r},
-      {"lora_up", l.lora_up.size(), n * r},
-      {"qweight", l.qweight.size(), n * k / 2},
-      {"wscales", l.wscales.size(), n * (k / l.group) * scale_bytes},
+      {"lora_down", l.lora_down.size(), kr},
+      {"lora_up", l.lora_up.size(), nr},
+      {"qweight", l.qweight.size(), nk / 2},
+      {"wscales", l.wscales.size(), ns},
   };
   for (const auto& e : expect)
     if (static_cast<int64_t>(e.have) != e.want)
@@ -264,10 +274,44 @@ Status validate(const QuantizedLinear& l) {
   if (!l.bias.empty() && static_cast<int64_t>(l.bias.size()) != n)
     return error(StatusCode::kErrorShape, kFn, ": bias has ", l.bias.size(),
                  " elements, expected 0 or out_features (", n, ")");
-  if (!(std::isfinite(l.wtscale) && l.wtscale > 0) ||
-      !(std::isfinite(l.act_tensor_scale) && l.act_tensor_scale > 0))
-    return error(StatusCode::kErrorInvalidArgument, kFn,
-                 ": wtscale and act_tensor_scale must be finite and > 0");
+
+  // Values: only what a correct quantizer produces (docs/checkpoint.md, "Values").
+  for (const auto* t : {&l.wtscale, &l.act_tensor_scale}) {
+    const char* name = t == &l.wtscale ? "wtscale" : "act_tensor_scale";
+    if (!(*t >= detail::kMinTensorScale && *t <= detail::kMaxTensorScale))
+      return error(StatusCode::kErrorInvalidArgument, kFn, ": ", name, " (", *t,
+                   ") must be finite and in [2^-126, FLT_MAX / (6 * 448)] (a normal float whose "
+                   "reciprocal and whose product with 6 * 448 are finite)");
+  }
+  for (size_t j = 0; j < l.smooth.size(); ++j) {
+    const float s = bits16_to_float(l.smooth[j], l.storage);
+    if (!std::isfinite(s))
+      return error(StatusCode::kErrorNonFinite, kFn, ": smooth[", j, "] (", s, ") must be finite");
+    if (!(s > 0.0f && std::isfinite(1.0f / s)))
+      return error(StatusCode::kErrorInvalidArgument, kFn, ": smooth[", j, "] (", s,
+                   ") must be > 0 with a finite reciprocal (smoothing factors divide x)");
+  }
+  const int64_t n_scales = ns / scale_bytes;
+  for (int64_t i = 0; i < n_scales; ++i) {
+    const float v = detail::stored_scale_value(l.format, l.wscales.data() + i * scale_bytes, 1.0f);
+    if (!std::isfinite(v))
+      return error(StatusCode::kErrorNonFinite, kFn, ": wscales[", i, "] (", v, ", ",
+                   l.format == Format::kInt4 ? "fp16" : "E4M3", ") must be finite");
+    if (!(v >= 0.0f))
+      return error(StatusCode::kErrorInvalidArgument, kFn, ": wscales[", i, "] (", v,
+                   ") must be >= 0 (a group scale is absmax / qmax)");
+  }
+  const struct {
+    const char* name;
+    const std::vector<uint16_t>* v;
+  } branch[] = {{"lora_down", &l.lora_down}, {"lora_up", &l.lora_up}, {"bias", &l.bias}};
+  for (const auto& b : branch)
+    for (size_t i = 0; i < b.v->size(); ++i) {
+      const float v = bits16_to_float((*b.v)[i], l.storage);
+      if (!std::isfinite(v))
+        return error(StatusCode::kErrorNonFinite, kFn, ": ", b.name, "[", i, "] (", v,
+                     ") must be finite");
+    }
   return Status::Ok();
 }
 

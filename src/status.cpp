@@ -19,6 +19,7 @@ const char* status_code_name(StatusCode code) noexcept {
     case StatusCode::kErrorIo: return "i/o";
     case StatusCode::kErrorCuda: return "cuda";
     case StatusCode::kErrorInternal: return "internal error";
+    case StatusCode::kErrorOutOfMemory: return "out of memory";
   }
   return "unknown status code";
 }

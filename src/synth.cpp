@@ -45,7 +45,9 @@ std::vector<int64_t> pick(detail::Rng& rng, int64_t n, int count) {
 
 }  // namespace
 
-Result<Layer> make_layer(const LayerSpec& spec) {
+namespace {
+
+Result<Layer> make_layer_impl(const LayerSpec& spec) {
   constexpr const char* kFn = "synth::make_layer";
   const int64_t n = spec.out_features, k = spec.in_features;
   if (n <= 0 || k <= 0)
@@ -109,9 +111,19 @@ Result<Layer> make_layer(const LayerSpec& spec) {
   return layer;
 }
 
-std::vector<float> make_activations(const Layer& layer, int64_t tokens, uint64_t seed) {
+}  // namespace
+
+Result<Layer> make_layer(const LayerSpec& spec) {
+  return detail::guard_allocation<Result<Layer>>("synth::make_layer",
+                                                 [&] { return make_layer_impl(spec); });
+}
+
+std::vector<float> make_activations(const Layer& layer, int64_t tokens, uint64_t seed) try {
   const int64_t k = layer.spec.in_features;
-  if (tokens <= 0 || k <= 0 || static_cast<int64_t>(layer.channel_scale.size()) != k) return {};
+  int64_t count = 0;
+  if (tokens <= 0 || k <= 0 || static_cast<int64_t>(layer.channel_scale.size()) != k ||
+      __builtin_mul_overflow(tokens, k, &count))
+    return {};
   // Shared token component: x_m += z_m P with z_m ~ N(0, I_8) per token and fixed loadings P
   // (8, K) ~ N(0, 0.5^2 / 8) drawn from the layer's seed.
   detail::Rng rp(layer.spec.seed, kLoadings);
@@ -132,6 +144,10 @@ std::vector<float> make_activations(const Layer& layer, int64_t tokens, uint64_t
     }
   }
   return x;
+} catch (const std::bad_alloc&) {
+  return {};
+} catch (const std::length_error&) {
+  return {};
 }
 
 }  // namespace svdq::synth

@@ -11,6 +11,7 @@
 #include <map>
 #include <string>
 
+#include "svdq/checkpoint.hpp"
 #include "svdq/stats.hpp"
 #include "svdq/status.hpp"
 
@@ -21,5 +22,7 @@ Status save_calibration(const std::string& path, const std::map<std::string, Act
 
 /// Reads a file written by save_calibration back (every field exactly).
 Result<std::map<std::string, ActivationStats>> load_calibration(const std::string& path);
+/// The same from an already opened (or in-memory, SafetensorsFile::from_bytes) file.
+Result<std::map<std::string, ActivationStats>> load_calibration(const SafetensorsFile& file);
 
 }  // namespace svdq

@@ -33,7 +33,7 @@
 //   kErrorShape            a tensor's shape disagrees with its byte count (writer) or with the
 //                          layer's metadata (load_quantized)
 //   kErrorNullPointer      a null layer pointer or a null byte span with a non-zero size
-//   kErrorInternal         out of memory
+//   kErrorOutOfMemory      an allocation failed
 // Messages name the file (or "<memory>"), the tensor and the rule.
 #pragma once
 
@@ -61,8 +61,16 @@ using ByteSpan = std::span<const uint8_t>;
 /// -> 0: svdq treats it as an unknown dtype.
 int64_t safetensors_dtype_size(std::string_view dtype) noexcept;
 
-/// Largest header svdq reads (100 MB); a longer one is taken for a corrupt length.
+/// Largest header svdq reads (100 MB, the safetensors crate's MAX_HEADER_SIZE); a longer one is
+/// taken for a corrupt length.
 inline constexpr uint64_t kSafetensorsMaxHeaderBytes = 100'000'000;
+/// Longest tensor name svdq reads or writes, in bytes (real checkpoints' names are < 200 bytes;
+/// the bound keeps every name-processing step, e.g. a regex, cheap and bounded).
+inline constexpr size_t kSafetensorsMaxNameBytes = 1024;
+/// Longest "__metadata__" key, in bytes: a tensor name plus a prefix such as "svdq.layer.".
+inline constexpr size_t kSafetensorsMaxMetadataKeyBytes = 2048;
+/// Most dimensions a tensor may have (PyTorch allows 64 in principle; real weights have <= 5).
+inline constexpr int kSafetensorsMaxDims = 16;
 
 /// One tensor of a SafetensorsFile.
 struct TensorInfo {
@@ -89,9 +97,12 @@ struct TensorInfo {
 ///   an entry that is not an object or lacks "dtype" (string, known to safetensors_dtype_size),
 ///   "shape" (array of integers >= 0) or "data_offsets" (array of 2 integers >= 0); a shape whose
 ///   element or byte count overflows int64; end < begin; end beyond the data buffer;
-///   end - begin != numel * dtype size; two tensors with overlapping bytes. Gaps between tensors
-///   and bytes after the last one are allowed; keys an entry does not need are ignored; tensor
-///   names may hold any characters (JSON strings, so UTF-8).
+///   end - begin != numel * dtype size; two tensors with overlapping bytes; a gap before or between
+///   the non-empty tensors (they must tile the data buffer from offset 0) or bytes after the last
+///   one (the safetensors crate's rule); a name over kSafetensorsMaxNameBytes, a metadata key over
+///   kSafetensorsMaxMetadataKeyBytes, a shape with more than kSafetensorsMaxDims dimensions. Keys
+///   an entry does not need are ignored; tensor names may hold any characters (JSON strings, so
+///   UTF-8).
 class SafetensorsFile {
  public:
   SafetensorsFile() = default;  ///< empty: no tensors, no metadata
@@ -155,8 +166,9 @@ class SafetensorsFile {
 /// from a memory-mapped SafetensorsFile is streamed to the output without a copy in memory.
 class SafetensorsWriter {
  public:
-  /// Adds a tensor. name: any valid UTF-8 except "__metadata__", not already added. dtype: a
-  /// string known to safetensors_dtype_size. shape: dims >= 0 (empty = scalar). bytes: exactly
+  /// Adds a tensor. name: any valid UTF-8 except "__metadata__", not already added, at most
+  /// kSafetensorsMaxNameBytes. dtype: a string known to safetensors_dtype_size. shape: dims >= 0
+  /// (empty = scalar), at most kSafetensorsMaxDims of them. bytes: exactly
   /// numel * dtype size bytes, row-major little-endian. Errors: kErrorInvalidArgument (name,
   /// dtype, negative dim, overflow), kErrorShape (byte count), kErrorNullPointer.
   Status add(const std::string& name, const std::string& dtype, const std::vector<int64_t>& shape,
@@ -165,7 +177,8 @@ class SafetensorsWriter {
   /// until the writer's last serialize() or write().
   Status add_view(const std::string& name, const std::string& dtype,
                   const std::vector<int64_t>& shape, ByteSpan bytes);
-  /// Sets (or replaces) a metadata entry. Key and value must be valid UTF-8.
+  /// Sets (or replaces) a metadata entry. Key and value must be valid UTF-8; the key at most
+  /// kSafetensorsMaxMetadataKeyBytes.
   Status set_metadata(const std::string& key, const std::string& value);
   bool contains(const std::string& name) const;
   /// The whole file as bytes.

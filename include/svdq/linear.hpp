@@ -177,7 +177,11 @@ struct LowRankFactors {
 Result<LowRankFactors> factorize_low_rank(ConstMatrixRef W, const ActivationStats* stats, int rank,
                                           bool whitened, const SvdOptions& svd = {});
 
-/// Checks that a QuantizedLinear is self-consistent (sizes of every field against K, N, r, group).
+/// Checks that a QuantizedLinear is self-consistent (sizes of every field against K, N, r, group,
+/// with overflow-checked products) and holds only values a correct quantizer produces: smooth
+/// finite, > 0 with a finite reciprocal; wscales (decoded) finite and >= 0; lora_down, lora_up and
+/// bias finite; wtscale and act_tensor_scale finite in [2^-126, FLT_MAX / (6 * 448)]. Messages
+/// name the field and the index (docs/checkpoint.md, "Values").
 Status validate(const QuantizedLinear& layer);
 
 /// The CPU reference W4A4 forward, bit-exact to the activation-quantization contract:

@@ -27,6 +27,7 @@ enum class StatusCode : int {
   kErrorIo,               ///< a file could not be read or written
   kErrorCuda,             ///< the CUDA runtime reported an error (the message has its name)
   kErrorInternal,         ///< an invariant of svdq itself failed (a bug: please report)
+  kErrorOutOfMemory,      ///< an allocation failed (std::bad_alloc caught at the API boundary)
 };
 
 /// Short name of a code ("success", "invalid argument", ...). Never null.

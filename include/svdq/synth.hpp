@@ -37,7 +37,8 @@ Result<Layer> make_layer(const LayerSpec& spec);
 
 /// Draws `tokens` input rows (tokens x K, row-major fp32) for the layer: Student-t (nu = 4) heavy
 /// tails times the per-channel scale, plus a shared low-rank token component. `seed` picks the
-/// batch (use different seeds for calibration and evaluation rows).
+/// batch (use different seeds for calibration and evaluation rows). Empty when tokens <= 0, the
+/// layer is inconsistent, tokens * K overflows or the memory cannot be allocated.
 std::vector<float> make_activations(const Layer& layer, int64_t tokens, uint64_t seed);
 
 }  // namespace svdq::synth

@@ -5,7 +5,9 @@
 // goes to Inf as in IEEE). They are layout-compatible with CUDA's __half / __nv_bfloat16.
 //
 // Views are (pointer, rows, cols, leading dimension), row-major: element (i, j) lives at
-// data[i * ld + j], ld >= cols. A view never owns memory.
+// data[i * ld + j], ld >= cols. A view never owns memory. Every entry point checks a view before
+// touching it: ((rows - 1) * ld + cols) * element size must be computable in int64 (checked
+// multiply and add) and at most kMaxViewBytes, else kErrorShape naming the argument.
 #pragma once
 
 #include <bit>
@@ -83,6 +85,11 @@ struct bfloat16_t {
 };
 
 static_assert(sizeof(half_t) == 2 && sizeof(bfloat16_t) == 2);
+
+/// Largest byte extent of one view, 2^47 (128 TiB): more than the user address space of x86-64
+/// and AArch64 with 48-bit virtual addresses, so no real buffer is refused, and small enough that
+/// every product of a checked view's extents fits in int64.
+inline constexpr int64_t kMaxViewBytes = int64_t{1} << 47;
 
 /// Element type of a floating-point operand.
 /// kF64 is accepted only where a function says so (metrics, reference math).
