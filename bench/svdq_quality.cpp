@@ -33,6 +33,10 @@ std::vector<Method> all_methods() {
   using svdq::QuantConfig;
   using svdq::Recipe;
   return {
+      {"data-free", [](QuantConfig c) { c.alpha = c.beta = 0.0f; return c; }},
+      {"df+clip-unw", [](QuantConfig c) { c.alpha = c.beta = 0.0f; c.clip_search = true; c.clip_weighted = false; return c; }},
+      {"+clip-unw", [](QuantConfig c) { c.clip_search = true; c.clip_weighted = false; return c; }},
+      {"plus-nosel", [](QuantConfig c) { c = svdq::svdq_plus_config(c); c.selection.enabled = false; return c; }},
       {"naive", [](QuantConfig c) { return svdq::recipe_config(Recipe::kNaive, c); }},
       {"smooth", [](QuantConfig c) { return svdq::recipe_config(Recipe::kSmoothOnly, c); }},
       {"lowrank", [](QuantConfig c) { return svdq::recipe_config(Recipe::kLowRankOnly, c); }},
@@ -55,7 +59,7 @@ struct Result {
   std::string layer, format, method;
   double rel_mse, sqnr, seconds;
   float alpha, beta;
-  std::string notes;
+  std::string notes, recipe;
 };
 
 // Quantizes one layer with every method and evaluates on held-out rows.
@@ -96,10 +100,11 @@ bool run_layer(const std::string& name, const std::vector<float>& w, const std::
       (*saved)[std::string(format_name(format)) + "-" + m.name].emplace_back(name, *q);
     out->push_back({name, format_name(format), m.name,
                     mse * static_cast<double>(ref.size()) / ref2, sqnr_db(yv, refv), q->info.seconds,
-                    q->info.alpha, q->info.beta, q->info.notes});
-    std::fprintf(stderr, "  %-22s %-6s %-10s rel.MSE %.4e  SQNR %6.2f dB  %7.2f s  (a=%.2f b=%.2f) %s\n",
+                    q->info.alpha, q->info.beta, q->info.notes, q->info.recipe});
+    std::fprintf(stderr, "  %-22s %-6s %-10s rel.MSE %.4e  SQNR %6.2f dB  %7.2f s  (a=%.2f b=%.2f) %s %s\n",
                  name.c_str(), format_name(format), m.name.c_str(), out->back().rel_mse,
-                 out->back().sqnr, q->info.seconds, q->info.alpha, q->info.beta, q->info.notes.c_str());
+                 out->back().sqnr, q->info.seconds, q->info.alpha, q->info.beta,
+                 q->info.recipe.c_str(), q->info.notes.c_str());
   }
   return true;
 }
@@ -160,6 +165,11 @@ int main(int argc, char** argv) {
   app.add_option("--model", model, "a real model's dump from tools/minilm.py (skipped if absent)");
   app.add_option("--save-dir", save_dir, "write <format>-<method>.safetensors per method of --model");
   app.add_flag("--no-synth", no_synth, "skip the synthetic layers");
+  std::vector<std::string> families = {"default"};
+  app.add_option("--family", families,
+                 "synthetic layer families: default, down (K = 4N, spiky weight columns), huge (a few "
+                 "huge activation channels), gelu (one-sided activations with rare per-row spikes)")
+      ->capture_default_str();
   app.add_option("--lowrank-only", lowrank_fraction,
                  "instead: pure low-rank compression keeping this fraction of the parameters (e.g. 0.15), "
                  "plain SVD vs activation-aware, on the model's layers");
@@ -175,21 +185,53 @@ int main(int argc, char** argv) {
 
   std::vector<Result> results;
   if (no_synth) shapes.clear();
+  for (const std::string& fam : families)
   for (const std::string& s : shapes) {
     long long k = 0, n = 0;
     if (std::sscanf(s.c_str(), "%lldx%lld", &k, &n) != 2 || k <= 0 || n <= 0) {
       std::fprintf(stderr, "error: --shape '%s' is not KxN\n", s.c_str());
       return 2;
     }
+    if (fam != "default" && fam != "down" && fam != "huge" && fam != "gelu") {
+      std::fprintf(stderr, "error: --family '%s' is not default, down, huge or gelu\n", fam.c_str());
+      return 2;
+    }
     svdq::synth::LayerSpec spec;
     spec.in_features = k;
     spec.out_features = n;
+    if (fam == "down") spec.weight_outlier_columns = static_cast<int>(std::min<long long>(k / 32, 256));
+    if (fam == "huge") spec.act_outlier_channels = 4;
     auto layer = svdq::synth::make_layer(spec);
     if (!layer.ok()) return 1;
-    const auto calib = svdq::synth::make_activations(*layer, m_calib, 11);
-    const auto eval = svdq::synth::make_activations(*layer, m_eval, 12);
+    auto calib = svdq::synth::make_activations(*layer, m_calib, 11);
+    auto eval = svdq::synth::make_activations(*layer, m_eval, 12);
+    // Family transforms of the activations, seeded per row set (documented in docs/quality.md).
+    auto transform = [&](std::vector<float>& x, uint64_t seed) {
+      uint64_t st = seed * 0x9e3779b97f4a7c15ULL + 1;
+      auto next = [&] {
+        uint64_t z = (st += 0x9e3779b97f4a7c15ULL);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+        return ((z ^ (z >> 31)) >> 11) * 0x1.0p-53;
+      };
+      for (size_t i = 0; i < x.size(); ++i) {
+        const int64_t j = static_cast<int64_t>(i % static_cast<size_t>(k));
+        if (fam == "huge") {
+          for (size_t o = 0; o < layer->act_outliers.size(); ++o)
+            if (layer->act_outliers[o] == j) x[i] *= 50.0f;  // 4 channels x1000..x5000 in all
+        } else if (fam == "gelu" || fam == "down") {
+          if (x[i] < 0) x[i] *= 0.05f;               // one-sided, GELU-like
+          if (next() < 0.002) x[i] *= 30.0f;         // rare spikes, row by row
+        }
+      }
+    };
+    if (fam != "default") {
+      transform(calib, 11);
+      transform(eval, 12);
+    }
+    const std::string name = (fam == "default" ? "synth-" : "synth-" + fam + "-") + s;
     for (svdq::Format f : formats)
-      if (!run_layer("synth-" + s, layer->weight, layer->bias, n, k, calib, m_calib, eval, m_eval,
+      if (!run_layer(name, layer->weight, layer->bias, n, k, calib, m_calib, eval, m_eval,
                      f, rank, methods, &results, nullptr))
         return 1;
   }
@@ -280,12 +322,23 @@ int main(int argc, char** argv) {
                     svdq::format_name(f), m.name.c_str(), v, 100.0 * (v / b - 1.0),
                     it->second.seconds / it->second.count);
       }
+  // Per layer: relative MSE on held-out rows, and the change against plain SVDQuant.
+  if (!results.empty())
+    std::printf("\n| layer | format | method | rel. MSE | SQNR dB | vs svdquant | time s | recipe |\n|---|---|---|---|---|---|---|---|\n");
+  for (const Result& r : results) {
+    double plain = r.rel_mse;
+    for (const Result& o : results)
+      if (o.layer == r.layer && o.format == r.format && o.method == "svdquant") plain = o.rel_mse;
+    std::printf("| %s | %s | %s | %.4e | %.2f | %+.1f%% | %.2f | %s |\n", r.layer.c_str(), r.format.c_str(),
+                r.method.c_str(), r.rel_mse, r.sqnr, 100.0 * (r.rel_mse / plain - 1.0), r.seconds,
+                r.recipe.c_str());
+  }
   if (!csv.empty()) {
     std::ofstream os(csv);
-    os << "layer,format,method,rel_mse,sqnr_db,seconds,alpha,beta,notes\n";
+    os << "layer,format,method,rel_mse,sqnr_db,seconds,alpha,beta,notes,recipe\n";
     for (const Result& r : results)
       os << r.layer << ',' << r.format << ',' << r.method << ',' << r.rel_mse << ',' << r.sqnr << ','
-         << r.seconds << ',' << r.alpha << ',' << r.beta << ",\"" << r.notes << "\"\n";
+         << r.seconds << ',' << r.alpha << ',' << r.beta << ",\"" << r.notes << "\"," << r.recipe << "\n";
   }
   return 0;
 }

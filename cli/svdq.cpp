@@ -48,6 +48,26 @@ void progress(int done, int total, const std::string& what) {
   std::fflush(stderr);
 }
 
+// How a layer was made (issue 13): the recipe kept, alpha/beta, score, and what was compared.
+void print_recipe(const svdq::QuantizedLinear::Info& i) {
+  if (i.recipe.empty()) return;
+  char score[48] = "not scored";
+  if (i.score >= 0) std::snprintf(score, sizeof score, "score %.4e", i.score);
+  std::printf("    recipe %s (alpha %.2f, beta %.2f), %s%s, refine iterations %d, candidates %d%s%s\n",
+              i.recipe.c_str(), i.alpha, i.beta, score,
+              i.holdout_rows > 0 ? (" on " + std::to_string(i.holdout_rows) + " held-out rows").c_str() : "",
+              i.refine_iterations, i.candidates_scored, i.notes.empty() ? "" : "; ", i.notes.c_str());
+  if (!i.selection.empty()) {
+    std::string line = "    compared:";
+    for (const auto& c : i.selection) {
+      char buf[160];
+      std::snprintf(buf, sizeof buf, " %s %.4e", c.recipe.c_str(), c.score);
+      line += buf;
+    }
+    std::printf("%s\n", line.c_str());
+  }
+}
+
 svdq::ConstMatrixRef float_view(const std::vector<float>& v, int64_t rows, int64_t cols) {
   return svdq::MatrixView<const float>(v.data(), rows, cols);
 }
@@ -408,6 +428,7 @@ int cmd_quantize(const QuantizeArgs& a) {
     std::printf("  %-40s %-13s %-10s %-12s %8.2f\n", shown(j.layer).c_str(),
                 (std::to_string(n) + "x" + std::to_string(k)).c_str(), method.c_str(), err.c_str(),
                 seconds);
+    print_recipe(q->info);
   }
   progress(static_cast<int>(jobs.size()), static_cast<int>(jobs.size()), "done");
   // Every other tensor is copied unchanged, streamed from the mapped input (no copy in memory).
@@ -567,6 +588,7 @@ int cmd_inspect(const std::string& path) {
                 (std::to_string(q->out_features) + "x" + std::to_string(q->in_features)).c_str(),
                 static_cast<long long>(q->size_bytes()), q->bits_per_weight(),
                 2.0 * static_cast<double>(weights) / static_cast<double>(q->size_bytes()));
+    print_recipe(q->info);
   }
   if (q_weights > 0)
     std::printf("quantized layers: %lld weights in %lld bytes = %.3f bits per weight\n",

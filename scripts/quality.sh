@@ -14,9 +14,12 @@ cmake --build build -j"$(nproc)" --target svdq_quality
 python3 tools/minilm.py dump "$out/minilm_dump.safetensors"
 ./build/bench/svdq_quality --model "$out/minilm_dump.safetensors" --save-dir "$out" \
   --csv "$out/quality.csv" "$@" | tee "$out/quality.md"
+./build/bench/svdq_quality --shape 1024x256 --family default --family down --family huge \
+  --family gelu --methods data-free,svdquant,+clip,+clip-unw,df+clip-unw,+refine,plus-nosel,svdq-plus \
+  --csv "$out/families.csv" | tee "$out/families.md"
 ./build/bench/svdq_quality --no-synth --model "$out/minilm_dump.safetensors" --lowrank-only 0.15 \
   | tee "$out/lowrank_only.md"
 python3 tools/minilm.py eval "$out/minilm_dump.safetensors" "$out"/int4-*.safetensors \
   "$out"/nvfp4-*.safetensors --json "$out/e2e.json" | tee "$out/e2e.txt"
 tools/.venv/bin/python tools/plot_quality.py "$out/quality.csv" "$out/quality.png"
-echo "results in $out: quality.md, quality.csv, lowrank_only.md, e2e.txt, e2e.json, quality.png"
+echo "results in $out: quality.md, families.md, quality.csv, lowrank_only.md, e2e.txt, e2e.json, quality.png"

@@ -738,10 +738,15 @@ Status add_quantized(SafetensorsWriter& writer, const std::string& layer,
                        {"info.beta", q.info.beta},
                        {"info.weight_norm", q.info.weight_norm},
                        {"info.residual_norm", q.info.residual_norm},
-                       {"info.seconds", q.info.seconds}};
+                       {"info.seconds", q.info.seconds},
+                       {"info.score", q.info.score}};
   for (const auto& f : finite_fields)
     if (!std::isfinite(f.v))
       return error(kBad, where, ": ", f.name, " (", f.v, ") must be finite (stored as JSON)");
+  for (size_t i = 0; i < q.info.selection.size(); ++i)
+    if (!std::isfinite(q.info.selection[i].score))
+      return error(kBad, where, ": info.selection[", i, "].score (", q.info.selection[i].score,
+                   ") must be finite (stored as JSON)");
   const std::string metadata_key = kLayerKeyPrefix + layer;
 
   try {
@@ -783,7 +788,18 @@ Status add_quantized(SafetensorsWriter& writer, const std::string& layer,
                        {"weight_norm", q.info.weight_norm},
                        {"residual_norm", q.info.residual_norm},
                        {"seconds", q.info.seconds}};
-    return writer.set_metadata(metadata_key, meta.dump());
+    // Provenance of the recipe (issue 13): how the layer was made, read back by load_quantized.
+    Json m = meta;
+    m["recipe"] = q.info.recipe;
+    m["score"] = q.info.score;
+    m["candidates_scored"] = q.info.candidates_scored;
+    m["refine_iterations"] = q.info.refine_iterations;
+    m["holdout_rows"] = q.info.holdout_rows;
+    m["notes"] = q.info.notes;
+    Json sel = Json::array();
+    for (const auto& c : q.info.selection) sel.push_back({{"recipe", c.recipe}, {"score", c.score}});
+    m["selection"] = std::move(sel);
+    return writer.set_metadata(metadata_key, m.dump());
   } catch (const std::bad_alloc&) {
     return out_of_memory(where);
   }
@@ -917,6 +933,35 @@ Status parse_layer_metadata(const std::string& where, const std::string& text, Q
   SVDQ_RETURN_IF_ERROR(get_number("weight_norm", &q->info.weight_norm));
   SVDQ_RETURN_IF_ERROR(get_number("residual_norm", &q->info.residual_norm));
   SVDQ_RETURN_IF_ERROR(get_number("seconds", &q->info.seconds));
+  // Provenance (optional on read: older files and hand-made checkpoints have none).
+  q->info.score = -1;
+  SVDQ_RETURN_IF_ERROR(get_number("score", &q->info.score));
+  int64_t count = 0;
+  if (j.contains("candidates_scored")) {
+    SVDQ_RETURN_IF_ERROR(get_int("candidates_scored", 0, INT_MAX, &count));
+    q->info.candidates_scored = static_cast<int>(count);
+  }
+  if (j.contains("refine_iterations")) {
+    SVDQ_RETURN_IF_ERROR(get_int("refine_iterations", 0, INT_MAX, &count));
+    q->info.refine_iterations = static_cast<int>(count);
+  }
+  if (j.contains("holdout_rows")) {
+    SVDQ_RETURN_IF_ERROR(get_int("holdout_rows", 0, INT64_MAX, &q->info.holdout_rows));
+  }
+  SVDQ_RETURN_IF_ERROR(get_string("recipe", false, &q->info.recipe));
+  SVDQ_RETURN_IF_ERROR(get_string("notes", false, &q->info.notes));
+  if (const auto sel = j.find("selection"); sel != j.end()) {
+    if (!sel->is_array()) return error(kBad, where, ": metadata \"selection\" is not an array");
+    for (size_t i = 0; i < sel->size(); ++i) {
+      const Json& e = (*sel)[i];
+      const auto r = e.is_object() ? e.find("recipe") : e.end();
+      const auto sc = e.is_object() ? e.find("score") : e.end();
+      if (r == e.end() || sc == e.end() || !r->is_string() || !sc->is_number())
+        return error(kBad, where, ": metadata \"selection\"[", i,
+                     "] is not an object {\"recipe\": string, \"score\": number}");
+      q->info.selection.push_back({r->get<std::string>(), sc->get<double>()});
+    }
+  }
   return Status::Ok();
 }
 

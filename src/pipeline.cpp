@@ -31,10 +31,29 @@ struct Problem {
   std::vector<float> amax_w;    // (K)
   const ActivationStats* stats = nullptr;
   MatrixRM x;                   // (S, K) sampled raw input rows; empty when none
-  Eigen::MatrixXd gram;         // (K, K) raw X^T X; empty unless GPTQ/whitening/clip need it
+  Eigen::MatrixXd gram;         // (K, K) raw X^T X; empty unless GPTQ or whitening need it
+  Eigen::VectorXd gram_diag;    // (K) diag(X^T X); empty unless the clipping search weights by it
   MatrixRM chol;                // (K, K) lower Cholesky factor of gram + damping (whitening)
   std::vector<int64_t> scored;  // output channels scored
   MatrixRM y_ref;               // (S, |scored|) = x W[scored]^T
+  // Recipe selection: the sampled rows held out from fitting (every holdout_stride-th); x and
+  // y_ref above then hold the other rows only.
+  MatrixRM x_hold, y_hold;
+};
+
+// One recipe: which of the config's options are on. quantize_linear runs the config's own plan,
+// or, with QuantConfig::selection, several and keeps the best on the held-out rows.
+struct Plan {
+  std::string name;
+  float alpha = 0, beta = 0;
+  bool search = false;  // alpha, beta: the smoothing search's pick (a named recipe part)
+  int refine = 0;
+  bool clip = false, clip_weighted = true;
+  bool gptq = false, whiten = false;
+  bool same_as(const Plan& o) const {
+    return alpha == o.alpha && beta == o.beta && refine == o.refine && clip == o.clip &&
+           (!clip || clip_weighted == o.clip_weighted) && gptq == o.gptq && whiten == o.whiten;
+  }
 };
 
 // One smoothing candidate, built.
@@ -51,11 +70,11 @@ struct Candidate {
 };
 
 bool needs_rows(const QuantConfig& c) {
-  return c.smooth_search.enabled || c.refine_iterations > 0 || c.whiten_lowrank || c.gptq.enabled;
+  return c.selection.enabled || c.smooth_search.enabled || c.refine_iterations > 0 || c.whiten_lowrank || c.gptq.enabled;
 }
-bool needs_gram(const QuantConfig& c) {
-  return c.whiten_lowrank || c.gptq.enabled || c.clip_search;
-}
+// The full K x K Gram only for the options that use it; the clipping search needs its diagonal.
+bool needs_gram(const QuantConfig& c) { return c.whiten_lowrank || c.gptq.enabled; }
+bool needs_gram_diag(const QuantConfig& c) { return needs_gram(c) || c.clip_search; }
 
 Status check_config(const QuantConfig& c, int64_t n, int64_t k) {
   constexpr const char* kFn = "quantize_linear";
@@ -98,6 +117,9 @@ Status check_config(const QuantConfig& c, int64_t n, int64_t k) {
     return error(StatusCode::kErrorInvalidArgument, kFn,
                  ": config.gptq.damp and config.whiten_damp must be in (0, 1) and "
                  "config.gptq.block > 0");
+  if (c.selection.holdout_stride < 2 || c.selection.holdout_stride > 1024)
+    return error(StatusCode::kErrorInvalidArgument, kFn, ": config.selection.holdout_stride (",
+                 c.selection.holdout_stride, ") must be in [2, 1024]");
   if (c.smooth_search.max_scored_outputs < 0)
     return error(StatusCode::kErrorInvalidArgument, kFn,
                  ": config.smooth_search.max_scored_outputs must be >= 0");
@@ -151,7 +173,7 @@ void set_smoothing(const Problem& p, float alpha, float beta, Candidate* c) {
 // ||(T_raw - L_raw) C||_F with T_raw = target diag(1/s) and C C^T = X^T X + damping, i.e.
 // L_raw = SVD_r(T_raw C) C^-1; smoothing cancels (chol(D G D) = D chol(G)), so one factor serves
 // every candidate.
-Status set_branch(const Problem& p, const MatrixRM& target, Candidate* c) {
+Status set_branch(const Problem& p, bool whiten, const MatrixRM& target, Candidate* c) {
   const int r = p.cfg.rank;
   const DType st = p.cfg.storage;
   if (r == 0) {
@@ -161,8 +183,8 @@ Status set_branch(const Problem& p, const MatrixRM& target, Candidate* c) {
     return Status::Ok();
   }
   MatrixRM up, down_raw;  // (N, r), (r, K): branch = x down_raw^T up^T on the raw x
-  if (p.cfg.whiten_lowrank) {
-    const MatrixRM t_raw = target * c->s.cwiseInverse().asDiagonal();  // elementwise, no GEMM
+  if (whiten) {
+    const MatrixRM t_raw = target * c->s.cwiseInverse().asDiagonal();
     const detail::LowRank lr = detail::truncated_svd(t_raw, r, p.cfg.svd, &p.chol);
     up = lr.up;
     // down_raw = V_r^T C^-1: solve C^T Z = V_r (Z = down_raw^T) with the triangular factor.
@@ -206,27 +228,30 @@ struct ResidualOptions {
 
 ResidualOptions residual_options(const Problem& p, const Candidate& c, bool with_hessian) {
   ResidualOptions o;
-  if (p.gram.size() == 0) return o;
+  if (p.gram_diag.size() == 0) return o;
   const Eigen::VectorXd inv_s = c.s.cast<double>().cwiseInverse();
-  o.h_diag = p.gram.diagonal().cwiseProduct(inv_s).cwiseProduct(inv_s);
-  if (with_hessian) o.hessian = inv_s.asDiagonal() * p.gram * inv_s.asDiagonal();
+  o.h_diag = p.gram_diag.cwiseProduct(inv_s).cwiseProduct(inv_s);
+  if (with_hessian && p.gram.size() > 0) o.hessian = inv_s.asDiagonal() * p.gram * inv_s.asDiagonal();
   return o;
 }
 
-detail::WeightQuantOptions weight_options(const Problem& p, const ResidualOptions& ro, bool gptq) {
+detail::WeightQuantOptions weight_options(const Problem& p, const Plan& plan,
+                                          const ResidualOptions& ro, bool gptq) {
   detail::WeightQuantOptions o;
-  o.clip_search = p.cfg.clip_search;
-  o.h_diag = ro.h_diag.size() ? &ro.h_diag : nullptr;
+  o.clip_search = plan.clip;
+  // Unweighted clipping ignores diag(H): plain squared error per group.
+  o.h_diag = plan.clip_weighted && ro.h_diag.size() ? &ro.h_diag : nullptr;
   o.gptq = p.cfg.gptq;
   o.gptq.enabled = gptq;
   o.hessian = gptq && ro.hessian.size() ? &ro.hessian : nullptr;
   return o;
 }
 
-// Output MSE on the sampled rows over the scored output channels, for the candidate's branch and
-// a quantized residual of those channels.
-double score(const Problem& p, const Candidate& c, const detail::QuantizedWeight& qsub) {
-  const int64_t s_rows = p.x.rows(), ns = static_cast<int64_t>(p.scored.size());
+// Output MSE on rows x (reference y_ref) over the scored output channels, for the candidate's
+// branch and a quantized residual of those channels.
+double score(const Problem& p, const Candidate& c, const detail::QuantizedWeight& qsub,
+             const MatrixRM& x, const MatrixRM& y_ref) {
+  const int64_t s_rows = x.rows(), ns = static_cast<int64_t>(p.scored.size());
   const int r = p.cfg.rank;
   const Format f = p.cfg.format;
   // Activations through the real quantizer, dequantized: (S, K).
@@ -234,7 +259,7 @@ double score(const Problem& p, const Candidate& c, const detail::QuantizedWeight
   for (int64_t j = 0; j < p.k; ++j) inv_s[j] = 1.0f / c.s[j];
   QuantizedActivations qa;
   const Status st = quantize_activations(
-      f, MatrixView<const float>(p.x.data(), s_rows, p.k), inv_s.data(), c.t_act, &qa);
+      f, MatrixView<const float>(x.data(), s_rows, p.k), inv_s.data(), c.t_act, &qa);
   if (!st.ok()) return INFINITY;
   MatrixRM a(s_rows, p.k);
   const int gs = group_size(f);
@@ -250,11 +275,14 @@ double score(const Problem& p, const Candidate& c, const detail::QuantizedWeight
     for (int64_t i = 0; i < ns; ++i)
       for (int j = 0; j < r; ++j) up(i, j) = bits16_to_float(c.lora_up[p.scored[i] * r + j], p.cfg.storage);
     MatrixRM lora, branch;
-    detail::gemm_rows(p.x, down, &lora);
+    detail::gemm_rows(x, down, &lora);
     detail::gemm_rows(lora, up.transpose(), &branch);
     y += branch;
   }
-  return (y - p.y_ref).cast<double>().squaredNorm() / static_cast<double>(y.size());
+  return (y - y_ref).cast<double>().squaredNorm() / static_cast<double>(y.size());
+}
+double score(const Problem& p, const Candidate& c, const detail::QuantizedWeight& qsub) {
+  return score(p, c, qsub, p.x, p.y_ref);
 }
 
 MatrixRM scored_rows(const Problem& p, const MatrixRM& m) {
@@ -263,14 +291,15 @@ MatrixRM scored_rows(const Problem& p, const MatrixRM& m) {
   return out;
 }
 
-// Scores a built candidate with round-to-nearest (+ clipping) on the scored channels.
-Result<double> score_rtn(const Problem& p, const Candidate& c) {
+// Scores a built candidate with round-to-nearest (+ the plan's clipping) on the scored channels,
+// on the fitting rows or (hold) the held-out rows.
+Result<double> score_rtn(const Problem& p, const Plan& plan, const Candidate& c, bool hold = false) {
   const ResidualOptions ro = residual_options(p, c, false);
   const float t = p.cfg.format == Format::kNvfp4 ? detail::nvfp4_tensor_scale(c.residual) : 1.0f;
-  Result<detail::QuantizedWeight> q =
-      detail::quantize_weight(scored_rows(p, c.residual), p.cfg.format, t, weight_options(p, ro, false));
+  Result<detail::QuantizedWeight> q = detail::quantize_weight(
+      scored_rows(p, c.residual), p.cfg.format, t, weight_options(p, plan, ro, false));
   if (!q.ok()) return q.status();
-  return score(p, c, *q);
+  return hold ? score(p, c, *q, p.x_hold, p.y_hold) : score(p, c, *q);
 }
 
 Status build_problem(ConstMatrixRef W, const ActivationStats* stats, const QuantConfig& cfg,
@@ -302,15 +331,56 @@ Status build_problem(ConstMatrixRef W, const ActivationStats* stats, const Quant
       p->scored.resize(static_cast<size_t>(cap));
       std::sort(p->scored.begin(), p->scored.end());
     }
-    detail::gemm_rows(p->x, scored_rows(*p, p->w).transpose(), &p->y_ref);
+    const int64_t stride = cfg.selection.holdout_stride, rows = p->x.rows();
+    if (cfg.selection.enabled && rows / stride >= 1 && rows - rows / stride >= 1) {
+      // Deterministic split: sampled row i is held out when i % stride == stride - 1.
+      const int64_t hold = rows / stride;
+      MatrixRM fit(rows - hold, p->k);
+      p->x_hold.resize(hold, p->k);
+      for (int64_t i = 0, f = 0, h = 0; i < rows; ++i) {
+        if (i % stride == stride - 1) {
+          p->x_hold.row(h++) = p->x.row(i);
+        } else {
+          fit.row(f++) = p->x.row(i);
+        }
+      }
+      p->x = std::move(fit);
+    }
+    const MatrixRM w_scored_t = scored_rows(*p, p->w).transpose();
+    detail::gemm_rows(p->x, w_scored_t, &p->y_ref);
+    if (p->x_hold.rows() > 0) detail::gemm_rows(p->x_hold, w_scored_t, &p->y_hold);
   }
-  if (needs_gram(cfg) && has_rows) {
-    if (!stats->gram().empty()) {
-      p->gram = Eigen::Map<const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
-          stats->gram().data(), p->k, p->k);
+  if (needs_gram_diag(cfg) && has_rows) {
+    // With held-out rows the statistics come from the fitting rows only.
+    static const std::vector<double> kNone;
+    const std::vector<double>& g = p->x_hold.rows() > 0 ? kNone : stats->gram();
+    if (needs_gram(cfg)) {
+      if (!g.empty()) {
+        p->gram = Eigen::Map<const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
+            g.data(), p->k, p->k);
+      } else {
+        const Eigen::MatrixXd xd = p->x.cast<double>();
+        detail::gemm_rows(xd.transpose(), xd, &p->gram);
+      }
+      p->gram_diag = p->gram.diagonal();
     } else {
-      const Eigen::MatrixXd xd = p->x.cast<double>();
-      detail::gemm_rows(xd.transpose(), xd, &p->gram);
+      // Only the diagonal: O(K) memory instead of the K x K matrix (issue 13, item 5).
+      p->gram_diag.resize(p->k);
+      const int64_t k = p->k, rows = p->x.rows();
+      const bool from_stats = !g.empty();
+#pragma omp parallel for schedule(static)
+      for (int64_t j = 0; j < k; ++j) {
+        double acc = 0;
+        if (from_stats) {
+          acc = g[static_cast<size_t>(j * k + j)];
+        } else {
+          for (int64_t m = 0; m < rows; ++m) {
+            const double v = p->x(m, j);
+            acc += v * v;
+          }
+        }
+        p->gram_diag[j] = acc;
+      }
     }
   }
   if (cfg.whiten_lowrank && cfg.rank > 0) {
@@ -326,6 +396,113 @@ Status build_problem(ConstMatrixRef W, const ActivationStats* stats, const Quant
   return Status::Ok();
 }
 
+// What building a plan produced: the candidate (branch, residual), and the decisions.
+struct Built {
+  Candidate c;
+  bool use_gptq = false;
+  int kept_iters = 0;
+  int scored = 0;  // smoothing candidates scored
+  std::string notes;
+};
+
+// Builds a plan on the fitting rows: the best of `cands` (alpha, beta) (scored when score_all),
+// then plan.refine iterations of the low-rank refinement, then the GPTQ decision.
+Status build(const Problem& p, const Plan& plan, const std::vector<std::pair<float, float>>& cands,
+             bool score_all, int step0, Built* out) {
+  const QuantConfig& config = p.cfg;
+  const int64_t n = p.n, k = p.k;
+  const bool can_score = p.x.rows() > 0;
+  const int total_steps = static_cast<int>(cands.size()) + plan.refine + 1;
+  // 1. Smoothing: the given (alpha, beta), or the best-scoring candidate.
+  Candidate& best = out->c;
+  for (size_t i = 0; i < cands.size(); ++i) {
+    Candidate c;
+    set_smoothing(p, cands[i].first, cands[i].second, &c);
+    SVDQ_RETURN_IF_ERROR(set_branch(p, plan.whiten, c.w_hat, &c));
+    if (score_all && can_score) {
+      Result<double> sc = score_rtn(p, plan, c);
+      if (!sc.ok()) return sc.status();
+      c.score = *sc;
+      ++out->scored;
+    }
+    if (i == 0 || c.score < best.score) best = std::move(c);
+    if (config.progress && step0 >= 0)
+      config.progress(step0 + static_cast<int>(i) + 1, total_steps,
+                      detail::cat("smoothing (", cands[i].first, ", ", cands[i].second, ")"));
+  }
+
+  // 2. Iterative low-rank refinement: L_k = SVD_r(W_hat - Q(W_hat - L_{k-1})).
+  if (config.rank > 0 && plan.refine > 0 && can_score) {
+    const ResidualOptions ro = residual_options(p, best, false);
+    for (int it = 1; it <= plan.refine; ++it) {
+      const float t = config.format == Format::kNvfp4 ? detail::nvfp4_tensor_scale(best.residual) : 1.0f;
+      Result<detail::QuantizedWeight> q =
+          detail::quantize_weight(best.residual, config.format, t, weight_options(p, plan, ro, false));
+      if (!q.ok()) return q.status();
+      const MatrixRM target = best.w_hat - detail::dequantize(*q, config.format, n, k);
+      // The new branch replaces best's in place (smoothing and W_hat stay); the old one is kept
+      // aside and put back if the iterate does not score better.
+      std::vector<uint16_t> prev_up = std::move(best.lora_up), prev_down = std::move(best.lora_down);
+      MatrixRM prev_residual = std::move(best.residual);
+      SVDQ_RETURN_IF_ERROR(set_branch(p, plan.whiten, target, &best));
+      Result<double> sc = score_rtn(p, plan, best);
+      if (!sc.ok()) return sc.status();
+      if (config.progress && step0 >= 0)
+        config.progress(step0 + static_cast<int>(cands.size()) + it, total_steps,
+                        detail::cat("refinement ", it));
+      if (!(*sc < best.score)) {
+        best.lora_up = std::move(prev_up);
+        best.lora_down = std::move(prev_down);
+        best.residual = std::move(prev_residual);
+        break;
+      }
+      best.score = *sc;
+      out->kept_iters = it;
+    }
+  }
+
+  // 3. GPTQ when asked and better than round-to-nearest on the fitting rows.
+  if (plan.gptq && can_score) {
+    const ResidualOptions ro = residual_options(p, best, true);
+    const float t_w = config.format == Format::kNvfp4 ? detail::nvfp4_tensor_scale(best.residual) : 1.0f;
+    Result<detail::QuantizedWeight> qg = detail::quantize_weight(
+        scored_rows(p, best.residual), config.format, t_w, weight_options(p, plan, ro, true));
+    if (!qg.ok()) return qg.status();
+    const double gptq_score = score(p, best, *qg);
+    out->use_gptq = gptq_score < best.score;
+    if (out->use_gptq) {
+      best.score = gptq_score;
+    } else {
+      out->notes += detail::cat("gptq scored ", gptq_score, " >= round-to-nearest ", best.score,
+                                ": kept round-to-nearest; ");
+    }
+  }
+  return Status::Ok();
+}
+
+// Output MSE of a built plan on the held-out rows (the fitting rows when none are held out).
+Result<double> holdout_score(const Problem& p, const Plan& plan, const Built& b) {
+  const ResidualOptions ro = residual_options(p, b.c, b.use_gptq);
+  const float t = p.cfg.format == Format::kNvfp4 ? detail::nvfp4_tensor_scale(b.c.residual) : 1.0f;
+  Result<detail::QuantizedWeight> q = detail::quantize_weight(
+      scored_rows(p, b.c.residual), p.cfg.format, t, weight_options(p, plan, ro, b.use_gptq));
+  if (!q.ok()) return q.status();
+  return p.x_hold.rows() > 0 ? score(p, b.c, *q, p.x_hold, p.y_hold) : score(p, b.c, *q);
+}
+
+// A name for a config's options (no selection): "svdquant", "data-free+clip", "search+refine+clip".
+std::string config_recipe_name(const QuantConfig& c) {
+  std::string name = c.smooth_search.enabled ? "search"
+                     : (c.alpha == 0.0f && c.beta == 0.0f) ? "data-free"
+                                                             : "svdquant";
+  if (c.rank == 0) name += "(rank 0)";
+  if (c.refine_iterations > 0 && c.rank > 0) name += "+refine";
+  if (c.whiten_lowrank) name += "+whiten";
+  if (c.clip_search) name += c.clip_weighted ? "+clip" : "+clip-unweighted";
+  if (c.gptq.enabled) name += "+gptq";
+  return name;
+}
+
 }  // namespace
 
 // -------------------------------------------------------------------------------------------------
@@ -334,6 +511,7 @@ QuantConfig svdq_plus_config(QuantConfig base) {
   base.smooth_search.enabled = true;
   base.refine_iterations = 3;
   base.clip_search = true;
+  base.selection.enabled = true;
   return base;
 }
 
@@ -386,85 +564,147 @@ Result<QuantizedLinear> quantize_linear_impl(ConstMatrixRef W, ConstMatrixRef bi
 
   Problem p;
   SVDQ_RETURN_IF_ERROR(build_problem(W, stats, config, &p));
-  const bool can_score = p.x.rows() > 0;
-  std::string notes;
 
-  // 1. Smoothing: the configured (alpha, beta), or the best-scoring candidate.
+  // The config's own plan: every option it switches on.
+  Plan full;
+  full.alpha = config.alpha;
+  full.beta = config.beta;
+  full.search = search;
+  full.refine = config.rank > 0 ? config.refine_iterations : 0;
+  full.clip = config.clip_search;
+  full.clip_weighted = config.clip_weighted;
+  full.gptq = config.gptq.enabled;
+  full.whiten = config.whiten_lowrank;
   std::vector<std::pair<float, float>> cands = {{config.alpha, config.beta}};
   if (search) cands = config.smooth_search.candidates.empty() ? default_candidates()
                                                               : config.smooth_search.candidates;
-  const int total_steps = static_cast<int>(cands.size()) + config.refine_iterations + 1;
-  Candidate best;
-  int scored = 0;
-  for (size_t i = 0; i < cands.size(); ++i) {
-    Candidate c;
-    set_smoothing(p, cands[i].first, cands[i].second, &c);
-    SVDQ_RETURN_IF_ERROR(set_branch(p, c.w_hat, &c));
-    if (search || config.refine_iterations > 0 || config.gptq.enabled) {
-      Result<double> sc = score_rtn(p, c);
-      if (!sc.ok()) return sc.status();
-      c.score = *sc;
-      ++scored;
-    }
-    if (i == 0 || c.score < best.score) best = std::move(c);
-    if (config.progress)
-      config.progress(static_cast<int>(i) + 1, total_steps,
-                      detail::cat("smoothing (", cands[i].first, ", ", cands[i].second, ")"));
-  }
+  const bool score_all = search || config.refine_iterations > 0 || config.gptq.enabled;
 
-  // 2. Iterative low-rank refinement: L_k = SVD_r(W_hat - Q(W_hat - L_{k-1})).
-  int kept_iters = 0;
-  if (config.rank > 0 && config.refine_iterations > 0) {
-    const ResidualOptions ro = residual_options(p, best, false);
-    for (int it = 1; it <= config.refine_iterations; ++it) {
-      const float t = config.format == Format::kNvfp4 ? detail::nvfp4_tensor_scale(best.residual) : 1.0f;
-      Result<detail::QuantizedWeight> q =
-          detail::quantize_weight(best.residual, config.format, t, weight_options(p, ro, false));
-      if (!q.ok()) return q.status();
-      const MatrixRM target = best.w_hat - detail::dequantize(*q, config.format, n, k);
-      // The new branch replaces best's in place (smoothing and W_hat stay); the old one is kept
-      // aside and put back if the iterate does not score better.
-      std::vector<uint16_t> prev_up = std::move(best.lora_up), prev_down = std::move(best.lora_down);
-      MatrixRM prev_residual = std::move(best.residual);
-      SVDQ_RETURN_IF_ERROR(set_branch(p, target, &best));
-      Result<double> sc = score_rtn(p, best);
-      if (!sc.ok()) return sc.status();
-      if (config.progress)
-        config.progress(static_cast<int>(cands.size()) + it, total_steps,
-                        detail::cat("refinement ", it));
-      if (!(*sc < best.score)) {
-        best.lora_up = std::move(prev_up);
-        best.lora_down = std::move(prev_down);
-        best.residual = std::move(prev_residual);
-        break;
+  Built chosen;
+  Plan chosen_plan = full;
+  QuantizedLinear::Info info;
+  if (!config.selection.enabled) {
+    SVDQ_RETURN_IF_ERROR(build(p, full, cands, score_all, 0, &chosen));
+  } else {
+    // 1. The smoothing search on the fitting rows, once: its pick is the "search" part.
+    float sa = config.alpha, sb = config.beta;
+    int scored = 0;
+    if (search) {
+      Built s;
+      Plan probe = full;
+      probe.refine = 0;
+      probe.gptq = false;
+      SVDQ_RETURN_IF_ERROR(build(p, probe, cands, true, 0, &s));
+      sa = s.c.alpha;
+      sb = s.c.beta;
+      scored = s.scored;
+    }
+    // 2. The plans, simplest first (ties keep the simpler): data-free, plain, each option alone,
+    // then combinations; a plan equal to an earlier one is skipped.
+    std::vector<Plan> plans;
+    auto add = [&](Plan pl, bool from_search) {
+      if (from_search) {
+        pl.alpha = sa;
+        pl.beta = sb;
       }
-      best.score = *sc;
-      kept_iters = it;
+      std::string name = from_search ? "search" : (pl.alpha == 0.0f && pl.beta == 0.0f &&
+                                                   !(config.alpha == 0.0f && config.beta == 0.0f))
+                                                      ? "data-free"
+                                                      : "svdquant";
+      if (pl.refine > 0) name += "+refine";
+      if (pl.whiten) name += "+whiten";
+      if (pl.clip) name += pl.clip_weighted ? "+clip" : "+clip-unweighted";
+      if (pl.gptq) name += "+gptq";
+      pl.name = name;
+      pl.search = from_search;
+      for (const Plan& q : plans)
+        if (q.same_as(pl)) return;
+      plans.push_back(pl);
+    };
+    Plan plain;
+    plain.alpha = config.alpha;
+    plain.beta = config.beta;
+    Plan df;  // data-free: no smoothing
+    add(df, false);
+    add(plain, false);
+    if (search) add(plain, true);
+    if (full.refine > 0) {
+      Plan pl = plain;
+      pl.refine = full.refine;
+      add(pl, false);
     }
+    if (full.whiten) {
+      Plan pl = plain;
+      pl.whiten = true;
+      add(pl, false);
+    }
+    if (full.clip) {
+      Plan pl = plain;
+      pl.clip = true;
+      pl.clip_weighted = true;
+      add(pl, false);
+      pl.clip_weighted = false;
+      add(pl, false);
+      Plan d = df;
+      d.clip = true;
+      d.clip_weighted = false;
+      add(d, false);
+    }
+    if (full.gptq) {
+      Plan pl = plain;
+      pl.gptq = true;
+      add(pl, false);
+    }
+    // Combinations: every option on, from each smoothing start, clipping weighted or not.
+    for (int start = 0; start < 3; ++start) {
+      if (start == 2 && !search) continue;
+      Plan pl = full;
+      pl.alpha = start == 0 ? 0.0f : config.alpha;
+      pl.beta = start == 0 ? 0.0f : config.beta;
+      for (int w = 0; w < (full.clip ? 2 : 1); ++w) {
+        pl.clip_weighted = full.clip ? w == 0 : full.clip_weighted;
+        add(pl, start == 2);
+      }
+    }
+    // 3. Each plan built on the fitting rows, scored on the held-out ones (or, with too few
+    // sampled rows to split, on the same rows: said in the notes).
+    const bool held = p.x_hold.rows() > 0;
+    double best = INFINITY;
+    for (size_t i = 0; i < plans.size(); ++i) {
+      Built b;
+      SVDQ_RETURN_IF_ERROR(build(p, plans[i], {{plans[i].alpha, plans[i].beta}},
+                                 plans[i].refine > 0 || plans[i].gptq, -1, &b));
+      Result<double> hs = holdout_score(p, plans[i], b);
+      if (!hs.ok()) return hs.status();
+      const double v = std::isfinite(*hs) ? *hs : -1.0;
+      info.selection.push_back({plans[i].name, v});
+      if (i == 0 || (std::isfinite(*hs) && *hs < best)) {
+        best = *hs;
+        chosen = std::move(b);
+        chosen_plan = plans[i];
+      }
+      if (config.progress)
+        config.progress(static_cast<int>(i) + 1, static_cast<int>(plans.size()) + 1,
+                        detail::cat("recipe ", plans[i].name));
+    }
+    chosen.c.score = best;
+    chosen.scored = scored + static_cast<int>(plans.size());
+    info.holdout_rows = held ? p.x_hold.rows() : 0;
+    if (!held)
+      chosen.notes += detail::cat("selection: only ", p.x.rows(),
+                                  " sampled rows, too few to hold any out: scored on the fitting rows; ");
   }
 
-  // 3. The residual, quantized: GPTQ when asked and better than round-to-nearest, else RTN.
-  const ResidualOptions ro = residual_options(p, best, config.gptq.enabled && can_score);
-  const float t_w = config.format == Format::kNvfp4 ? detail::nvfp4_tensor_scale(best.residual) : 1.0f;
-  bool use_gptq = false;
-  if (config.gptq.enabled && can_score) {
-    Result<detail::QuantizedWeight> qg = detail::quantize_weight(
-        scored_rows(p, best.residual), config.format, t_w, weight_options(p, ro, true));
-    if (!qg.ok()) return qg.status();
-    const double gptq_score = score(p, best, *qg);
-    use_gptq = gptq_score < best.score;
-    if (use_gptq) {
-      best.score = gptq_score;
-    } else {
-      notes += detail::cat("gptq scored ", gptq_score, " >= round-to-nearest ", best.score,
-                           ": kept round-to-nearest; ");
-    }
-  }
-  Result<detail::QuantizedWeight> qw =
-      detail::quantize_weight(best.residual, config.format, t_w, weight_options(p, ro, use_gptq));
+  // The chosen residual, quantized: GPTQ when the build kept it, else round-to-nearest.
+  const bool use_gptq = chosen.use_gptq;
+  const ResidualOptions ro = residual_options(p, chosen.c, use_gptq);
+  const float t_w = config.format == Format::kNvfp4 ? detail::nvfp4_tensor_scale(chosen.c.residual) : 1.0f;
+  Result<detail::QuantizedWeight> qw = detail::quantize_weight(
+      chosen.c.residual, config.format, t_w, weight_options(p, chosen_plan, ro, use_gptq));
   if (!qw.ok()) return qw.status();
-  if (config.progress) config.progress(total_steps, total_steps, "residual quantized");
+  if (config.progress) config.progress(1, 1, "residual quantized");
 
+  Candidate& best = chosen.c;
   QuantizedLinear out;
   out.format = config.format;
   out.storage = config.storage;
@@ -483,16 +723,18 @@ Result<QuantizedLinear> quantize_linear_impl(ConstMatrixRef W, ConstMatrixRef bi
     out.bias.resize(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) out.bias[i] = float_to_bits16(b(0, i), config.storage);
   }
+  out.info = std::move(info);
   out.info.alpha = best.alpha;
   out.info.beta = best.beta;
   out.info.svd = config.svd.method;
   out.info.weight_norm = best.w_hat.cast<double>().norm();
   out.info.residual_norm = best.residual.cast<double>().norm();
   out.info.score = std::isfinite(best.score) ? best.score : -1.0;
-  out.info.candidates_scored = scored;
-  out.info.refine_iterations = kept_iters;
-  if (use_gptq) notes += "gptq; ";
-  out.info.notes = notes;
+  out.info.candidates_scored = chosen.scored;
+  out.info.refine_iterations = chosen.kept_iters;
+  if (use_gptq) chosen.notes += "gptq; ";
+  out.info.notes = chosen.notes;
+  out.info.recipe = config.selection.enabled ? chosen_plan.name : config_recipe_name(config);
   out.info.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return out;
 }

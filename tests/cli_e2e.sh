@@ -10,11 +10,13 @@ rm -rf "$work" && mkdir -p "$work" && cd "$work"
 "$svdq" quantize model.safetensors -o q_plus.safetensors --calib calib.safetensors \
         --exclude '^embed' --plus | tee quantize.log
 grep -q "svdq-plus" quantize.log
+grep -q "    recipe .* held-out rows" quantize.log
 "$svdq" quantize model.safetensors -o q_free.safetensors --exclude '^embed' --format nvfp4 | tee free.log
 grep -q "data-free" free.log
 "$svdq" inspect q_plus.safetensors | tee inspect.log
 grep -q "mlp.fc1 .*int4" inspect.log
 grep -q "mlp.fc2 .*int4" inspect.log
+grep -q "    compared: data-free" inspect.log
 "$engine" run --model model.safetensors --quantized q_plus.safetensors --budget 0.08
 "$engine" run --model model.safetensors --quantized q_free.safetensors --budget 0.25
 

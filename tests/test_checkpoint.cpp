@@ -169,6 +169,17 @@ void expect_identical(const QuantizedLinear& a, const QuantizedLinear& b) {
   EXPECT_TRUE(same_bits(a.info.weight_norm, b.info.weight_norm));
   EXPECT_TRUE(same_bits(a.info.residual_norm, b.info.residual_norm));
   EXPECT_TRUE(same_bits(a.info.seconds, b.info.seconds));
+  EXPECT_TRUE(same_bits(a.info.score, b.info.score)) << a.info.score << " vs " << b.info.score;
+  EXPECT_EQ(a.info.candidates_scored, b.info.candidates_scored);
+  EXPECT_EQ(a.info.refine_iterations, b.info.refine_iterations);
+  EXPECT_EQ(a.info.notes, b.info.notes);
+  EXPECT_EQ(a.info.recipe, b.info.recipe);
+  EXPECT_EQ(a.info.holdout_rows, b.info.holdout_rows);
+  ASSERT_EQ(a.info.selection.size(), b.info.selection.size());
+  for (size_t i = 0; i < a.info.selection.size(); ++i) {
+    EXPECT_EQ(a.info.selection[i].recipe, b.info.selection[i].recipe);
+    EXPECT_TRUE(same_bits(a.info.selection[i].score, b.info.selection[i].score));
+  }
 }
 
 /// The tensors a layer must be stored as (docs/checkpoint.md), checked on the file itself.
@@ -266,6 +277,46 @@ std::vector<LayerSpec> round_trip_specs() {
 
 INSTANTIATE_TEST_SUITE_P(Layers, RoundTrip, ::testing::ValuesIn(round_trip_specs()),
                          [](const auto& info) { return spec_name(info.param); });
+
+// The recipe's provenance (issue 13): an svdq-plus layer's info, every field, survives the file.
+TEST(Checkpoint, RecipeProvenanceRoundTrips) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> gauss(0.0f, 1.0f);
+  const int64_t n = 40, k = 128, rows = 64;
+  std::vector<float> w(static_cast<size_t>(n * k)), x(static_cast<size_t>(rows * k));
+  for (float& v : w) v = gauss(rng) * 0.05f;
+  for (float& v : x) v = gauss(rng);
+  for (int64_t i = 0; i < rows; ++i) x[static_cast<size_t>(i * k + 7)] *= 30.0f;
+  ActivationStats stats;
+  ASSERT_TRUE(stats.observe(MatrixView<const float>(x.data(), rows, k)).ok());
+  QuantConfig c;
+  c.rank = 8;
+  c.smooth_search.candidates = {{0.25f, 0.75f}, {0.5f, 0.5f}};
+  auto q = quantize_linear(MatrixView<const float>(w.data(), n, k), ConstMatrixRef(), &stats,
+                           svdq_plus_config(c));
+  ASSERT_TRUE(q.ok()) << q.status().to_string();
+  // Non-default values in every provenance field, so a lost field cannot pass.
+  EXPECT_FALSE(q->info.recipe.empty());
+  EXPECT_EQ(q->info.holdout_rows, rows / 4);
+  EXPECT_GE(q->info.selection.size(), 5u);
+  EXPECT_GT(q->info.score, 0.0);
+  EXPECT_GT(q->info.candidates_scored, 0);
+  q->info.refine_iterations = 2;
+  q->info.notes += "a \"quoted\" note, \\ and \u00e9; ";
+  q->info.selection.push_back({"hand-made", 0.1});  // not exactly representable in decimal
+
+  TempDir dir;
+  const std::string path = dir.file("plus.safetensors");
+  ASSERT_TRUE(save_quantized(path, {{"mlp.down", &*q}}).ok());
+  auto f = SafetensorsFile::open(path);
+  ASSERT_TRUE(f.ok()) << f.status().to_string();
+  const std::string meta = f->metadata().at("svdq.layer.mlp.down");
+  EXPECT_NE(meta.find("\"recipe\""), std::string::npos) << meta;
+  EXPECT_NE(meta.find("\"selection\""), std::string::npos) << meta;
+  auto l = load_quantized(*f, "mlp.down");
+  ASSERT_TRUE(l.ok()) << l.status().to_string();
+  expect_identical(*q, *l);
+}
 
 TEST(Checkpoint, MixedFileOfLayersAndCopiedTensors) {
   const QuantizedLinear q = make_layer({Format::kNvfp4, 16, true, DType::kBF16, 128, 32}, 5);

@@ -7,6 +7,15 @@
 #include "core.hpp"
 #include "svdq/svdq.hpp"
 
+namespace svdq {
+inline uint64_t detail_test_splitmix(uint64_t& s) {
+  uint64_t z = (s += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+}  // namespace svdq
+
 namespace {
 
 using svdq::MatrixView;
@@ -280,6 +289,134 @@ TEST(Refinement, OptionsThatNeedRowsSayWhenThereAreNone) {
   const auto q = quantize(l, st, cfg);
   ASSERT_FALSE(q.ok());
   EXPECT_NE(q.status().message().find("sampled rows"), std::string::npos) << q.status().message();
+}
+
+// --- recipe selection (issue 13) --------------------------------------------------------------
+
+// A down-projection (K = 4N) with spiky weight columns and one-sided, GELU-like activations whose
+// rare per-row spikes fall on channels the held-out rows do not share: diag(H) of the fitting
+// rows is spiky, which is what misleads the weighted clipping and the smoothing search.
+struct SpikyLayer {
+  int64_t n = 128, k = 512, rows = 256;
+  std::vector<float> w, x;
+};
+SpikyLayer make_spiky() {
+  SpikyLayer l;
+  uint64_t state = 0x5b1cULL;
+  auto uniform = [&] { return (svdq::detail_test_splitmix(state) >> 11) * 0x1.0p-53; };
+  auto normal = [&] {
+    const double u1 = std::max(uniform(), 1e-300), u2 = uniform();
+    return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
+  };
+  l.w.resize(static_cast<size_t>(l.n * l.k));
+  for (float& v : l.w) v = static_cast<float>(normal() / std::sqrt(static_cast<double>(l.k)));
+  for (int64_t j = 5; j < l.k; j += 61)  // spiky weight columns
+    for (int64_t i = 0; i < l.n; ++i) l.w[static_cast<size_t>(i * l.k + j)] *= 12.0f;
+  l.x.resize(static_cast<size_t>(l.rows * l.k));
+  for (int64_t m = 0; m < l.rows; ++m)
+    for (int64_t j = 0; j < l.k; ++j) {
+      const double z = normal();
+      double v = z > 0 ? z : 0.1 * z;  // one-sided
+      if (uniform() < 0.004) v *= 40.0;  // rare spikes, row by row
+      l.x[static_cast<size_t>(m * l.k + j)] = static_cast<float>(v);
+    }
+  return l;
+}
+
+// Relative output MSE (bias-free) of a quantized layer on rows x (M x K), against x W^T in double.
+double held_out_error(const svdq::QuantizedLinear& q, const SpikyLayer& l, const std::vector<float>& x,
+                      int64_t m) {
+  std::vector<float> y(static_cast<size_t>(m * l.n));
+  std::vector<double> ref;
+  const MatrixView<const float> xv(x.data(), m, l.k);
+  EXPECT_TRUE(svdq::reference_forward(q, xv, MatrixView<float>(y.data(), m, l.n)).ok());
+  EXPECT_TRUE(svdq::dense_forward(xv, MatrixView<const float>(l.w.data(), l.n, l.k),
+                                  svdq::ConstMatrixRef(), &ref).ok());
+  double e = 0, r = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    e += (y[i] - ref[i]) * (y[i] - ref[i]);
+    r += ref[i] * ref[i];
+  }
+  return e / r;
+}
+
+TEST(Selection, ChosenRecipeIsNeverWorseOnHeldOutRowsThanASimplerOne) {
+  const SpikyLayer l = make_spiky();
+  svdq::ActivationStats st(l.k);
+  ASSERT_TRUE(st.observe(MatrixView<const float>(l.x.data(), l.rows, l.k)).ok());
+  ASSERT_EQ(st.sampled_rows(), l.rows);
+  // The held-out rows, picked here independently of the library: every 4th sampled row.
+  std::vector<float> hold;
+  for (int64_t m = 3; m < l.rows; m += 4)
+    hold.insert(hold.end(), l.x.begin() + m * l.k, l.x.begin() + (m + 1) * l.k);
+  const int64_t mh = l.rows / 4;
+  int refinement_hurt = 0;
+
+  for (svdq::Format f : {svdq::Format::kInt4, svdq::Format::kNvfp4}) {
+    svdq::QuantConfig c;
+    c.format = f;
+    c.rank = 16;
+    c.smooth_search.max_scored_outputs = 0;  // score every output: info.score is the whole layer's
+    c.smooth_search.candidates = {{0.0f, 0.0f}, {0.25f, 0.75f}, {0.5f, 0.5f}, {0.75f, 0.25f}, {0.5f, 0.0f}};
+    const svdq::QuantConfig plus = svdq::svdq_plus_config(c);
+    auto run = [&](const svdq::QuantConfig& cfg) {
+      auto q = svdq::quantize_linear(MatrixView<const float>(l.w.data(), l.n, l.k),
+                                     svdq::ConstMatrixRef(), &st, cfg);
+      EXPECT_TRUE(q.ok()) << q.status().to_string();
+      return *q;
+    };
+    const svdq::QuantizedLinear chosen = run(plus);
+    EXPECT_EQ(chosen.info.holdout_rows, mh);
+    EXPECT_FALSE(chosen.info.recipe.empty());
+    ASSERT_GE(chosen.info.selection.size(), 8u);
+    std::string report;
+    double min_score = INFINITY, plain_score = -1, clip_score = -1;
+    for (const auto& s : chosen.info.selection) {
+      min_score = std::min(min_score, s.score);
+      report += s.recipe + "=" + std::to_string(s.score) + " ";
+      if (s.recipe == "svdquant") plain_score = s.score;
+      if (s.recipe == "svdquant+clip") clip_score = s.score;
+    }
+    EXPECT_EQ(chosen.info.selection[0].recipe, "data-free") << report;
+    EXPECT_EQ(chosen.info.selection[1].recipe, "svdquant") << report;
+    EXPECT_EQ(chosen.info.score, min_score) << report;
+    // info.score (library, Eigen in float) agrees with the reference forward on the held-out rows.
+    const double mine = held_out_error(chosen, l, hold, mh);
+    double ref2 = 0;
+    {
+      std::vector<double> ref;
+      ASSERT_TRUE(svdq::dense_forward(MatrixView<const float>(hold.data(), mh, l.k),
+                                      MatrixView<const float>(l.w.data(), l.n, l.k),
+                                      svdq::ConstMatrixRef(), &ref).ok());
+      for (double v : ref) ref2 += v * v;
+      ref2 /= static_cast<double>(ref.size());
+    }
+    EXPECT_NEAR(mine, chosen.info.score / ref2, 1e-3 * mine) << report;
+    // Every simpler recipe that does not fit on rows, quantized on its own through the public
+    // API and evaluated with the reference forward: the chosen one is never worse.
+    std::vector<std::pair<std::string, svdq::QuantConfig>> simpler;
+    svdq::QuantConfig df = c;
+    df.alpha = df.beta = 0.0f;
+    simpler.push_back({"data-free", df});
+    simpler.push_back({"svdquant", c});
+    svdq::QuantConfig cu = c;
+    cu.clip_search = true;
+    cu.clip_weighted = false;
+    simpler.push_back({"svdquant+clip-unweighted", cu});
+    cu.alpha = cu.beta = 0.0f;
+    simpler.push_back({"data-free+clip-unweighted", cu});
+    for (const auto& [name, cfg] : simpler) {
+      const double e = held_out_error(run(cfg), l, hold, mh);
+      EXPECT_LE(mine, e * (1 + 1e-9)) << svdq::format_name(f) << " chosen " << chosen.info.recipe
+                                      << " vs " << name << ": " << report;
+    }
+    // On this layer an option fitted on the other rows (the diag(H)-weighted clipping) makes
+    // plain SVDQuant worse on the held-out rows (the case selection exists for).
+    if (clip_score > plain_score) ++refinement_hurt;
+    std::printf("%s: chosen %s; %s\n", svdq::format_name(f), chosen.info.recipe.c_str(),
+                report.c_str());
+  }
+  EXPECT_EQ(refinement_hurt, 2) << "the layer no longer exercises an option that hurts";
 }
 
 }  // namespace

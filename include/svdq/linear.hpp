@@ -90,8 +90,21 @@ struct QuantConfig {
   /// Per-group clipping search for weight scales: amax * c for c in {1, .95, ..., .60}, the one
   /// with the least (diag(H)-weighted when calibration rows exist) squared error kept per group.
   bool clip_search = false;
+  /// With calibration rows, weight the clipping error by diag(H) (true) or not (false: plain
+  /// squared error, which the held-out rows favour when diag(H) of the sample is spiky).
+  bool clip_weighted = true;
   /// nvfp4: set act_tensor_scale from calibration, t_act = max_j amax_x[j] / s_j / (6 * 448).
   bool calibrate_act_tensor_scale = false;
+  /// Recipe selection (svdq-plus): the sampled calibration rows are split deterministically;
+  /// every holdout_stride-th row is held out and the rest fit (smoothing search, refinement,
+  /// diag(H), GPTQ's Hessian). Every simpler recipe built from this config's options (data-free,
+  /// plain alpha/beta, each enabled option alone, a few combinations, the full combination, and
+  /// clipping weighted or not) is then scored on the held-out rows and the best is kept, simpler
+  /// first on ties. Info::recipe names it; Info::selection lists every score.
+  struct Selection {
+    bool enabled = false;
+    int holdout_stride = 4;  ///< >= 2: rows i with i % stride == stride - 1 are held out
+  } selection;
   /// Called after each search step (optional).
   ProgressFn progress;
 };
@@ -144,6 +157,19 @@ struct QuantizedLinear {
     int candidates_scored = 0;  ///< smoothing candidates tried by the search
     int refine_iterations = 0;  ///< refinement iterations kept
     std::string notes;          ///< what the pipeline decided (e.g. a GPTQ fallback)
+    /// The recipe kept, e.g. "svdquant", "data-free+clip-unweighted", "search+refine+clip"
+    /// (empty when not recorded: older checkpoints).
+    std::string recipe;
+    /// Recipe selection (QuantConfig::select): calibration rows held out from fitting and used
+    /// only to choose, 0 when there was no selection.
+    int64_t holdout_rows = 0;
+    /// Every recipe compared by the selection, with its output MSE on the held-out rows.
+    struct Scored {
+      std::string recipe;
+      double score = 0;
+      bool operator==(const Scored&) const = default;
+    };
+    std::vector<Scored> selection;
   } info;
 
   /// Bytes of all tensors above (what a checkpoint stores).
