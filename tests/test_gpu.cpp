@@ -11,6 +11,7 @@
 #include <limits>
 
 #include "svdq/svdq.hpp"
+#include "svdq/testing.hpp"
 
 namespace {
 
@@ -85,7 +86,7 @@ void run_gpu(const svdq::GpuLinear& g, const std::vector<uint16_t>& x, int64_t m
   DeviceArray<uint8_t> ws(g.workspace_size(m));
   dx.upload(x);
   ASSERT_TRUE(g.forward(dx.ptr, dy.ptr, m, ws.ptr, ws.n, s).ok());
-  if (act) ASSERT_TRUE(g.read_activations(ws.ptr, m, s, act).ok());
+  if (act) ASSERT_TRUE(svdq::test_support::read_activations(g, ws.ptr, m, s, act).ok());
   ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
   *y = dy.download();
 }
@@ -110,7 +111,7 @@ TEST_P(GpuLayer, MatchesTheCpuReference) {
 
   std::vector<uint16_t> y_ref(static_cast<size_t>(c.m * f.n));
   svdq::QuantizedActivations act_ref;
-  ASSERT_TRUE(svdq::reference_forward(q, view16(x, c.dtype, c.m, f.k),
+  ASSERT_TRUE(svdq::test_support::reference_forward_with_activations(q, view16(x, c.dtype, c.m, f.k),
                                       svdq::MatrixRef(y_ref.data(), c.dtype, c.m, f.n, f.n), &act_ref).ok());
   EXPECT_EQ(act_gpu.codes, act_ref.codes) << "activation codes differ";
   EXPECT_EQ(act_gpu.scales, act_ref.scales) << "activation scales differ";

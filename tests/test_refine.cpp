@@ -6,6 +6,7 @@
 
 #include "core.hpp"
 #include "svdq/svdq.hpp"
+#include "svdq/testing.hpp"  // synth: the embedded default layers
 
 namespace {
 
