@@ -1,4 +1,4 @@
-// The linear layer end to end (DESIGN §1, §2, §4): smoothing, the low-rank split, the stored
+// The linear layer end to end (docs/design.md, docs/formats.md): smoothing, the low-rank split, the stored
 // conventions, the reference forward against an independent float64 recomputation, and quality
 // budgets against the unquantized layer. References are written here in double, independently
 // of src/ (own decoders for the 4-bit codes and scales, own 16-bit rounding).

@@ -15,7 +15,7 @@
 // different streams with different workspaces. Capturable in a CUDA graph.
 //
 // Kernel paths (docs/gpu.md): this version computes the group sums P_g exactly with integer
-// dot products (dp4a) on every architecture from sm_80; the tensor-core paths of DESIGN §3
+// dot products (dp4a) on every architecture from sm_80; the tensor-core paths of docs/design.md §7
 // (mma.sync s4 on sm_80-89, FP8 on sm_90, bf16 for nvfp4) are the next step and are not here yet.
 #pragma once
 
