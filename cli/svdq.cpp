@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "eval.hpp"
 #include "svdq/svdq.hpp"
 #include "svdq/testing.hpp"  // synth: the embedded default layers
 
@@ -33,9 +34,16 @@ void progress(int done, int total, const std::string& what) {
   if (!isatty(STDERR_FILENO)) return;
   constexpr int kWidth = 30;
   const int fill = total > 0 ? done * kWidth / total : kWidth;
-  std::fprintf(stderr, "\r[%.*s%*s] %d/%d %-40.40s", fill, "==============================",
+  std::fprintf(stderr, "\r[%.*s%*s] %d/%d %-50.50s", fill, "==============================",
                kWidth - fill, "", done, total, what.c_str());
-  if (done == total) std::fprintf(stderr, "\r%*s\r", kWidth + 60, "");
+  if (done == total) std::fprintf(stderr, "\r%*s\r", kWidth + 70, "");
+  std::fflush(stderr);
+}
+
+// Erases the progress bar's line (before a table row goes to stdout on the same terminal).
+void progress_clear() {
+  if (!isatty(STDERR_FILENO)) return;
+  std::fprintf(stderr, "\r%*s\r", 100, "");
   std::fflush(stderr);
 }
 
@@ -61,10 +69,14 @@ int cmd_quantize(const QuantizeArgs& a) {
   auto model = svdq::SafetensorsFile::open(a.model);
   if (!model.ok()) return fail(model.status());
   std::map<std::string, svdq::ActivationStats> calib;
+  std::map<std::string, std::string> calib_rows;  // fingerprints of the calibration rows (svdq eval)
   if (!a.calib.empty()) {
     auto c = svdq::load_calibration(a.calib);
     if (!c.ok()) return fail(c.status());
     calib = std::move(*c);
+    if (auto f = svdq::SafetensorsFile::open(a.calib); f.ok())
+      for (const auto& [key, value] : f->metadata())
+        if (key.rfind("svdq.calib_rows.", 0) == 0) calib_rows[key] = value;
   }
   std::regex include, exclude;
   try {
@@ -109,7 +121,9 @@ int cmd_quantize(const QuantizeArgs& a) {
 
   svdq::SafetensorsWriter writer;
   std::map<std::string, bool> consumed;  // tensors replaced by a quantized layer
-  std::printf("  %-40s %-13s %-10s %-12s %8s\n", "layer", "shape (NxK)", "method", "calib err", "time s");
+  std::printf("  %-40s %-13s %-10s %-12s %8s\n", "layer", "shape (NxK)", "method", "relMSE(cal)", "time s");
+  std::printf("  (relMSE(cal) = ||y_q - y||^2 / ||y||^2 on the calibration rows: optimistic; "
+              "`svdq eval` measures held-out rows)\n");
   for (size_t i = 0; i < jobs.size(); ++i) {
     const Job& j = jobs[i];
     progress(static_cast<int>(i), static_cast<int>(jobs.size()), j.layer);
@@ -141,6 +155,11 @@ int cmd_quantize(const QuantizeArgs& a) {
       cfg = svdq::svdq_plus_config(cfg);
       method = "svdq-plus";
     }
+    // Sub-progress of the search and refinements (svdq-plus): "<layer> <step>/<steps> <what>".
+    cfg.progress = [&](int done, int total, const std::string& what) {
+      progress(static_cast<int>(i), static_cast<int>(jobs.size()),
+               j.layer + " " + std::to_string(done) + "/" + std::to_string(total) + " " + what);
+    };
     const svdq::ConstMatrixRef wv = float_view(*w, n, k);
     const svdq::ConstMatrixRef bv = bias.empty() ? svdq::ConstMatrixRef() : float_view(bias, 1, n);
     auto q = svdq::quantize_linear(wv, bv, stats, cfg);
@@ -155,14 +174,15 @@ int cmd_quantize(const QuantizeArgs& a) {
       if (svdq::reference_forward(*q, x, svdq::MatrixView<float>(y.data(), m, n)).ok() &&
           svdq::dense_forward(x, wv, bv, &ref).ok()) {
         char buf[32];
-        std::snprintf(buf, sizeof buf, "%.4f",
-                      svdq::relative_error(svdq::MatrixView<const float>(y.data(), m, n),
-                                           svdq::MatrixView<const double>(ref.data(), m, n)));
+        std::snprintf(buf, sizeof buf, "%.4e",
+                      svdq::relative_mse(svdq::MatrixView<const float>(y.data(), m, n),
+                                         svdq::MatrixView<const double>(ref.data(), m, n)));
         err = buf;
       }
     }
     if (Status st = svdq::add_quantized(writer, j.layer, *q); !st.ok()) return fail(st);
     consumed[j.tensor] = true;
+    progress_clear();
     std::printf("  %-40s %-13s %-10s %-12s %8.2f\n", j.layer.c_str(),
                 (std::to_string(n) + "x" + std::to_string(k)).c_str(), method.c_str(), err.c_str(),
                 q->info.seconds);
@@ -177,6 +197,7 @@ int cmd_quantize(const QuantizeArgs& a) {
     ++copied;
   }
   for (const auto& [key, value] : model->metadata()) (void)writer.set_metadata(key, value);
+  for (const auto& [key, value] : calib_rows) (void)writer.set_metadata(key, value);
   (void)writer.set_metadata("svdq.version", svdq::version_string());
   if (Status st = writer.write(a.output); !st.ok()) return fail(st);
   std::printf("wrote %s: %zu quantized layer(s), %d tensor(s) copied unchanged, %.1f s\n",
@@ -190,6 +211,7 @@ int cmd_quantize(const QuantizeArgs& a) {
 int cmd_calibrate(const std::vector<std::string>& inputs, const std::string& output,
                   const std::string& suffix, int64_t max_rows, bool gram) {
   std::map<std::string, svdq::ActivationStats> layers;
+  std::map<std::string, std::vector<uint64_t>> fingerprints;  // per layer, for `svdq eval`
   svdq::CalibrationOptions opt;
   opt.max_rows = max_rows;
   opt.accumulate_gram = gram;
@@ -207,10 +229,13 @@ int cmd_calibrate(const std::vector<std::string>& inputs, const std::string& out
       auto [it, fresh] = layers.try_emplace(layer, info->shape[1], opt);
       if (Status st = it->second.observe(float_view(*rows, info->shape[0], info->shape[1])); !st.ok())
         return fail(layer + ": " + st.to_string());
+      svdq_cli::add_row_fingerprints(*rows, info->shape[0], info->shape[1], &fingerprints[layer]);
     }
   }
   if (layers.empty()) return fail("no tensor named '<layer>" + suffix + "' in the input file(s)");
-  if (Status st = svdq::save_calibration(output, layers); !st.ok()) return fail(st);
+  std::map<std::string, std::string> meta;
+  for (auto& [layer, h] : fingerprints) meta[svdq_cli::calib_rows_key(layer)] = svdq_cli::encode_fingerprints(h);
+  if (Status st = svdq::save_calibration(output, layers, meta); !st.ok()) return fail(st);
   for (const auto& [name, st] : layers)
     std::printf("  %-40s K=%-6lld rows=%-8lld sampled=%lld\n", name.c_str(),
                 static_cast<long long>(st.channels()), static_cast<long long>(st.rows_observed()),
@@ -348,7 +373,10 @@ int main(int argc, char** argv) {
   bench->add_option("--rank", brank, "low-rank branch rank")->check(CLI::Range(0, 4096))->capture_default_str();
   bench->add_option("--repeats", breps, "timed runs (median reported)")->check(CLI::Range(1, 1000))->capture_default_str();
 
+  const auto run_eval = svdq_cli::add_eval_command(app);
+
   CLI11_PARSE(app, argc, argv);
+  if (const int rc = run_eval(); rc >= 0) return rc;
   if (*quantize) return cmd_quantize(qa);
   if (*calibrate) return cmd_calibrate(calib_inputs, calib_out, calib_suffix, calib_rows, calib_gram);
   if (*inspect) return cmd_inspect(inspect_path);

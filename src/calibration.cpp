@@ -20,8 +20,10 @@ ByteSpan as_bytes(const std::vector<T>& v) {
 
 }  // namespace
 
-Status save_calibration(const std::string& path, const std::map<std::string, ActivationStats>& layers) {
+Status save_calibration(const std::string& path, const std::map<std::string, ActivationStats>& layers,
+                        const std::map<std::string, std::string>& extra_metadata) {
   SafetensorsWriter w;
+  for (const auto& [key, value] : extra_metadata) SVDQ_RETURN_IF_ERROR(w.set_metadata(key, value));
   for (const auto& [name, st] : layers) {
     const int64_t k = st.channels();
     if (name.empty() || k == 0)
