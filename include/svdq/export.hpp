@@ -1,7 +1,8 @@
 // svdq/export.hpp — SVDQ_API marks the public declarations that a shared libsvdq exports.
 //
-// The library is compiled with -fvisibility=hidden (and hidden inline functions), so only what
-// carries SVDQ_API — the svdq:: API — appears in libsvdq.so's dynamic symbol table.
+// A shared libsvdq exports only svdq:: symbols (the linker version script cmake/svdq.map; check
+// with `nm -D --defined-only -C libsvdq.so`). SVDQ_API marks public declarations with default
+// visibility so that a -fvisibility=hidden build can follow once every public header carries it.
 #pragma once
 
 #if defined(_WIN32)
