@@ -15,7 +15,7 @@ using namespace svdq;
 
 QuantizedLinear small_layer(double seconds) {
   std::vector<float> w(32 * 64);
-  for (size_t i = 0; i < w.size(); ++i) w[i] = static_cast<float>((i * 37 % 101) - 50) / 50.0f;
+  for (size_t i = 0; i < w.size(); ++i) w[i] = static_cast<float>(static_cast<int>(i * 37 % 101) - 50) / 50.0f;
   QuantConfig c;
   c.rank = 4;
   c.alpha = c.beta = 0;

@@ -25,11 +25,11 @@ int main() {
   std::vector<double> ref;
   const svdq::MatrixView<const float> xv(x.data(), 16, 256);
   // The prepared layer with a caller-owned workspace (same bits as reference_forward).
-  auto layer = svdq::CpuLinear::create(*q);
-  if (!layer.ok()) return std::puts(layer.status().to_string().c_str()), 1;
-  const size_t bytes = layer->workspace_size(16);
+  auto prepared = svdq::CpuLinear::create(*q);
+  if (!prepared.ok()) return std::puts(prepared.status().to_string().c_str()), 1;
+  const size_t bytes = prepared->workspace_size(16);
   std::unique_ptr<void, decltype(&std::free)> ws(std::aligned_alloc(64, (bytes + 63) / 64 * 64), &std::free);
-  if (!layer->forward(xv, svdq::MatrixView<float>(y.data(), 16, 128), 16, ws.get(), bytes, 2).ok()) return 1;
+  if (!prepared->forward(xv, svdq::MatrixView<float>(y.data(), 16, 128), 16, ws.get(), bytes, 2).ok()) return 1;
   if (!svdq::dense_forward(xv, w, bias, &ref).ok()) return 1;
   const double err = svdq::relative_mse(svdq::MatrixView<const float>(y.data(), 16, 128),
                                           svdq::MatrixView<const double>(ref.data(), 16, 128));
