@@ -68,11 +68,10 @@ template <typename T>
 class [[nodiscard]] Result {
  public:
   Result(T value) : value_(std::move(value)) {}  // NOLINT: implicit by design
-  Result(Status status) : status_(std::move(status)) {  // NOLINT: implicit by design
-    if (status_.ok())
-      status_ = Status(StatusCode::kErrorInternal,
-                       "Result<T> was constructed from a success Status without a value");
-  }
+  Result(Status status)  // NOLINT: implicit by design
+      : status_(status.ok() ? Status(StatusCode::kErrorInternal,
+                                     "Result<T> was constructed from a success Status without a value")
+                            : std::move(status)) {}
   Result(OkStatus) = delete;  ///< `Result<T> r = Status::Ok();` is a bug: no value, no error
 
   bool ok() const noexcept { return value_.has_value(); }
