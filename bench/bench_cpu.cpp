@@ -5,11 +5,14 @@
 // Wall time (UseRealTime): the quantizer and the forward are multi-threaded (OpenMP).
 #include <benchmark/benchmark.h>
 
+#include <Eigen/Dense>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <tuple>
 
 #include "svdq/svdq.hpp"
+#include "svdq/testing.hpp"  // synth: the embedded default layers
 
 namespace {
 
@@ -88,6 +91,65 @@ void BM_ReferenceForward(benchmark::State& state) {
                                                  benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// Args: K, N, format, M tokens, threads. The prepared layer (CpuLinear): decoded once, caller-owned
+// workspace; same bits as reference_forward.
+void BM_CpuLinearForward(benchmark::State& state) {
+  const int64_t k = state.range(0), n = state.range(1), m = state.range(3);
+  const int threads = static_cast<int>(state.range(4));
+  const Fixture& f = fixture(k, n);
+  svdq::QuantConfig cfg;
+  cfg.format = static_cast<svdq::Format>(state.range(2));
+  auto q = svdq::quantize_linear(svdq::MatrixView<const float>(f.layer.weight.data(), n, k),
+                                 svdq::vector_view<const float>(f.layer.bias.data(), n), &f.stats,
+                                 cfg);
+  if (!q.ok()) {
+    state.SkipWithError(q.status().to_string().c_str());
+    return;
+  }
+  auto layer = svdq::CpuLinear::create(*q);
+  if (!layer.ok()) {
+    state.SkipWithError(layer.status().to_string().c_str());
+    return;
+  }
+  const size_t bytes = layer->workspace_size(m);
+  void* ws = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+  const auto x = svdq::synth::make_activations(f.layer, m, 2);
+  std::vector<float> y(static_cast<size_t>(m * n));
+  for (auto _ : state) {
+    auto st = layer->forward(svdq::MatrixView<const float>(x.data(), m, k),
+                             svdq::MatrixView<float>(y.data(), m, n), m, ws, bytes, threads);
+    if (!st.ok()) {
+      state.SkipWithError(st.to_string().c_str());
+      break;
+    }
+    benchmark::DoNotOptimize(y.data());
+  }
+  std::free(ws);
+  state.SetLabel(svdq::format_name(cfg.format));
+  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * static_cast<double>(m * n * k) * 1e-9,
+                                                 benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// Args: K, N, M. The unquantized layer as an Eigen fp32 GEMM, y = x W^T + b (Eigen's own
+// threading: OpenMP, OMP_NUM_THREADS).
+void BM_EigenDenseF32(benchmark::State& state) {
+  const int64_t k = state.range(0), n = state.range(1), m = state.range(2);
+  const Fixture& f = fixture(k, n);
+  using RM = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const Eigen::Map<const RM> w(f.layer.weight.data(), n, k);
+  const auto xv = svdq::synth::make_activations(f.layer, m, 2);
+  const Eigen::Map<const RM> x(xv.data(), m, k);
+  const Eigen::Map<const Eigen::RowVectorXf> b(f.layer.bias.data(), n);
+  RM y(m, n);
+  for (auto _ : state) {
+    y.noalias() = x * w.transpose();
+    y.rowwise() += b;
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * static_cast<double>(m * n * k) * 1e-9,
+                                                 benchmark::Counter::kIsIterationInvariantRate);
+}
+
 void quantize_args(benchmark::internal::Benchmark* b) {
   for (auto [k, n] : {std::pair{3072, 3072}, {3072, 12288}, {12288, 3072}})
     for (int fmt : {0, 1}) b->Args({k, n, fmt, 32, 0});
@@ -96,7 +158,13 @@ void quantize_args(benchmark::internal::Benchmark* b) {
 
 void forward_args(benchmark::internal::Benchmark* b) {
   for (int fmt : {0, 1})
-    for (int m : {16, 256}) b->Args({3072, 3072, fmt, m});
+    for (int m : {1, 16, 256}) b->Args({3072, 3072, fmt, m});
+}
+
+void cpu_linear_args(benchmark::internal::Benchmark* b) {
+  for (int fmt : {0, 1})
+    for (int m : {1, 16, 256})
+      for (int t : {1, 2}) b->Args({3072, 3072, fmt, m, t});
 }
 
 }  // namespace
@@ -104,6 +172,11 @@ void forward_args(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_QuantizeLinear)->Apply(quantize_args)->ArgNames({"K", "N", "fmt", "rank", "svd"})
     ->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
 BENCHMARK(BM_ReferenceForward)->Apply(forward_args)->ArgNames({"K", "N", "fmt", "M"})
+    ->Unit(benchmark::kMillisecond)->UseRealTime();
+
+BENCHMARK(BM_CpuLinearForward)->Apply(cpu_linear_args)->ArgNames({"K", "N", "fmt", "M", "threads"})
+    ->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_EigenDenseF32)->ArgsProduct({{3072}, {3072}, {1, 16, 256}})->ArgNames({"K", "N", "M"})
     ->Unit(benchmark::kMillisecond)->UseRealTime();
 
 BENCHMARK_MAIN();

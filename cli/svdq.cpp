@@ -21,7 +21,9 @@
 #include <vector>
 
 #include "convert.hpp"
+#include "eval.hpp"
 #include "svdq/svdq.hpp"
+#include "svdq/testing.hpp"  // synth: the embedded default layers
 
 namespace {
 
@@ -42,9 +44,16 @@ void progress(int done, int total, const std::string& what) {
   if (!isatty(STDERR_FILENO)) return;
   constexpr int kWidth = 30;
   const int fill = total > 0 ? done * kWidth / total : kWidth;
-  std::fprintf(stderr, "\r[%.*s%*s] %d/%d %-40.40s", fill, "==============================",
+  std::fprintf(stderr, "\r[%.*s%*s] %d/%d %-50.50s", fill, "==============================",
                kWidth - fill, "", done, total, what.c_str());
-  if (done == total) std::fprintf(stderr, "\r%*s\r", kWidth + 60, "");
+  if (done == total) std::fprintf(stderr, "\r%*s\r", kWidth + 70, "");
+  std::fflush(stderr);
+}
+
+// Erases the progress bar's line (before a table row goes to stdout on the same terminal).
+void progress_clear() {
+  if (!isatty(STDERR_FILENO)) return;
+  std::fprintf(stderr, "\r%*s\r", 100, "");
   std::fflush(stderr);
 }
 
@@ -341,6 +350,7 @@ int cmd_quantize(const QuantizeArgs& a) {
   auto model = svdq::SafetensorsFile::open(a.model);
   if (!model.ok()) return fail(model.status());
   std::map<std::string, svdq::ActivationStats> calib;
+  std::map<std::string, std::string> calib_rows;  // fingerprints of the calibration rows (svdq eval)
   if (!a.calib.empty()) {
     auto c = svdq::load_calibration(a.calib);
     if (!c.ok()) return fail(c.status());
@@ -349,6 +359,9 @@ int cmd_quantize(const QuantizeArgs& a) {
       return fail("--calib '" + shown(a.calib) +
                   "' holds no calibration statistics (no 'svdq.calib.<layer>' metadata); is it a "
                   "rows file? Build statistics with `svdq calibrate ROWS -o STATS` first");
+    if (auto f = svdq::SafetensorsFile::open(a.calib); f.ok())
+      for (const auto& [key, value] : f->metadata())
+        if (key.rfind("svdq.calib_rows.", 0) == 0) calib_rows[key] = value;
   }
   NameFilter filter;
   try {
@@ -375,7 +388,9 @@ int cmd_quantize(const QuantizeArgs& a) {
 
   svdq::SafetensorsWriter writer;
   std::set<std::string> consumed;  // tensors replaced by a quantized layer
-  std::printf("  %-40s %-13s %-10s %-12s %8s\n", "layer", "shape (NxK)", "method", "calib err", "time s");
+  std::printf("  %-40s %-13s %-10s %-12s %8s\n", "layer", "shape (NxK)", "method", "relMSE(cal)", "time s");
+  std::printf("  (relMSE(cal) = ||y_q - y||^2 / ||y||^2 on the calibration rows: optimistic; "
+              "`svdq eval` measures held-out rows)\n");
   for (size_t i = 0; i < jobs.size(); ++i) {
     const Job& j = jobs[i];
     progress(static_cast<int>(i), static_cast<int>(jobs.size()), shown(j.layer));
@@ -400,6 +415,11 @@ int cmd_quantize(const QuantizeArgs& a) {
       cfg = svdq::svdq_plus_config(cfg);  // plan_jobs made sure the statistics hold rows
       method = "svdq-plus";
     }
+    // Sub-progress of the search and refinements (svdq-plus): "<layer> <step>/<steps> <what>".
+    cfg.progress = [&](int done, int total, const std::string& what) {
+      progress(static_cast<int>(i), static_cast<int>(jobs.size()),
+               j.layer + " " + std::to_string(done) + "/" + std::to_string(total) + " " + what);
+    };
     const svdq::ConstMatrixRef wv = float_view(*w, n, k);
     const svdq::ConstMatrixRef bv = bias.empty() ? svdq::ConstMatrixRef() : float_view(bias, 1, n);
     auto q = svdq::quantize_linear(wv, bv, stats, cfg);
@@ -414,9 +434,9 @@ int cmd_quantize(const QuantizeArgs& a) {
       if (svdq::reference_forward(*q, x, svdq::MatrixView<float>(y.data(), m, n)).ok() &&
           svdq::dense_forward(x, wv, bv, &ref).ok()) {
         char buf[32];
-        std::snprintf(buf, sizeof buf, "%.4f",
-                      svdq::relative_error(svdq::MatrixView<const float>(y.data(), m, n),
-                                           svdq::MatrixView<const double>(ref.data(), m, n)));
+        std::snprintf(buf, sizeof buf, "%.4e",
+                      svdq::relative_mse(svdq::MatrixView<const float>(y.data(), m, n),
+                                         svdq::MatrixView<const double>(ref.data(), m, n)));
         err = buf;
       }
     }
@@ -425,6 +445,7 @@ int cmd_quantize(const QuantizeArgs& a) {
     if (Status st = svdq::add_quantized(writer, j.layer, *q); !st.ok()) return fail(st);
     consumed.insert(j.tensor);
     if (!j.bias.empty()) consumed.insert(j.bias);
+    progress_clear();
     std::printf("  %-40s %-13s %-10s %-12s %8.2f\n", shown(j.layer).c_str(),
                 (std::to_string(n) + "x" + std::to_string(k)).c_str(), method.c_str(), err.c_str(),
                 seconds);
@@ -440,6 +461,8 @@ int cmd_quantize(const QuantizeArgs& a) {
     ++copied;
   }
   copy_metadata(*model, &writer);
+  // The fingerprints of the calibration rows (from --calib), for `svdq eval`'s refusal.
+  for (const auto& [key, value] : calib_rows) (void)writer.set_metadata(key, value);
   (void)writer.set_metadata("svdq.version", svdq::version_string());
   if (Status st = write_output(writer, a.output); !st.ok()) return fail(st);
   std::printf("wrote %s: %zu quantized layer(s), %d tensor(s) copied unchanged, %.1f s\n",
@@ -455,8 +478,9 @@ int cmd_quantize(const QuantizeArgs& a) {
 constexpr int64_t kRowChunkBytes = int64_t{64} << 20;
 
 /// Folds one [M, K] rows tensor into stats, chunk by chunk (fixed chunk sizes: same file, same
-/// statistics).
-Status observe_rows(const svdq::TensorInfo& t, svdq::ActivationStats* stats) {
+/// statistics), and appends each row's fingerprint (svdq_cli::row_fingerprint of its fp32 values).
+Status observe_rows(const svdq::TensorInfo& t, svdq::ActivationStats* stats,
+                    std::vector<uint64_t>* fingerprints) {
   const int64_t m = t.shape[0], k = t.shape[1];
   const int64_t elem = svdq::safetensors_dtype_size(t.dtype);
   const int64_t chunk = std::max<int64_t>(1, kRowChunkBytes / std::max<int64_t>(1, k * 4));
@@ -486,12 +510,29 @@ Status observe_rows(const svdq::TensorInfo& t, svdq::ActivationStats* stats) {
       view = float_view(buf, rows, k);
     }
     SVDQ_RETURN_IF_ERROR(stats->observe(view));
+    std::vector<float> row(static_cast<size_t>(k));
+    for (int64_t r = 0; r < rows; ++r) {
+      const uint8_t* q = p + r * k * elem;
+      for (int64_t i = 0; i < k; ++i) {
+        if (t.dtype == "F32") {
+          std::memcpy(&row[i], q + 4 * i, 4);
+        } else if (t.dtype == "F8_E4M3") {
+          row[i] = svdq::decode_e4m3(q[i]);
+        } else {
+          uint16_t b;
+          std::memcpy(&b, q + 2 * i, 2);
+          row[i] = t.dtype == "F16" ? svdq::half_bits_to_float(b) : svdq::bf16_bits_to_float(b);
+        }
+      }
+      fingerprints->push_back(svdq_cli::row_fingerprint(row.data(), k));
+    }
   }
   return Status::Ok();
 }
 
 int cmd_calibrate(const std::vector<std::string>& inputs, const std::string& output,
                   const std::string& suffix, int64_t max_rows, bool gram) {
+  std::map<std::string, std::vector<uint64_t>> fingerprints;  // per layer, for `svdq eval`
   svdq::CalibrationOptions opt;
   opt.max_rows = max_rows;
   opt.accumulate_gram = gram;
@@ -547,11 +588,13 @@ int cmd_calibrate(const std::vector<std::string>& inputs, const std::string& out
       const auto info = file.info(name);
       const std::string layer = name.substr(0, name.size() - suffix.size());
       auto [it, fresh] = layers.try_emplace(layer, info->shape[1], opt);
-      if (Status st = observe_rows(*info, &it->second); !st.ok())
+      if (Status st = observe_rows(*info, &it->second, &fingerprints[layer]); !st.ok())
         return fail("'" + shown(layer) + "': " + st.to_string());
     }
   }
-  if (Status st = svdq::save_calibration(output, layers); !st.ok()) return fail(st);
+  std::map<std::string, std::string> meta;
+  for (auto& [layer, h] : fingerprints) meta[svdq_cli::calib_rows_key(layer)] = svdq_cli::encode_fingerprints(h);
+  if (Status st = svdq::save_calibration(output, layers, meta); !st.ok()) return fail(st);
   for (const auto& [name, st] : layers)
     std::printf("  %-40s K=%-6lld rows=%-8lld sampled=%lld\n", shown(name).c_str(),
                 static_cast<long long>(st.channels()), static_cast<long long>(st.rows_observed()),
@@ -711,10 +754,12 @@ int main(int argc, char** argv) {
   bench->add_option("--repeats", breps, "timed runs (median reported)")->check(CLI::Range(1, 1000))->capture_default_str();
 
   auto run_convert = svdq_cli::register_convert(app);
+  const auto run_eval = svdq_cli::add_eval_command(app);
   CLI11_PARSE(app, argc, argv);
   // The library returns Status for every failure; this is the last resort for the tool's own
   // allocations (an exception must never escape main and abort).
   try {
+    if (const int rc = run_eval(); rc >= 0) return rc;
     if (app.got_subcommand("convert")) return run_convert();
     if (*quantize) return cmd_quantize(qa);
     if (*calibrate) return cmd_calibrate(calib_inputs, calib_out, calib_suffix, calib_rows, calib_gram);

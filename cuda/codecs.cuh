@@ -93,7 +93,7 @@ SVDQ_HD int int4_value(uint8_t code) {
   return v >= 8 ? v - 16 : v;
 }
 
-/// The contract for one group of `gs` smoothed values xh (DESIGN §2, svdq/formats.hpp):
+/// The contract for one group of `gs` smoothed values xh (docs/formats.md §6, svdq/formats.hpp):
 /// writes gs unpacked codes and the scale bytes (int4: 4, fp32 LE; nvfp4: 1, E4M3). `a` and the
 /// finiteness flag are passed in, so a kernel can reduce them across threads first.
 /// kind 0 = int4, 1 = nvfp4.

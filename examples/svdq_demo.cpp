@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "svdq/svdq.hpp"
+#include "svdq/testing.hpp"  // synth: the embedded default layers
 
 namespace {
 
@@ -20,7 +21,7 @@ struct Shape {
 
 struct Row {
   svdq::Recipe recipe;
-  double rel_err, sqnr, bpw, seconds;
+  double rel_mse, sqnr, bpw, seconds;
   int64_t bytes;
 };
 
@@ -33,8 +34,12 @@ bool parse_shape(const std::string& s, Shape* out) {
 }
 
 // One layer, one format: the four recipes. Returns false (after printing why) on an error.
+void print_row(const Shape& shape, const Row& r);
+
+// Rows are printed (and flushed) as each recipe finishes; *step_seconds gets the wall time of
+// each recipe (quantize + forward), for the estimate of the next table.
 bool run_layer(const Shape& shape, svdq::Format format, int64_t tokens, int rank, uint64_t seed,
-               std::vector<Row>* rows) {
+               std::vector<Row>* rows, double* step_seconds) {
   using namespace svdq;
   synth::LayerSpec spec;
   spec.in_features = shape.k;
@@ -69,6 +74,7 @@ bool run_layer(const Shape& shape, svdq::Format format, int64_t tokens, int rank
   base.rank = rank;
   std::vector<float> y(static_cast<size_t>(tokens * shape.n));
   for (Recipe r : {Recipe::kNaive, Recipe::kSmoothOnly, Recipe::kLowRankOnly, Recipe::kSvdquant}) {
+    const auto t0 = std::chrono::steady_clock::now();
     Result<QuantizedLinear> q = quantize_linear(w, bias, &stats, recipe_config(r, base));
     if (!q.ok()) {
       std::fprintf(stderr, "error: %s\n", q.status().to_string().c_str());
@@ -79,30 +85,41 @@ bool run_layer(const Shape& shape, svdq::Format format, int64_t tokens, int rank
       std::fprintf(stderr, "error: %s\n", st.to_string().c_str());
       return false;
     }
-    rows->push_back({r, relative_error(yv, ref), sqnr_db(yv, ref), q->bits_per_weight(),
+    rows->push_back({r, relative_mse(yv, ref), sqnr_db(yv, ref), q->bits_per_weight(),
                      q->info.seconds, q->size_bytes()});
+    print_row(shape, rows->back());
+    *step_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
   return true;
 }
 
-void print_table(svdq::Format format, const Shape& shape, int64_t tokens, int rank,
-                 const std::vector<Row>& rows) {
-  const double bf16_bytes = 2.0 * static_cast<double>(shape.k) * static_cast<double>(shape.n);
-  std::printf("\n%s  K=%lld N=%lld  tokens=%lld  rank=%d\n", svdq::format_name(format),
+// The table's title and header; `estimate` < 0: no estimate yet (the first table).
+void print_header(svdq::Format format, const Shape& shape, int64_t tokens, int rank,
+                  double estimate) {
+  std::printf("\n%s  K=%lld N=%lld  tokens=%lld  rank=%d", svdq::format_name(format),
               static_cast<long long>(shape.k), static_cast<long long>(shape.n),
               static_cast<long long>(tokens), rank);
-  std::printf("  %-10s %12s %10s %12s %10s %10s %11s\n", "method", "rel. error", "SQNR dB",
-              "bytes", "bits/w", "vs BF16", "offline s");
-  for (const Row& r : rows)
-    std::printf("  %-10s %12.5f %10.2f %12lld %10.3f %9.2fx %11.3f\n", svdq::recipe_name(r.recipe),
-                r.rel_err, r.sqnr, static_cast<long long>(r.bytes), r.bpw,
-                bf16_bytes / static_cast<double>(r.bytes), r.seconds);
+  if (estimate >= 0)
+    std::printf("  (this table: about %.0f s on this machine)\n", estimate);
+  else
+    std::printf("  (first table: timing it to estimate the others)\n");
+  std::printf("  %-10s %12s %10s %12s %10s %10s %11s\n", "method", "relMSE", "SQNR dB", "bytes",
+              "bits/w", "vs BF16", "offline s");
+  std::fflush(stdout);
+}
+
+void print_row(const Shape& shape, const Row& r) {
+  const double bf16_bytes = 2.0 * static_cast<double>(shape.k) * static_cast<double>(shape.n);
+  std::printf("  %-10s %12.4e %10.2f %12lld %10.3f %9.2fx %11.3f\n", svdq::recipe_name(r.recipe),
+              r.rel_mse, r.sqnr, static_cast<long long>(r.bytes), r.bpw,
+              bf16_bytes / static_cast<double>(r.bytes), r.seconds);
+  std::fflush(stdout);
 }
 
 // The ablation order of the SVDQuant paper on outlier-heavy layers.
 bool ablation_order_holds(const std::vector<Row>& rows) {
-  const double naive = rows[0].rel_err, smooth = rows[1].rel_err, lowrank = rows[2].rel_err,
-               svdq = rows[3].rel_err;
+  const double naive = rows[0].rel_mse, smooth = rows[1].rel_mse, lowrank = rows[2].rel_mse,
+               svdq = rows[3].rel_mse;
   return svdq < smooth && smooth < naive && lowrank < naive;
 }
 
@@ -139,14 +156,20 @@ int main(int argc, char** argv) {
   if (format_arg != "nvfp4") formats.push_back(svdq::Format::kInt4);
   if (format_arg != "int4") formats.push_back(svdq::Format::kNvfp4);
 
-  std::printf("svdq %s demo: relative output error and SQNR against the unquantized layer (fp64)\n",
+  std::printf("svdq %s demo: output error against the unquantized layer (fp64) on held-out rows:\n"
+              "relMSE = ||y_q - y||^2 / ||y||^2, SQNR dB = -10 log10 relMSE\n",
               svdq::version_string());
+  std::fflush(stdout);
   bool all_ordered = true;
+  double seconds_per_weight = -1;  // measured on the tables so far (time scales with K * N)
   for (svdq::Format f : formats)
     for (const Shape& sh : shapes) {
       std::vector<Row> rows;
-      if (!run_layer(sh, f, tokens, rank, seed, &rows)) return 1;
-      print_table(f, sh, tokens, rank, rows);
+      const double weights = static_cast<double>(sh.k) * static_cast<double>(sh.n);
+      print_header(f, sh, tokens, rank, seconds_per_weight < 0 ? -1 : seconds_per_weight * weights);
+      double secs = 0;
+      if (!run_layer(sh, f, tokens, rank, seed, &rows, &secs)) return 1;
+      seconds_per_weight = secs / weights;
       const bool ordered = ablation_order_holds(rows);
       all_ordered &= ordered;
       std::printf("  ablation order (svdquant < smooth < naive, lowrank < naive): %s\n",

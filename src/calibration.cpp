@@ -22,9 +22,10 @@ ByteSpan as_bytes(const std::vector<T>& v) {
 
 namespace {
 
-Status save_calibration_impl(const std::string& path,
-                             const std::map<std::string, ActivationStats>& layers) {
+Status save_calibration_impl(const std::string& path, const std::map<std::string, ActivationStats>& layers,
+                             const std::map<std::string, std::string>& extra_metadata) {
   SafetensorsWriter w;
+  for (const auto& [key, value] : extra_metadata) SVDQ_RETURN_IF_ERROR(w.set_metadata(key, value));
   for (const auto& [name, st] : layers) {
     const int64_t k = st.channels();
     if (name.empty() || k == 0)
@@ -121,9 +122,10 @@ Result<std::map<std::string, ActivationStats>> load_calibration_impl(const Safet
 
 }  // namespace
 
-Status save_calibration(const std::string& path, const std::map<std::string, ActivationStats>& layers) {
-  return detail::guard_allocation<Status>("save_calibration",
-                                          [&] { return save_calibration_impl(path, layers); });
+Status save_calibration(const std::string& path, const std::map<std::string, ActivationStats>& layers,
+                        const std::map<std::string, std::string>& extra_metadata) {
+  return detail::guard_allocation<Status>(
+      "save_calibration", [&] { return save_calibration_impl(path, layers, extra_metadata); });
 }
 
 Result<std::map<std::string, ActivationStats>> load_calibration(const std::string& path) {

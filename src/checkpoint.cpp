@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <climits>
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
@@ -787,7 +788,10 @@ Status add_quantized(SafetensorsWriter& writer, const std::string& layer,
                        {"svd", svd_name(q.info.svd)},
                        {"weight_norm", q.info.weight_norm},
                        {"residual_norm", q.info.residual_norm},
-                       {"seconds", q.info.seconds}};
+                       // The checkpoint format version; no wall-clock time (info.seconds) is
+                       // stored, so the same layer always gives the same bytes.
+                       {"format_version", std::to_string(SVDQ_CHECKPOINT_FORMAT_MAJOR) + "." +
+                                              std::to_string(SVDQ_CHECKPOINT_FORMAT_MINOR)}};
     // Provenance of the recipe (issue 13): how the layer was made, read back by load_quantized.
     Json m = meta;
     m["recipe"] = q.info.recipe;
@@ -880,6 +884,19 @@ Status parse_layer_metadata(const std::string& where, const std::string& text, Q
     return Status::Ok();
   };
 
+  // The format version first: a newer major version may mean anything below.
+  std::string fv = "1.0";  // files written before the field existed
+  SVDQ_RETURN_IF_ERROR(get_string("format_version", false, &fv));
+  {
+    const long major = std::strtol(fv.c_str(), nullptr, 10);
+    if (fv.empty() || fv[0] < '0' || fv[0] > '9')
+      return error(kBad, where, ": metadata \"format_version\" (", quote(fv),
+                   ") is not MAJOR.MINOR");
+    if (major > SVDQ_CHECKPOINT_FORMAT_MAJOR)
+      return error(StatusCode::kErrorNotSupported, where, ": checkpoint format version ", fv,
+                   " is newer than this svdq ", version_string(), " reads (",
+                   SVDQ_CHECKPOINT_FORMAT_MAJOR, ".x); upgrade svdq to load it");
+  }
   std::string format, storage, svd = "randomized";
   SVDQ_RETURN_IF_ERROR(get_string("format", true, &format));
   auto f = parse_format(format);

@@ -119,6 +119,13 @@ Result<QuantizedWeight> quantize_weight(const MatrixRM& r, Format format, float 
 /// Dequantized values (q * scale_g * t) of a QuantizedWeight of shape (rows, k).
 MatrixRM dequantize(const QuantizedWeight& q, Format format, int64_t rows, int64_t k);
 
+/// One activation group of `gs` smoothed values xh quantized by the contract (formats.hpp):
+/// `gs` unpacked codes and the stored scale (int4: 4 bytes, the fp32; nvfp4: 1 byte, E4M3).
+/// quantize_activations and CpuLinear both call these, so their codes and scales agree.
+void quantize_act_group_int4(const float* xh, int gs, uint8_t* codes, uint8_t* scale_bytes);
+void quantize_act_group_nvfp4(const float* xh, int gs, float t_act, uint8_t* codes,
+                              uint8_t* scale_byte);
+
 /// Dequantizes codes and scales back to an N x K float matrix (q * scale_g * t).
 MatrixRM dequantize_weight(const QuantizedLinear& layer);
 

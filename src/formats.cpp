@@ -134,10 +134,10 @@ float QuantizedActivations::scale(int64_t m, int64_t g) const noexcept {
   return s;
 }
 
-namespace {
+namespace detail {
 
 // One group of `gs` smoothed values -> codes (unpacked) and the stored scale bytes.
-void quantize_group_int4(const float* xh, int gs, uint8_t* codes, uint8_t* scale_bytes) {
+void quantize_act_group_int4(const float* xh, int gs, uint8_t* codes, uint8_t* scale_bytes) {
   float a = 0.0f;
   bool finite = true;
   for (int i = 0; i < gs; ++i) {
@@ -160,7 +160,7 @@ void quantize_group_int4(const float* xh, int gs, uint8_t* codes, uint8_t* scale
   std::memcpy(scale_bytes, &scale, 4);
 }
 
-void quantize_group_nvfp4(const float* xh, int gs, float t_act, uint8_t* codes,
+void quantize_act_group_nvfp4(const float* xh, int gs, float t_act, uint8_t* codes,
                           uint8_t* scale_byte) {
   float a = 0.0f;
   bool finite = true;
@@ -184,7 +184,7 @@ void quantize_group_nvfp4(const float* xh, int gs, float t_act, uint8_t* codes,
   for (int i = 0; i < gs; ++i) codes[i] = encode_e2m1(xh[i] * inv);
 }
 
-}  // namespace
+}  // namespace detail
 
 namespace {
 
@@ -223,9 +223,9 @@ Status quantize_activations_impl(Format format, ConstMatrixRef x, const float* i
     uint8_t* srow = out->scales.data() + m * groups * scale_bytes;
     for (int64_t g = 0; g < groups; ++g) {
       if (format == Format::kInt4)
-        quantize_group_int4(xh.data() + g * gs, gs, codes.data() + g * gs, srow + g * 4);
+        detail::quantize_act_group_int4(xh.data() + g * gs, gs, codes.data() + g * gs, srow + g * 4);
       else
-        quantize_group_nvfp4(xh.data() + g * gs, gs, out->tensor_scale, codes.data() + g * gs,
+        detail::quantize_act_group_nvfp4(xh.data() + g * gs, gs, out->tensor_scale, codes.data() + g * gs,
                              srow + g);
     }
     pack_nibbles(codes.data(), k, out->codes.data() + m * (k / 2));

@@ -1,4 +1,4 @@
-// The CPU reference W4A4 forward (DESIGN §2, "GEMM and epilogue").
+// The CPU reference W4A4 forward (docs/formats.md, "GEMM and epilogue").
 //
 // The group sums P_g = sum_{k in g} qx[m,k] qw[n,k] are computed with a float GEMM on the decoded
 // codes. That is exact, whatever order the GEMM sums in: int4 products are integers and every
@@ -10,6 +10,7 @@
 
 #include "check.hpp"
 #include "core.hpp"
+#include "svdq/testing.hpp"
 
 namespace svdq {
 
@@ -107,16 +108,27 @@ Status reference_forward_impl(const QuantizedLinear& layer, ConstMatrixRef x, Ma
     }
     if (layer.format == Format::kNvfp4) acc *= t_prod;
 
-    // Low-rank branch from the RAW x: lora = x lora_down (fp32), then lora lora_up^T.
-    MatrixRM branch = MatrixRM::Zero(mb, n);
-    if (r > 0) {
-      MatrixRM xr(mb, k);
-      for (int64_t i = 0; i < mb; ++i) detail::load_row(x, m0 + i, xr.row(i).data());
-      const MatrixRM lora = xr * down;  // (mb, r)
-      branch.noalias() = lora * up.transpose();
+    // Low-rank branch from the RAW x, in the contract's fixed order (docs/formats.md, "GEMM and
+    // epilogue"): lora[j] = sum over k ascending of x[k] * down[k][j], then
+    // branch = sum over j ascending of lora[j] * up[n][j]; fp32 multiply then add, no FMA.
+    // A fixed order makes the result independent of BLAS blocking and thread count, so a
+    // prepared layer (CpuLinear) can reproduce it bit for bit.
+    std::vector<float> xr(static_cast<size_t>(k)), lora(static_cast<size_t>(r));
+    for (int64_t i = 0; i < mb; ++i) {
+      detail::load_row(x, m0 + i, xr.data());
+      std::fill(lora.begin(), lora.end(), 0.0f);
+      for (int64_t kk = 0; kk < k; ++kk) {
+        const float xv = xr[kk];
+        const float* d = down.row(kk).data();
+        for (int j = 0; j < r; ++j) lora[j] = lora[j] + xv * d[j];
+      }
+      for (int64_t c = 0; c < n; ++c) {
+        float b = 0.0f;
+        const float* u = up.row(c).data();
+        for (int j = 0; j < r; ++j) b = b + lora[j] * u[j];
+        y.store(m0 + i, c, (acc(i, c) + b) + bias[c]);
+      }
     }
-    for (int64_t i = 0; i < mb; ++i)
-      for (int64_t c = 0; c < n; ++c) y.store(m0 + i, c, (acc(i, c) + branch(i, c)) + bias[c]);
   });
   guard.rethrow();
   return Status::Ok();
@@ -124,8 +136,13 @@ Status reference_forward_impl(const QuantizedLinear& layer, ConstMatrixRef x, Ma
 
 }  // namespace
 
-Status reference_forward(const QuantizedLinear& layer, ConstMatrixRef x, MatrixRef y,
-                         QuantizedActivations* act) {
+Status reference_forward(const QuantizedLinear& layer, ConstMatrixRef x, MatrixRef y) {
+  return detail::guard_allocation<Status>(
+      "reference_forward", [&] { return reference_forward_impl(layer, x, y, nullptr); });
+}
+
+Status test_support::reference_forward_with_activations(const QuantizedLinear& layer, ConstMatrixRef x,
+                                                        MatrixRef y, QuantizedActivations* act) {
   return detail::guard_allocation<Status>(
       "reference_forward", [&] { return reference_forward_impl(layer, x, y, act); });
 }

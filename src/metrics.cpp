@@ -35,6 +35,13 @@ bool error_sums(ConstMatrixRef a, ConstMatrixRef b, double* err2, double* ref2) 
 
 }  // namespace
 
+double relative_mse(ConstMatrixRef a, ConstMatrixRef b) noexcept {
+  double e, r;
+  if (!same_shape(a, b) || !error_sums(a, b, &e, &r)) return kNaN;
+  if (r == 0) return e == 0 ? 0.0 : std::numeric_limits<double>::infinity();
+  return e / r;
+}
+
 double relative_error(ConstMatrixRef a, ConstMatrixRef b) noexcept {
   double e, r;
   if (!same_shape(a, b) || !error_sums(a, b, &e, &r)) return kNaN;

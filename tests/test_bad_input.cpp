@@ -1,4 +1,4 @@
-// Bad input at every public entry point (DESIGN §3): a non-ok Status with the right code and a
+// Bad input at every public entry point (docs/design.md §4, §7): a non-ok Status with the right code and a
 // message that names the argument, never a crash, an abort or a half-updated object.
 #include <gtest/gtest.h>
 

@@ -1,5 +1,5 @@
 // Tier-1 exact test of svdq::quantize_activations against a second, independent scalar
-// implementation of the DESIGN §2 activation contract written here (its own E2M1 / E4M3 rounding
+// implementation of the activation contract of docs/formats.md §6 written here (its own E2M1 / E4M3 rounding
 // in double, its own 16-bit decoding; nothing from svdq's codecs). Codes and scales compare
 // byte for byte.
 #include <gtest/gtest.h>

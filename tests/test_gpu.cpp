@@ -16,6 +16,7 @@
 #include <limits>
 
 #include "svdq/svdq.hpp"
+#include "svdq/testing.hpp"
 
 #if defined(SVDQ_TEST_BACKEND_EMU)
 #include "emu/emu_linear.hpp"
@@ -145,7 +146,11 @@ void run_gpu(const Linear& g, const std::vector<uint16_t>& x, int64_t m, Stream 
   dx.upload(x);
   const svdq::Status st = g.forward(dx.ptr, dy.ptr, m, ws.ptr, ws.n, s);
   ASSERT_TRUE(st.ok()) << st.to_string();
+#if defined(SVDQ_TEST_BACKEND_EMU)
   if (act) ASSERT_TRUE(g.read_activations(ws.ptr, m, s, act).ok());
+#else
+  if (act) ASSERT_TRUE(svdq::test_support::read_activations(g, ws.ptr, m, s, act).ok());
+#endif
   sync(s);
   *y = dy.download();
 }
@@ -182,7 +187,7 @@ TEST_P(GpuLayer, MatchesTheCpuReference) {
 
   std::vector<uint16_t> y_ref(static_cast<size_t>(c.m * f.n));
   svdq::QuantizedActivations act_ref;
-  ASSERT_TRUE(svdq::reference_forward(q, view16(x, c.dtype, c.m, f.k),
+  ASSERT_TRUE(svdq::test_support::reference_forward_with_activations(q, view16(x, c.dtype, c.m, f.k),
                                       svdq::MatrixRef(y_ref.data(), c.dtype, c.m, f.n, f.n), &act_ref).ok());
   EXPECT_EQ(act_gpu.codes, act_ref.codes) << "activation codes differ";
   EXPECT_EQ(act_gpu.scales, act_ref.scales) << "activation scales differ";

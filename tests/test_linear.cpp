@@ -1,4 +1,4 @@
-// The linear layer end to end (DESIGN §1, §2, §4): smoothing, the low-rank split, the stored
+// The linear layer end to end (docs/design.md, docs/formats.md): smoothing, the low-rank split, the stored
 // conventions, the reference forward against an independent float64 recomputation, and quality
 // budgets against the unquantized layer. References are written here in double, independently
 // of src/ (own decoders for the 4-bit codes and scales, own 16-bit rounding).
@@ -16,6 +16,7 @@
 #include "svdq/linear.hpp"
 #include "svdq/metrics.hpp"
 #include "svdq/synth.hpp"
+#include "svdq/testing.hpp"
 
 namespace {
 
@@ -113,7 +114,7 @@ std::vector<float> forward(const QuantizedLinear& l, ConstMatrixRef x,
                            QuantizedActivations* act = nullptr) {
   std::vector<float> y(static_cast<size_t>(x.rows * l.out_features), -1.0f);
   const Status st =
-      reference_forward(l, x, MatrixView<float>(y.data(), x.rows, l.out_features), act);
+      test_support::reference_forward_with_activations(l, x, MatrixView<float>(y.data(), x.rows, l.out_features), act);
   EXPECT_TRUE(st.ok()) << st.to_string();
   return y;
 }
@@ -631,8 +632,9 @@ TEST(Shapes, ZeroRowsIsANoOp) {
   float sentinel = 42.0f;
   QuantizedActivations act;
   act.rows = 99;
-  EXPECT_TRUE(reference_forward(l, MatrixView<const float>(p.xeval.data(), 0, p.k),
-                                MatrixView<float>(&sentinel, 0, p.n), &act)
+  EXPECT_TRUE(test_support::reference_forward_with_activations(
+                  l, MatrixView<const float>(p.xeval.data(), 0, p.k),
+                  MatrixView<float>(&sentinel, 0, p.n), &act)
                   .ok());
   EXPECT_EQ(sentinel, 42.0f);
   EXPECT_EQ(act.rows, 0);

@@ -6,6 +6,7 @@
 
 #include "core.hpp"
 #include "svdq/svdq.hpp"
+#include "svdq/testing.hpp"  // synth: the embedded default layers
 
 namespace svdq {
 inline uint64_t detail_test_splitmix(uint64_t& s) {

@@ -7,7 +7,7 @@
     python3 tools/minilm.py selftest [--dir DIR]
 
 The 6-layer BERT runs in float32 numpy (no torch). eval replaces linear layers by svdq's W4A4
-forward, simulated as DESIGN.md section 2 and docs/formats.md state it.
+forward, simulated as docs/formats.md states it.
 """
 import argparse
 import hashlib
@@ -257,7 +257,7 @@ class QuantLayer:
         self.bias = None if bias is None else bias.astype(f32)
 
     def forward(self, x):
-        """y = Q(x/s)·Q(R)ᵀ + (x·lora_down)·lora_upᵀ + b, the GEMM in DESIGN section 2's order:
+        """y = Q(x/s)·Q(R)ᵀ + (x·lora_down)·lora_upᵀ + b, the GEMM in docs/formats.md section 7's order:
         acc = fmaf(P_g, sx·sw, acc) over the groups (P_g is exact in fp32; fmaf via float64)."""
         f32, g = np.float32, self.group
         codes, sx = quantize_activations(x * self.inv_s, self.fmt, self.t_act)
@@ -424,7 +424,7 @@ def evaluate(dump_path, quant_paths):
 
 # ----------------------------------------------------------------------------- selftest
 def quantize_weight(R, fmt):
-    """DESIGN section 2 weights, plain round to nearest: codes [N, K], stored scales, t_w."""
+    """docs/formats.md section 5 weights, plain round to nearest: codes [N, K], stored scales, t_w."""
     f32, g = np.float32, group_size(fmt)
     N, K = R.shape
     Rg = R.astype(f32).reshape(N, K // g, g)
@@ -497,7 +497,7 @@ def hexbytes(*arrays):
 
 def cmd_selftest(out_dir):
     f32, ok = np.float32, True
-    print("formats (DESIGN section 2; docs/formats.md section 8):")
+    print("formats (docs/formats.md sections 5-8):")
     e2m1_in = [0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5, 7, np.inf, -np.inf, -0.25, -0.1, np.nan]
     ok &= check(list(e2m1_encode(e2m1_in)) == [0, 2, 2, 4, 4, 6, 6, 7, 7, 15, 8, 8, 7],
                 "E2M1: .25->0 .75->1 1.25->1 1.75->2 2.5->2 3.5->4 5->4 7->6, +-Inf->+-6, -0.25->-0, NaN->0x7")

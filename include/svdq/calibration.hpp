@@ -17,8 +17,11 @@
 
 namespace svdq {
 
-/// Writes the statistics of several layers (by layer name) to one file.
-Status save_calibration(const std::string& path, const std::map<std::string, ActivationStats>& layers);
+/// Writes the statistics of several layers (by layer name) to one file, with optional extra
+/// metadata entries (e.g. `svdq calibrate`'s fingerprints of the rows it read).
+SVDQ_API Status save_calibration(const std::string& path,
+                                 const std::map<std::string, ActivationStats>& layers,
+                                 const std::map<std::string, std::string>& extra_metadata = {});
 
 /// Reads a file written by save_calibration back (every field exactly).
 Result<std::map<std::string, ActivationStats>> load_calibration(const std::string& path);

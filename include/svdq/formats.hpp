@@ -69,7 +69,7 @@ inline uint8_t packed_nibble(const uint8_t* packed_row, int64_t k) noexcept {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The activation-quantization contract (DESIGN §2). Per token row, per group, in IEEE fp32:
+// The activation-quantization contract (docs/formats.md §6). Per token row, per group, in IEEE fp32:
 //
 //   xh_k  = float(x_k) * inv_s_k            (inv_s_k = 1.0f / s_k, computed once at load)
 //   a     = max_k |xh_k|                     over the group

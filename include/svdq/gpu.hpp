@@ -15,7 +15,7 @@
 // different streams with different workspaces. Capturable in a CUDA graph.
 //
 // Kernel paths (docs/gpu.md): this version computes the group sums P_g exactly with integer
-// dot products (dp4a) on every architecture from sm_80; the tensor-core paths of DESIGN §3
+// dot products (dp4a) on every architecture from sm_80; the tensor-core paths of docs/design.md §7
 // (mma.sync s4 on sm_80-89, FP8 on sm_90, bf16 for nvfp4) are the next step and are not here yet.
 #pragma once
 
@@ -28,6 +28,12 @@
 #include "svdq/types.hpp"
 
 namespace svdq {
+
+class GpuLinear;
+namespace test_support {
+SVDQ_API Status read_activations(const GpuLinear& layer, const void* d_workspace, int64_t m,
+                                 void* stream, QuantizedActivations* out);
+}  // namespace test_support
 
 /// True when this build has the CUDA kernels (SVDQ_ENABLE_CUDA) — says nothing about a device.
 bool gpu_compiled() noexcept;
@@ -58,12 +64,6 @@ class GpuLinear {
   Status forward(const void* d_x, void* d_y, int64_t m, void* d_workspace, size_t workspace_bytes,
                  void* stream) const;
 
-  /// The quantized activations of the last stage-1 output in `d_workspace` (for byte-equality
-  /// tests): copies codes (M x K/2) and scales (M x groups, 4 or 1 bytes each) to the host.
-  /// Synchronises the stream (test-only helper, not for the hot path).
-  Status read_activations(const void* d_workspace, int64_t m, void* stream,
-                          QuantizedActivations* out) const;
-
   int64_t in_features() const noexcept;
   int64_t out_features() const noexcept;
   DType act_dtype() const noexcept;
@@ -71,6 +71,12 @@ class GpuLinear {
   struct Impl;
 
  private:
+  // Test-only: reached through svdq::test_support::read_activations (svdq/testing.hpp).
+  friend Status test_support::read_activations(const GpuLinear&, const void*, int64_t, void*,
+                                          QuantizedActivations*);
+  Status read_activations(const void* d_workspace, int64_t m, void* stream,
+                          QuantizedActivations* out) const;
+
   explicit GpuLinear(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

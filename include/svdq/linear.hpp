@@ -216,9 +216,11 @@ Status validate(const QuantizedLinear& layer);
 ///   lora[m,:] = sum_k x[m,k] lora_down[k,:]   (fp32)
 ///   y[m,n] = dtype_y(acc + sum_r lora[m,r] lora_up[n,r] + b[n])
 ///   x: M x K (fp32/fp16/bf16); y: M x N (fp32/fp16/bf16), must not alias x.
-///   act: if not null, receives the quantized activations (codes and scales) for GPU checks.
+/// The branch sums run in a fixed order (k ascending, then r ascending; fp32 multiply then add),
+/// so the result does not depend on the thread count. It decodes the whole layer on every call:
+/// an engine prepares a CpuLinear (svdq/cpu_linear.hpp) once instead, which gives the same bits.
 /// A NaN/Inf in row m of x makes row m of y NaN and leaves the other rows untouched.
-Status reference_forward(const QuantizedLinear& layer, ConstMatrixRef x, MatrixRef y,
-                         QuantizedActivations* act = nullptr);
+/// (svdq/testing.hpp has a variant that also returns the quantized activations.)
+SVDQ_API Status reference_forward(const QuantizedLinear& layer, ConstMatrixRef x, MatrixRef y);
 
 }  // namespace svdq

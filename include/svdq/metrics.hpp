@@ -11,6 +11,10 @@ namespace svdq {
 /// ||a - b||_F / ||b||_F over all elements (b is the reference). 0/0 -> 0, x/0 -> Inf.
 /// Any non-finite element makes the result NaN. Shapes must match (else NaN).
 double relative_error(ConstMatrixRef a, ConstMatrixRef b) noexcept;
+/// svdq's one error metric ("relMSE" in the demo, the CLI and docs/quality.md), in double:
+///   relMSE = ||a - b||_F^2 / ||b||_F^2   (b: the unquantized layer's output; 0/0 -> 0, x/0 -> Inf)
+/// = relative_error^2; SQNR dB = -10 log10(relMSE). Non-finite elements or shapes that differ: NaN.
+SVDQ_API double relative_mse(ConstMatrixRef a, ConstMatrixRef b) noexcept;
 /// Mean squared error sum((a-b)^2) / count.
 double mean_squared_error(ConstMatrixRef a, ConstMatrixRef b) noexcept;
 /// Signal-to-quantization-noise ratio of `a` against reference `b`, in dB: -20 log10(rel error).

@@ -12,6 +12,8 @@
 #include <string_view>
 #include <utility>
 
+#include "svdq/export.hpp"
+
 namespace svdq {
 
 /// What went wrong, coarsely; the message says exactly what.
@@ -36,15 +38,19 @@ const char* status_code_name(StatusCode code) noexcept;
 /// A name from a file made safe to print (what svdq's messages do with names): bytes outside
 /// printable ASCII, the backslash and the single quote become \xNN; cut after max_bytes input
 /// bytes with "..." appended. E.g. "a\nb" -> "a\x0ab".
-std::string printable(std::string_view s, size_t max_bytes = 120);
+SVDQ_API std::string printable(std::string_view s, size_t max_bytes = 120);
+
+class OkStatus;
 
 /// A code plus a human-readable message. Cheap to return when ok (no allocation).
-class [[nodiscard]] Status {
+class [[nodiscard]] SVDQ_API Status {
  public:
   Status() = default;  ///< success
   Status(StatusCode code, std::string message) : code_(code), message_(std::move(message)) {}
 
-  static Status Ok() { return Status(); }
+  /// Success. Its type, OkStatus, is a Status that a Result<T> refuses at compile time:
+  /// `Result<T> r = Status::Ok();` does not compile (a Result without a value must be an error).
+  static OkStatus Ok();
 
   bool ok() const noexcept { return code_ == StatusCode::kSuccess; }
   StatusCode code() const noexcept { return code_; }
@@ -57,13 +63,24 @@ class [[nodiscard]] Status {
   std::string message_;
 };
 
+/// The success Status as its own type (what Status::Ok() returns), so that Result<T> can delete
+/// the constructor from it. Everything else treats it as a Status.
+class [[nodiscard]] OkStatus : public Status {};
+inline OkStatus Status::Ok() { return OkStatus(); }
+
 /// A value of type T or the Status that explains why there is none.
 /// Accessing value() of a failed Result is a precondition violation (check ok() first).
+/// A Result built from a Status is never ok(): Status::Ok() is refused at compile time, and any
+/// other success Status becomes kErrorInternal ("... a success Status without a value").
 template <typename T>
 class [[nodiscard]] Result {
  public:
   Result(T value) : value_(std::move(value)) {}  // NOLINT: implicit by design
-  Result(Status status) : status_(std::move(status)) {}  // NOLINT: implicit by design
+  Result(Status status)  // NOLINT: implicit by design
+      : status_(status.ok() ? Status(StatusCode::kErrorInternal,
+                                     "Result<T> was constructed from a success Status without a value")
+                            : std::move(status)) {}
+  Result(OkStatus) = delete;  ///< `Result<T> r = Status::Ok();` is a bug: no value, no error
 
   bool ok() const noexcept { return value_.has_value(); }
   const Status& status() const noexcept { return status_; }

@@ -1,6 +1,7 @@
 // svdq/synth.hpp — deterministic DiT-like layers: the embedded default of the demo, the tests and
 // the benchmarks when no real checkpoint is given. docs/synthetic.md says exactly how they are drawn.
 #pragma once
+#define SVDQ_SYNTH_HPP_INCLUDED 1
 
 #include <cstdint>
 #include <vector>
