@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "svdq/svdq.hpp"
+#include "svdq/testing.hpp"  // synth: the embedded default layers
 
 namespace {
 

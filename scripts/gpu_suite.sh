@@ -57,8 +57,8 @@ cublas_dirs=$(ls -d /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/l
               /opt/torch/.venv/lib/python3*/site-packages/nvidia/cu13/lib \
               /opt/torch/.venv/lib/python3*/site-packages/nvidia/cublas/lib 2>/dev/null | paste -sd:)
 export LD_LIBRARY_PATH="$here/lib:${cublas_dirs}:${LD_LIBRARY_PATH:-}"
-filter="${SVDQ_GPU_TEST_FILTER:-*Cuda*:-*Emu*}"
-san_filter="${SVDQ_SANITIZER_FILTER:-*Cuda*Rank*/0:*Cuda*Rank*/1:*Cuda*Determin*:-*Emu*}"
+filter="${SVDQ_GPU_TEST_FILTER:-*}"
+san_filter="${SVDQ_SANITIZER_FILTER:-*MatchesTheCpuReference/int4_bf16_r32_m44:*MatchesTheCpuReference/nvfp4_bf16_r32_m44:GpuLayerLaunch.*}"
 shapes="${SVDQ_BENCH_SHAPES:-full}"
 declare -a rows
 

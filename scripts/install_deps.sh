@@ -2,7 +2,7 @@
 # Installs svdq's build dependencies from Debian. Idempotent, and quiet when all are present.
 set -euo pipefail
 pkgs=(cmake g++ make libeigen3-dev libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev
-      nlohmann-json3-dev)
+      nlohmann-json3-dev pkg-config)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -142,20 +142,26 @@ std::string small_model(const TempDir& dir) {
 // ---- item 1: long names -----------------------------------------------------------------------
 
 TEST(CliHardening, AHugeTensorNameDoesNotCrashTheMatcher) {
+  // A 200k-character name overflowed std::regex's stack. The writer refuses such names now
+  // (kSafetensorsMaxNameBytes), so the file is built by hand: the reader must refuse it with a
+  // clear message, and neither quantize nor inspect may crash or hang.
   TempDir dir;
-  SafetensorsWriter w;
-  const std::string huge(200000, 'x');  // overflowed std::regex's stack before the length bound
-  ASSERT_TRUE(w.add(huge + ".weight", "F32", {1, 64}, weight(1, 64)).ok());
-  ASSERT_TRUE(w.add("a.weight", "F32", {64, 128}, weight(64, 128)).ok());
-  write_file(w, dir.file("m.safetensors"));
-  const CliRun r = run_svdq(dir, {"quantize", dir.file("m.safetensors"), "-o", dir.file("q.safetensors"),
-                               "--rank", "8"}, 60);
-  ASSERT_EQ(r.exit_code, 0) << "signal " << r.signal << "\n" << r.out << r.err;
-  EXPECT_TRUE(has(r.err, "longer than 1024 bytes")) << r.err;
-  auto f = SafetensorsFile::open(dir.file("q.safetensors"));
-  ASSERT_TRUE(f.ok()) << f.status().to_string();
-  EXPECT_TRUE(f->contains(huge + ".weight"));  // copied unchanged
-  EXPECT_EQ(*quantized_layers(*f), std::vector<std::string>{"a"});
+  const std::string huge(200000, 'x');
+  const std::string header = "{\"" + huge + ".weight\":{\"dtype\":\"F32\",\"shape\":[1,64],"
+                             "\"data_offsets\":[0,256]}}";
+  std::string file(8, '\0');
+  uint64_t len = header.size();
+  for (int i = 0; i < 8; ++i) file[i] = static_cast<char>((len >> (8 * i)) & 0xFF);
+  file += header;
+  file += std::string(256, '\0');
+  const std::string path = dir.file("m.safetensors");
+  std::ofstream(path, std::ios::binary).write(file.data(), static_cast<std::streamsize>(file.size()));
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"quantize", path, "-o", dir.file("q.safetensors"), "--rank", "8"}, {"inspect", path}}) {
+    const CliRun r = run_svdq(dir, args, 60);
+    EXPECT_EQ(r.exit_code, 1) << args[0] << ": signal " << r.signal << "\n" << r.out << r.err;
+    EXPECT_TRUE(has(r.err, "over the limit of 1024 bytes")) << r.err;
+  }
 }
 
 // ---- item 2: FIFOs ----------------------------------------------------------------------------
@@ -338,6 +344,10 @@ TEST(CliHardening, ControlCharactersInNamesArePrintedEscaped) {
 // ---- item 16: passed-through tensors and rows are streamed ---------------------------------------
 
 TEST(CliHardening, LargeTensorsAreStreamedNotHeldTwice) {
+#if defined(__SANITIZE_ADDRESS__)
+  // ASan's shadow memory and quarantine make a peak-RSS bound meaningless; the Release run checks it.
+  GTEST_SKIP() << "peak-RSS bound not meaningful under AddressSanitizer";
+#endif
   TempDir dir;
   constexpr int64_t kBig = int64_t{96} << 20;  // bytes
   {

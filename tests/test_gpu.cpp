@@ -434,8 +434,10 @@ TEST(GpuLayerLaunch, NanRowStaysInItsRow) {
     // Against the reference too: codes and scales byte-equal, outputs equal with NaN as NaN.
     std::vector<uint16_t> y_ref(static_cast<size_t>(m * f.n));
     svdq::QuantizedActivations act_ref;
-    ASSERT_TRUE(svdq::reference_forward(q, view16(x, svdq::DType::kBF16, m, f.k),
-                                        svdq::MatrixRef(y_ref.data(), svdq::DType::kBF16, m, f.n, f.n), &act_ref).ok());
+    ASSERT_TRUE(svdq::test_support::reference_forward_with_activations(
+                    q, view16(x, svdq::DType::kBF16, m, f.k),
+                    svdq::MatrixRef(y_ref.data(), svdq::DType::kBF16, m, f.n, f.n), &act_ref)
+                    .ok());
     EXPECT_EQ(act.codes, act_ref.codes);
     EXPECT_EQ(act.scales, act_ref.scales);
     EXPECT_LE(rel_err(std::vector<uint16_t>(dirty.begin(), dirty.begin() + 3 * f.n),
