@@ -900,7 +900,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20))->delimiter(',')->capture_default_str();
   auto* of = bench->add_option("--format", ba.format, "int4 or nvfp4")->check(CLI::IsMember({"int4", "nvfp4"}))->capture_default_str();
   auto* orank = bench->add_option("--rank", ba.rank, "low-rank branch rank")->check(CLI::Range(0, 4096))->capture_default_str();
-  bench->add_option("--repeats", ba.repeats, "timed runs (median reported)")->check(CLI::Range(1, 1000))->capture_default_str();
+  auto* oreps = bench->add_option("--repeats", ba.repeats, "timed runs (median reported; --gpu: timed graph replays, default 20)")
+      ->check(CLI::Range(1, 1000))->capture_default_str();
   bench->add_flag("--gpu", ba.gpu, "time the GPU layer (svdq::GpuLinear) against cuBLAS BF16 (needs a CUDA build and a GPU)");
   auto* oq = bench->add_option("--quantized", ba.quantized, "time a layer of this svdq checkpoint instead of a synthetic one")
       ->check(CLI::ExistingFile);
@@ -918,7 +919,10 @@ int main(int argc, char** argv) {
     if (*quantize) return cmd_quantize(qa);
     if (*calibrate) return cmd_calibrate(calib_inputs, calib_out, calib_suffix, calib_rows, calib_gram);
     if (*inspect) return cmd_inspect(inspect_path);
-    if (*bench) return cmd_bench(ba);
+    if (*bench) {
+      if (ba.gpu && oreps->count() == 0) ba.repeats = 20;  // replays are cheap on a GPU
+      return cmd_bench(ba);
+    }
   } catch (const std::bad_alloc&) {
     return fail("out of memory (the sizes asked for do not fit this machine)");
   } catch (const std::exception& e) {
