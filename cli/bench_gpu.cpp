@@ -69,7 +69,8 @@ struct Cublas {
                                     int, const void*, void*, cudaDataType, int, cublasComputeType_t,
                                     cublasGemmAlgo_t);
   GemmEx gemm_ex = nullptr;
-  std::string error;  // why it could not be loaded; empty when loaded
+  std::string loaded;  // the library name dlopen() took
+  std::string error;   // why it could not be loaded; empty when loaded
 };
 
 const Cublas& cublas() {
@@ -80,18 +81,21 @@ const Cublas& cublas() {
     std::string tried;
     for (const std::string& name : {versioned, std::string("libcublas.so")}) {
       lib = dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL);  // kept open for the process
-      if (lib) break;
+      if (lib) {
+        r.loaded = name;
+        break;
+      }
       const char* why = dlerror();
       tried += (tried.empty() ? "" : "; ") + std::string(why ? why : name + ": not found");
     }
     if (!lib) {
-      r.error = "--gpu: cuBLAS (the BF16 baseline) could not be loaded: " + tried +
+      r.error = "cuBLAS (the BF16 baseline) could not be loaded: " + tried +
                 "; put the CUDA toolkit's lib64 folder on LD_LIBRARY_PATH";
       return r;
     }
     const auto sym = [&](const char* name) {
       void* p = dlsym(lib, name);
-      if (!p && r.error.empty()) r.error = std::string("--gpu: cuBLAS has no symbol ") + name;
+      if (!p && r.error.empty()) r.error = r.loaded + " has no symbol " + name + " (the cuBLAS baseline needs it)";
       return p;
     };
     r.create = reinterpret_cast<decltype(r.create)>(sym("cublasCreate_v2"));
@@ -204,6 +208,10 @@ Status download_rows(const void* d_y, int64_t n, const std::vector<int64_t>& row
 }  // namespace
 
 Status gpu_bench_probe(std::string* device) {
+  // cuBLAS is loaded first, so that a refusal for want of a device also says whether cuBLAS
+  // would have been there (both are needed; the device is named first).
+  const Cublas& blas = cublas();
+  const std::string blas_note = blas.error.empty() ? " [cuBLAS: " + blas.loaded + " loaded]" : " [and " + blas.error + "]";
   int count = 0;
   const cudaError_t e = cudaGetDeviceCount(&count);
   if (e != cudaSuccess) {
@@ -213,19 +221,20 @@ Status gpu_bench_probe(std::string* device) {
                       " (" + cudaGetErrorString(e) + ")" +
                       (e == cudaErrorInsufficientDriver || e == cudaErrorNoDevice
                            ? "; is there an NVIDIA GPU with its driver on this machine?"
-                           : ""));
+                           : "") +
+                      blas_note);
   }
   if (count == 0) {
     const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
     return Status(StatusCode::kErrorCuda,
                   std::string("--gpu: no CUDA device is visible (cudaGetDeviceCount found 0") +
-                      (visible ? std::string(", CUDA_VISIBLE_DEVICES='") + visible + "'" : std::string()) + ")");
+                      (visible ? std::string(", CUDA_VISIBLE_DEVICES='") + visible + "'" : std::string()) + ")" + blas_note);
   }
   int dev = 0;
   cudaDeviceProp prop{};
   CLI_CUDA(cudaGetDevice(&dev));
   CLI_CUDA(cudaGetDeviceProperties(&prop, dev));
-  if (!cublas().error.empty()) return Status(StatusCode::kErrorNotSupported, cublas().error);
+  if (!blas.error.empty()) return Status(StatusCode::kErrorNotSupported, "--gpu: " + blas.error);
   if (device)
     *device = std::string(prop.name) + ", sm_" + std::to_string(prop.major) + std::to_string(prop.minor) + ", " +
               std::to_string(prop.multiProcessorCount) + " SMs, " + std::to_string(prop.l2CacheSize >> 20) + " MiB L2";

@@ -2,6 +2,7 @@
 // machine or build that cannot run it must fail at once (before any quantization) with a message
 // naming the reason, and exit 1; with a GPU it must time and print the table. The loaded-layer
 // options (--quantized, --layer) and the list of token counts (-m 3,5) on the CPU path.
+#include <dlfcn.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -116,6 +117,18 @@ void expect_gpu_refusal_or_table(const CliRun& r) {
     EXPECT_TRUE(has(r.err, "svdq: error: cuda: --gpu: no usable CUDA device: cudaGetDeviceCount failed with cuda") ||
                 has(r.err, "svdq: error: cuda: --gpu: no CUDA device is visible"))
         << r.err;
+#ifdef SVDQ_TEST_CUBLAS_MAJOR
+    // cuBLAS is loaded (dlopen + every symbol) before the refusal, which says how it went: the
+    // test's own dlopen of the same name decides which it must be.
+    const std::string name = "libcublas.so." + std::to_string(SVDQ_TEST_CUBLAS_MAJOR);
+    void* lib = dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (lib != nullptr) {
+      EXPECT_TRUE(has(r.err, " [cuBLAS: " + name + " loaded]")) << r.err;
+      dlclose(lib);
+    } else {
+      EXPECT_TRUE(has(r.err, " [and cuBLAS (the BF16 baseline) could not be loaded: ")) << r.err;
+    }
+#endif
   } else {
     EXPECT_EQ(r.exit_code, 0) << r.err;
     EXPECT_TRUE(has(r.out, "svdq bench --gpu: ")) << r.out;
