@@ -37,7 +37,7 @@ Status gpu_bench_probe(std::string*) {
 }
 
 Status gpu_bench_run(const svdq::QuantizedLinear&, const std::vector<uint16_t>&, const std::vector<uint16_t>&,
-                     int64_t, int, const std::vector<int64_t>&, GpuBenchRun*) {
+                     int64_t, int, const std::vector<int64_t>&, std::vector<svdq::GpuLinear>*, GpuBenchRun*) {
   return gpu_bench_probe(nullptr);
 }
 
@@ -243,7 +243,8 @@ Status gpu_bench_probe(std::string* device) {
 
 Status gpu_bench_run(const svdq::QuantizedLinear& q, const std::vector<uint16_t>& w_bf16,
                      const std::vector<uint16_t>& x_bf16, int64_t m, int repeats,
-                     const std::vector<int64_t>& check_rows, GpuBenchRun* out) {
+                     const std::vector<int64_t>& check_rows, std::vector<svdq::GpuLinear>* pool,
+                     GpuBenchRun* out) {
   const int64_t k = q.in_features, n = q.out_features;
   if (m < 1 || repeats < 1 || static_cast<int64_t>(x_bf16.size()) < m * k ||
       static_cast<int64_t>(w_bf16.size()) != n * k)
@@ -252,6 +253,9 @@ Status gpu_bench_run(const svdq::QuantizedLinear& q, const std::vector<uint16_t>
   for (int64_t r : check_rows)
     if (r < 0 || r >= m) return Status(StatusCode::kErrorInvalidArgument, "gpu_bench_run: check row out of range");
   if (Status st = gpu_bench_probe(nullptr); !st.ok()) return st;
+  for (const svdq::GpuLinear& l : *pool)
+    if (l.in_features() != k || l.out_features() != n)
+      return Status(StatusCode::kErrorInvalidArgument, "gpu_bench_run: the layers pool holds another layer");
   const Cublas& blas = cublas();
   int dev = 0;
   cudaDeviceProp prop{};
@@ -267,9 +271,9 @@ Status gpu_bench_run(const svdq::QuantizedLinear& q, const std::vector<uint16_t>
                                2.0 * static_cast<double>(q.lora_down.size() + q.lora_up.size() + q.bias.size());
     rotation(static_cast<double>(x_bytes + y_bytes) + layer_bytes, prop.l2CacheSize, &out->sets, &out->ops);
     const int sets = out->sets;
-    std::vector<svdq::GpuLinear> layers;
+    std::vector<svdq::GpuLinear>& layers = *pool;
     std::vector<Dev> x(sets), y(sets), ws(sets);
-    for (int i = 0; i < sets; ++i) {
+    while (static_cast<int>(layers.size()) < sets) {
       auto made = svdq::GpuLinear::create(q, svdq::DType::kBF16, dev);
       if (!made.ok()) return made.status();
       layers.push_back(std::move(*made));

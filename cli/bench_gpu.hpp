@@ -37,8 +37,11 @@ struct GpuBenchRun {
 /// layer (GpuLinear::forward, both kernels, bias included) and cuBLAS GemmEx of w_bf16 (N x K,
 /// bf16 operands, fp32 compute, no bias), each as a CUDA graph of `ops` launches cycling over
 /// `sets` buffer sets, 3 warm-up replays, then `repeats` replays timed with CUDA events.
+/// `layers`: the uploaded copies of q (one per set), kept by the caller across calls with the same
+/// q and grown here as needed (an upload repacks the whole layer: once per copy, not per M).
 svdq::Status gpu_bench_run(const svdq::QuantizedLinear& q, const std::vector<uint16_t>& w_bf16,
                            const std::vector<uint16_t>& x_bf16, int64_t m, int repeats,
-                           const std::vector<int64_t>& check_rows, GpuBenchRun* out);
+                           const std::vector<int64_t>& check_rows, std::vector<svdq::GpuLinear>* layers,
+                           GpuBenchRun* out);
 
 }  // namespace svdq_cli

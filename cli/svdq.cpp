@@ -710,10 +710,11 @@ int bench_gpu(const BenchArgs& a, const svdq::QuantizedLinear& q, const std::str
   std::printf("  %7s %24s %8s %24s %8s %8s %5s %11s %10s\n", "M", "svdq us", "TFLOP/s", "cuBLAS us", "TFLOP/s",
               "speedup", "sets", "err vs CPU", "vs bf16");
   std::vector<std::string> failures;
+  std::vector<svdq::GpuLinear> uploaded;  // copies of q on the GPU, reused for every M
   for (const int64_t m : a.ms) {
     const std::vector<int64_t> rows = checked_rows(m);
     svdq_cli::GpuBenchRun run;
-    if (Status st = svdq_cli::gpu_bench_run(q, wb, xb, m, a.repeats, rows, &run); !st.ok())
+    if (Status st = svdq_cli::gpu_bench_run(q, wb, xb, m, a.repeats, rows, &uploaded, &run); !st.ok())
       return fail("M=" + std::to_string(m) + ": " + st.to_string());
     // The CPU reference on the same bf16 rows, output bf16 like the GPU's.
     const int64_t c = static_cast<int64_t>(rows.size());
@@ -758,6 +759,7 @@ int bench_gpu(const BenchArgs& a, const svdq::QuantizedLinear& q, const std::str
 }
 
 int cmd_bench(const BenchArgs& a) {
+  if (a.ms.empty()) return fail("-m/--tokens needs at least one token count");
   std::string device;
   // Before any work: can --gpu run here at all (build, driver, device, cuBLAS)?
   if (a.gpu)
