@@ -101,7 +101,7 @@ echo
 echo "== svdq bench --gpu ($out/svdq_bench.log)"
 grep -E '^svdq bench|^ +[0-9]+ |error' "$out/svdq_bench.log"
 echo "== mlp_engine on the GPU ($out/mlp_engine.log)"
-grep -E 'relMSE|rel. error|error' "$out/mlp_engine.log"
+grep -E '^MLP block|^on the GPU|^GPU vs CPU|error' "$out/mlp_engine.log"
 echo
 echo "== steps"
 printf '%s\n' "${rows[@]}"
