@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_gpu.hpp"
 #include "convert.hpp"
 #include "eval.hpp"
 #include "svdq/svdq.hpp"
@@ -641,54 +642,203 @@ int cmd_inspect(const std::string& path) {
 }
 
 // ----------------------------------------------------------------------------------------------
-// svdq bench: the CPU reference forward of a synthetic layer against the unquantized layer
+// svdq bench: the layer forward on a synthetic or loaded layer; the CPU reference forward against
+// the unquantized layer, or with --gpu the GPU layer against cuBLAS BF16 (cli/bench_gpu.cpp).
 
-int cmd_bench(int64_t k, int64_t n, int64_t m, const std::string& fmt, int rank, int repeats) {
-  auto format = svdq::parse_format(fmt);
-  if (!format.ok()) return fail(format.status());
+struct BenchArgs {
+  int64_t k = 3072, n = 3072;
+  std::vector<int64_t> ms{256};
+  std::string format = "int4", quantized, layer;
+  int rank = 32, repeats = 3;
+  bool gpu = false;
+};
+
+/// The layer of --quantized: --layer, or the file's only quantized layer.
+svdq::Result<svdq::QuantizedLinear> load_bench_layer(const BenchArgs& a, std::string* name) {
+  SVDQ_RETURN_IF_ERROR(check_input_file(a.quantized, "--quantized"));
+  auto file = svdq::SafetensorsFile::open(a.quantized);
+  if (!file.ok()) return file.status();
+  auto layers = svdq::quantized_layers(*file);
+  if (!layers.ok()) return layers.status();
+  if (layers->empty())
+    return Status(svdq::StatusCode::kErrorInvalidArgument,
+                  "--quantized '" + shown(a.quantized) + "' holds no quantized layer (svdq inspect lists them)");
+  if (a.layer.empty() && layers->size() > 1) {
+    std::string list;
+    for (size_t i = 0; i < layers->size() && i < 8; ++i) list += (i ? ", " : "") + shown((*layers)[i]);
+    return Status(svdq::StatusCode::kErrorInvalidArgument,
+                  "--quantized '" + shown(a.quantized) + "' holds " + std::to_string(layers->size()) +
+                      " quantized layers: choose one with --layer (" + list + (layers->size() > 8 ? ", ..." : "") + ")");
+  }
+  *name = a.layer.empty() ? layers->front() : a.layer;
+  if (std::find(layers->begin(), layers->end(), *name) == layers->end())
+    return Status(svdq::StatusCode::kErrorInvalidArgument,
+                  "--layer '" + shown(*name) + "' is not a quantized layer of '" + shown(a.quantized) +
+                      "' (svdq inspect lists them)");
+  return svdq::load_quantized(*file, *name);
+}
+
+/// Rows of an M-row batch whose GPU output is compared with the CPU reference: the first and the
+/// last 64 (the first and the last M tile), all of them when M <= 128.
+std::vector<int64_t> checked_rows(int64_t m) {
+  std::vector<int64_t> rows;
+  for (int64_t r = 0; r < m; ++r)
+    if (r < 64 || r >= m - 64) rows.push_back(r);
+  return rows;
+}
+
+// The GPU layer's output against the CPU reference on the same bf16 rows: docs/gpu.md's bound.
+constexpr double kGpuVsCpuBound = 1e-3;
+
+int bench_gpu(const BenchArgs& a, const svdq::QuantizedLinear& q, const std::string& what,
+              const svdq::synth::Layer& synth, bool stand_in_weight, const std::vector<float>& x,
+              const std::string& device) {
+  const int64_t k = q.in_features, n = q.out_features;
+  const int64_t max_m = *std::max_element(a.ms.begin(), a.ms.end());
+  std::vector<uint16_t> xb(static_cast<size_t>(max_m * k)), wb(synth.weight.size());
+  for (size_t i = 0; i < xb.size(); ++i) xb[i] = svdq::float_to_bits16(x[i], svdq::DType::kBF16);
+  for (size_t i = 0; i < wb.size(); ++i) wb[i] = svdq::float_to_bits16(synth.weight[i], svdq::DType::kBF16);
+  std::printf("svdq bench --gpu: %s\n  layer: %s, bf16 activations (synthetic rows)\n", device.c_str(), what.c_str());
+  std::printf("  per launch: median [min, max] of %d CUDA-graph replays timed with CUDA events after 3 warm-up "
+              "replays, inputs, outputs and weights rotated over copies > 2x L2\n"
+              "  svdq: GpuLinear::forward (both kernels, bias included); cuBLAS: GemmEx bf16 x bf16 -> bf16, "
+              "fp32 compute, no bias%s\n"
+              "  speedup = cuBLAS time / svdq time; err vs CPU: relative error of the GPU output against "
+              "reference_forward on the first and last 64 rows (bound %.0e)%s\n",
+              a.repeats, stand_in_weight ? ", on a stand-in weight of the same shape (timing only)" : "",
+              kGpuVsCpuBound, stand_in_weight ? "" : "; vs bf16: against cuBLAS BF16 of the unquantized layer + bias");
+  std::printf("  %7s %24s %8s %24s %8s %8s %5s %11s %10s\n", "M", "svdq us", "TFLOP/s", "cuBLAS us", "TFLOP/s",
+              "speedup", "sets", "err vs CPU", "vs bf16");
+  std::vector<std::string> failures;
+  std::vector<svdq::GpuLinear> uploaded;  // copies of q on the GPU, reused for every M
+  for (const int64_t m : a.ms) {
+    const std::vector<int64_t> rows = checked_rows(m);
+    svdq_cli::GpuBenchRun run;
+    if (Status st = svdq_cli::gpu_bench_run(q, wb, xb, m, a.repeats, rows, &uploaded, &run); !st.ok())
+      return fail("M=" + std::to_string(m) + ": " + st.to_string());
+    // The CPU reference on the same bf16 rows, output bf16 like the GPU's.
+    const int64_t c = static_cast<int64_t>(rows.size());
+    std::vector<svdq::bfloat16_t> xr(static_cast<size_t>(c * k)), yr(static_cast<size_t>(c * n));
+    for (int64_t i = 0; i < c; ++i)
+      for (int64_t j = 0; j < k; ++j) xr[i * k + j].bits = xb[rows[i] * k + j];
+    if (Status st = svdq::reference_forward(q, svdq::MatrixView<const svdq::bfloat16_t>(xr.data(), c, k),
+                                            svdq::MatrixView<svdq::bfloat16_t>(yr.data(), c, n));
+        !st.ok())
+      return fail(st);
+    const svdq::ConstMatrixRef gpu_rows(run.y_svdq.data(), svdq::DType::kBF16, c, n, n);
+    const double err_cpu = svdq::relative_error(gpu_rows, svdq::MatrixView<const svdq::bfloat16_t>(yr.data(), c, n));
+    char vs_bf16[32] = "-";
+    if (!stand_in_weight) {
+      std::vector<float> dense(static_cast<size_t>(c * n));
+      for (int64_t i = 0; i < c; ++i)
+        for (int64_t j = 0; j < n; ++j)
+          dense[i * n + j] = svdq::bits16_to_float(run.y_cublas[i * n + j], svdq::DType::kBF16) + synth.bias[j];
+      std::snprintf(vs_bf16, sizeof vs_bf16, "%.3e", svdq::relative_error(gpu_rows, float_view(dense, c, n)));
+    }
+    const double flop = 2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k);
+    const auto us = [](const svdq_cli::GpuTime& t) {
+      char b[64];
+      std::snprintf(b, sizeof b, "%.2f [%.2f, %.2f]", t.median_s * 1e6, t.min_s * 1e6, t.max_s * 1e6);
+      return std::string(b);
+    };
+    std::printf("  %7lld %24s %8.2f %24s %8.2f %7.2fx %5d %11.3e %10s\n", static_cast<long long>(m),
+                us(run.svdq).c_str(), flop / run.svdq.median_s * 1e-12, us(run.cublas).c_str(),
+                flop / run.cublas.median_s * 1e-12, run.cublas.median_s / run.svdq.median_s, run.sets, err_cpu,
+                vs_bf16);
+    std::fflush(stdout);
+    if (!(err_cpu <= kGpuVsCpuBound))
+      failures.push_back("M=" + std::to_string(m) + ": " + std::to_string(err_cpu));
+  }
+  if (!failures.empty()) {
+    std::string list;
+    for (const auto& f : failures) list += (list.empty() ? "" : ", ") + f;
+    return fail("the GPU layer's output departs from the CPU reference by more than the bound 1e-3 "
+                "(docs/gpu.md): " + list);
+  }
+  return 0;
+}
+
+int cmd_bench(const BenchArgs& a) {
+  if (a.ms.empty()) return fail("-m/--tokens needs at least one token count");
+  std::string device;
+  // Before any work: can --gpu run here at all (build, driver, device, cuBLAS)?
+  if (a.gpu)
+    if (Status st = svdq_cli::gpu_bench_probe(&device); !st.ok()) return fail(st);
+  svdq::QuantizedLinear q;
+  std::string what, layer_name;
+  int64_t k = a.k, n = a.n;
+  if (!a.quantized.empty()) {
+    auto loaded = load_bench_layer(a, &layer_name);
+    if (!loaded.ok()) return fail(loaded.status());
+    q = std::move(*loaded);
+    k = q.in_features;
+    n = q.out_features;
+  }
+  const int64_t max_m = *std::max_element(a.ms.begin(), a.ms.end());
   // W and about eight N x K working copies in the quantizer, the rows, y (float) and ref (double).
-  const double kd = static_cast<double>(k), nd = static_cast<double>(n), md = static_cast<double>(m);
+  const double kd = static_cast<double>(k), nd = static_cast<double>(n), md = static_cast<double>(max_m);
   if (Status st = check_memory(4.0 * 9.0 * nd * kd + 4.0 * (md + 256.0) * kd + 12.0 * md * nd,
                                "bench -k " + std::to_string(k) + " -n " + std::to_string(n) +
-                                   " -m " + std::to_string(m));
+                                   " -m " + std::to_string(max_m));
       !st.ok())
     return fail(st);
+  // The synthetic layer: the layer itself, or with --quantized the activation model of its rows
+  // and a stand-in weight of the same shape for the dense baseline.
   svdq::synth::LayerSpec spec;
   spec.in_features = k;
   spec.out_features = n;
   auto layer = svdq::synth::make_layer(spec);
   if (!layer.ok()) return fail(layer.status());
-  const auto calib = svdq::synth::make_activations(*layer, 256, 1);
-  const auto x = svdq::synth::make_activations(*layer, m, 2);
-  svdq::ActivationStats stats;
-  if (Status st = stats.observe(float_view(calib, 256, k)); !st.ok()) return fail(st);
-  svdq::QuantConfig cfg;
-  cfg.format = *format;
-  cfg.rank = rank;
   const auto w = float_view(layer->weight, n, k);
   const auto b = float_view(layer->bias, 1, n);
-  auto q = svdq::quantize_linear(w, b, &stats, cfg);
-  if (!q.ok()) return fail(q.status());
-  std::vector<float> y(static_cast<size_t>(m * n));
-  std::vector<double> ref;
-  if (Status st = svdq::dense_forward(float_view(x, m, k), w, b, &ref); !st.ok()) return fail(st);
-  std::vector<double> times;
-  for (int r = 0; r < repeats; ++r) {
-    const auto t0 = std::chrono::steady_clock::now();
-    if (Status st = svdq::reference_forward(*q, float_view(x, m, k), svdq::MatrixView<float>(y.data(), m, n)); !st.ok())
-      return fail(st);
-    times.push_back(seconds_since(t0));
+  if (a.quantized.empty()) {
+    auto format = svdq::parse_format(a.format);
+    if (!format.ok()) return fail(format.status());
+    const auto calib = svdq::synth::make_activations(*layer, 256, 1);
+    svdq::ActivationStats stats;
+    if (Status st = stats.observe(float_view(calib, 256, k)); !st.ok()) return fail(st);
+    svdq::QuantConfig cfg;
+    cfg.format = *format;
+    cfg.rank = a.rank;
+    auto made = svdq::quantize_linear(w, b, &stats, cfg);
+    if (!made.ok()) return fail(made.status());
+    q = std::move(*made);
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "synthetic %s K=%lld N=%lld rank %d (quantized in %.3f s)", a.format.c_str(),
+                  static_cast<long long>(k), static_cast<long long>(n), q.rank, q.info.seconds);
+    what = buf;
+  } else {
+    what = "'" + shown(layer_name) + "' of " + shown(a.quantized) + ": " + svdq::format_name(q.format) +
+           " K=" + std::to_string(k) + " N=" + std::to_string(n) + " rank " + std::to_string(q.rank);
   }
-  std::sort(times.begin(), times.end());
-  const double med = times[times.size() / 2];
-  const auto yv = svdq::MatrixView<const float>(y.data(), m, n);
-  const auto rv = svdq::MatrixView<const double>(ref.data(), m, n);
-  std::printf("svdq bench (CPU reference; the GPU layer is not wired into bench yet): %s K=%lld N=%lld M=%lld rank %d\n",
-              fmt.c_str(), static_cast<long long>(k), static_cast<long long>(n),
-              static_cast<long long>(m), rank);
-  std::printf("  quantize %.3f s | forward median %.4f s over %d run(s), %.2f GFLOP/s | rel. error %.5f, SQNR %.2f dB\n",
-              q->info.seconds, med, repeats, 2.0 * m * n * k / med * 1e-9,
-              svdq::relative_error(yv, rv), svdq::sqnr_db(yv, rv));
+  const auto x = svdq::synth::make_activations(*layer, max_m, 2);
+  if (x.empty()) return fail("could not draw " + std::to_string(max_m) + " synthetic rows of " + std::to_string(k));
+  if (a.gpu) return bench_gpu(a, q, what, *layer, !a.quantized.empty(), x, device);
+
+  std::printf("svdq bench (CPU reference forward; --gpu times the GPU layer): %s\n", what.c_str());
+  for (const int64_t m : a.ms) {
+    std::vector<float> y(static_cast<size_t>(m * n));
+    std::vector<double> times;
+    for (int r = 0; r < a.repeats; ++r) {
+      const auto t0 = std::chrono::steady_clock::now();
+      if (Status st = svdq::reference_forward(q, float_view(x, m, k), svdq::MatrixView<float>(y.data(), m, n)); !st.ok())
+        return fail(st);
+      times.push_back(seconds_since(t0));
+    }
+    std::sort(times.begin(), times.end());
+    const double med = times[times.size() / 2];
+    std::printf("  M=%lld: forward median %.4f s over %d run(s), %.2f GFLOP/s", static_cast<long long>(m), med,
+                a.repeats, 2.0 * static_cast<double>(m) * nd * kd / med * 1e-9);
+    if (a.quantized.empty()) {
+      std::vector<double> ref;
+      if (Status st = svdq::dense_forward(float_view(x, m, k), w, b, &ref); !st.ok()) return fail(st);
+      const auto yv = svdq::MatrixView<const float>(y.data(), m, n);
+      const auto rv = svdq::MatrixView<const double>(ref.data(), m, n);
+      std::printf(" | rel. error %.5f, SQNR %.2f dB vs the unquantized layer", svdq::relative_error(yv, rv),
+                  svdq::sqnr_db(yv, rv));
+    }
+    std::printf("\n");
+  }
   return 0;
 }
 
@@ -742,16 +892,23 @@ int main(int argc, char** argv) {
   auto* inspect = app.add_subcommand("inspect", "describe a quantized file: layers, formats, ranks, sizes");
   inspect->add_option("file", inspect_path, "a .safetensors file written by svdq")->required()->check(CLI::ExistingFile);
 
-  int64_t bk = 3072, bn = 3072, bm = 256;
-  std::string bfmt = "int4";
-  int brank = 32, breps = 3;
-  auto* bench = app.add_subcommand("bench", "time the layer forward on a synthetic layer against the unquantized one");
-  bench->add_option("-k,--in", bk, "in_features K")->check(CLI::Range(int64_t{1}, int64_t{1} << 20))->capture_default_str();
-  bench->add_option("-n,--out", bn, "out_features N")->check(CLI::Range(int64_t{1}, int64_t{1} << 20))->capture_default_str();
-  bench->add_option("-m,--tokens", bm, "tokens M")->check(CLI::Range(int64_t{1}, int64_t{1} << 20))->capture_default_str();
-  bench->add_option("--format", bfmt, "int4 or nvfp4")->check(CLI::IsMember({"int4", "nvfp4"}))->capture_default_str();
-  bench->add_option("--rank", brank, "low-rank branch rank")->check(CLI::Range(0, 4096))->capture_default_str();
-  bench->add_option("--repeats", breps, "timed runs (median reported)")->check(CLI::Range(1, 1000))->capture_default_str();
+  BenchArgs ba;
+  auto* bench = app.add_subcommand(
+      "bench", "time the layer forward (synthetic or --quantized layer): the CPU reference against the "
+               "unquantized layer, or with --gpu the GPU layer against cuBLAS BF16");
+  auto* ok = bench->add_option("-k,--in", ba.k, "in_features K")->check(CLI::Range(int64_t{1}, int64_t{1} << 20))->capture_default_str();
+  auto* on = bench->add_option("-n,--out", ba.n, "out_features N")->check(CLI::Range(int64_t{1}, int64_t{1} << 20))->capture_default_str();
+  bench->add_option("-m,--tokens", ba.ms, "tokens M (a comma-separated list times each)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20))->delimiter(',')->capture_default_str();
+  auto* of = bench->add_option("--format", ba.format, "int4 or nvfp4")->check(CLI::IsMember({"int4", "nvfp4"}))->capture_default_str();
+  auto* orank = bench->add_option("--rank", ba.rank, "low-rank branch rank")->check(CLI::Range(0, 4096))->capture_default_str();
+  auto* oreps = bench->add_option("--repeats", ba.repeats, "timed runs (median reported; --gpu: timed graph replays, default 20)")
+      ->check(CLI::Range(1, 1000))->capture_default_str();
+  bench->add_flag("--gpu", ba.gpu, "time the GPU layer (svdq::GpuLinear) against cuBLAS BF16 (needs a CUDA build and a GPU)");
+  auto* oq = bench->add_option("--quantized", ba.quantized, "time a layer of this svdq checkpoint instead of a synthetic one")
+      ->check(CLI::ExistingFile);
+  oq->excludes(ok)->excludes(on)->excludes(of)->excludes(orank);
+  bench->add_option("--layer", ba.layer, "the layer of --quantized (default: its only one)")->needs(oq);
 
   auto run_convert = svdq_cli::register_convert(app);
   const auto run_eval = svdq_cli::add_eval_command(app);
@@ -764,7 +921,10 @@ int main(int argc, char** argv) {
     if (*quantize) return cmd_quantize(qa);
     if (*calibrate) return cmd_calibrate(calib_inputs, calib_out, calib_suffix, calib_rows, calib_gram);
     if (*inspect) return cmd_inspect(inspect_path);
-    if (*bench) return cmd_bench(bk, bn, bm, bfmt, brank, breps);
+    if (*bench) {
+      if (ba.gpu && oreps->count() == 0) ba.repeats = 20;  // replays are cheap on a GPU
+      return cmd_bench(ba);
+    }
   } catch (const std::bad_alloc&) {
     return fail("out of memory (the sizes asked for do not fit this machine)");
   } catch (const std::exception& e) {

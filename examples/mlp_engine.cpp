@@ -1,13 +1,21 @@
 // mlp_engine — a minimal "inference engine" that links svdq: a transformer MLP block
 //   y = fc2(GELU(fc1(x)))
-// loaded from a quantized checkpoint written by `svdq quantize`, run through the prepared CPU
-// layer (svdq::CpuLinear), and compared with the unquantized block.
+// loaded from a quantized checkpoint written by `svdq quantize`, run through the prepared GPU
+// layer (svdq::GpuLinear) when a GPU is present, else the prepared CPU layer (svdq::CpuLinear),
+// and compared with the unquantized block.
 //
 //   mlp_engine make-model --model M.safetensors --rows R.safetensors [--heldout H.safetensors]
-//   mlp_engine run --model M.safetensors --quantized Q.safetensors [--budget 0.01]
+//   mlp_engine run --model M.safetensors --quantized Q.safetensors [--budget 0.01] [--device auto]
 //
-// Lifetimes: a QuantizedLinear is plain data, loaded once; a CpuLinear is prepared from it once,
-// is immutable and can be shared by threads, each with its own workspace and outputs.
+// --device auto (default) runs on the GPU when this build has CUDA and a usable device, else on
+// the CPU with a one-line note; gpu refuses to fall back; cpu never tries. On the GPU the two
+// layers run as GpuLinear::forward in bf16 (GELU on the host: this example has no kernel of its
+// own), and each layer's output is also compared with the CPU layer on the same input: within
+// docs/gpu.md's bound (1e-3 relative), else exit 1.
+//
+// Lifetimes: a QuantizedLinear is plain data, loaded once; a CpuLinear or GpuLinear is prepared
+// from it once, is immutable and can be shared by threads (streams), each with its own workspace
+// and outputs.
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cmath>
@@ -20,6 +28,10 @@
 #include "svdq/svdq.hpp"
 #include "svdq/testing.hpp"  // synth: the embedded default layers
 
+#if SVDQ_EXAMPLE_CUDA
+#include <cuda_runtime.h>  // the engine owns its device memory and stream
+#endif
+
 namespace {
 
 constexpr int64_t kHidden = 384, kInner = 1536, kTokens = 256;
@@ -29,8 +41,9 @@ int fail(const svdq::Status& st) {
   return 1;
 }
 
+float gelu(float x) { return 0.5f * x * (1.0f + std::erf(x * 0.70710678f)); }
 void gelu(std::vector<float>* v) {
-  for (float& x : *v) x = 0.5f * x * (1.0f + std::erf(x * 0.70710678f));
+  for (float& x : *v) x = gelu(x);
 }
 
 template <typename T>
@@ -46,6 +59,143 @@ std::vector<float> dense(const std::vector<float>& x, int64_t m, const std::vect
                             svdq::MatrixView<const float>(w.data(), n, k),
                             svdq::MatrixView<const float>(b.data(), 1, n), &y);
   return std::vector<float>(y.begin(), y.end());
+}
+
+// The GPU side: whether a device can run the block, and the block on it.
+constexpr double kGpuVsCpuBound = 1e-3;  // docs/gpu.md: GPU layer vs reference_forward, relative
+
+/// "" when this build has CUDA and a device is visible, else why not (one line).
+std::string gpu_unavailable(std::string* device) {
+#if SVDQ_EXAMPLE_CUDA
+  int count = 0;
+  if (const cudaError_t e = cudaGetDeviceCount(&count); e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return std::string("no usable CUDA device (cudaGetDeviceCount: ") + cudaGetErrorName(e) + ", " +
+           cudaGetErrorString(e) + ")";
+  }
+  if (count == 0) return "no CUDA device is visible";
+  int dev = 0;
+  cudaDeviceProp prop{};
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&prop, dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return "the CUDA device's properties cannot be read";
+  }
+  *device = std::string(prop.name) + ", sm_" + std::to_string(prop.major) + std::to_string(prop.minor);
+  return "";
+#else
+  (void)device;
+  return "this svdq was built without CUDA (SVDQ_ENABLE_CUDA=OFF)";
+#endif
+}
+
+#if SVDQ_EXAMPLE_CUDA
+svdq::Status cuda_status(const char* call, cudaError_t e) {
+  (void)cudaGetLastError();
+  return svdq::Status(svdq::StatusCode::kErrorCuda, std::string(call) + ": " + cudaGetErrorName(e));
+}
+#define ENGINE_CUDA(call)                                        \
+  do {                                                           \
+    const cudaError_t e_ = (call);                               \
+    if (e_ != cudaSuccess) return cuda_status(#call, e_);        \
+  } while (0)
+
+struct DeviceBuffer {
+  void* p = nullptr;
+  DeviceBuffer() = default;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() {
+    if (p) cudaFree(p);
+  }
+};
+
+/// fc1 -> GELU -> fc2 for m rows of bf16 x. h: fc1's output as it left the GPU; hg: GELU(h), the
+/// input of fc2; y: the block's output. GELU runs on the host (two copies over PCIe).
+svdq::Status block_on_gpu(const svdq::GpuLinear& fc1, const svdq::GpuLinear& fc2,
+                          const std::vector<svdq::bfloat16_t>& x, int64_t m,
+                          std::vector<svdq::bfloat16_t>* h, std::vector<svdq::bfloat16_t>* hg,
+                          std::vector<svdq::bfloat16_t>* y) {
+  static_assert(sizeof(svdq::bfloat16_t) == 2);
+  const int64_t k = fc1.in_features(), inner = fc1.out_features(), n = fc2.out_features();
+  const size_t ws_bytes = std::max(fc1.workspace_size(m), fc2.workspace_size(m));
+  DeviceBuffer dx, dh, dy, ws;
+  cudaStream_t s = nullptr;
+  ENGINE_CUDA(cudaMalloc(&dx.p, m * k * 2));
+  ENGINE_CUDA(cudaMalloc(&dh.p, m * inner * 2));
+  ENGINE_CUDA(cudaMalloc(&dy.p, m * n * 2));
+  ENGINE_CUDA(cudaMalloc(&ws.p, ws_bytes));
+  ENGINE_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  const auto run = [&]() -> svdq::Status {
+    h->resize(m * inner), hg->resize(m * inner), y->resize(m * n);
+    ENGINE_CUDA(cudaMemcpyAsync(dx.p, x.data(), m * k * 2, cudaMemcpyHostToDevice, s));
+    SVDQ_RETURN_IF_ERROR(fc1.forward(dx.p, dh.p, m, ws.p, ws_bytes, s));
+    ENGINE_CUDA(cudaMemcpyAsync(h->data(), dh.p, m * inner * 2, cudaMemcpyDeviceToHost, s));
+    ENGINE_CUDA(cudaStreamSynchronize(s));
+    for (size_t i = 0; i < h->size(); ++i) (*hg)[i] = svdq::bfloat16_t::from_float(gelu((*h)[i].to_float()));
+    ENGINE_CUDA(cudaMemcpyAsync(dh.p, hg->data(), m * inner * 2, cudaMemcpyHostToDevice, s));
+    SVDQ_RETURN_IF_ERROR(fc2.forward(dh.p, dy.p, m, ws.p, ws_bytes, s));
+    ENGINE_CUDA(cudaMemcpyAsync(y->data(), dy.p, m * n * 2, cudaMemcpyDeviceToHost, s));
+    ENGINE_CUDA(cudaStreamSynchronize(s));
+    return svdq::Status::Ok();
+  };
+  svdq::Status st = run();
+  cudaStreamDestroy(s);
+  return st;
+}
+#endif  // SVDQ_EXAMPLE_CUDA
+
+/// The block on the GPU, each layer also checked against the CPU layer on the same input.
+/// Returns the exit code, or -1 when the GPU cannot take these layers and `required` is false
+/// (the caller falls back to the CPU; the reason was printed).
+int run_on_gpu(const svdq::QuantizedLinear& q1, const svdq::QuantizedLinear& q2, const svdq::CpuLinear& c1,
+               const svdq::CpuLinear& c2, const std::vector<svdq::bfloat16_t>& xb, int64_t m,
+               const std::vector<float>& y_ref, double budget, const std::string& device, bool required) {
+#if SVDQ_EXAMPLE_CUDA
+  auto g1 = svdq::GpuLinear::create(q1, svdq::DType::kBF16);
+  auto g2 = g1.ok() ? svdq::GpuLinear::create(q2, svdq::DType::kBF16) : svdq::Result<svdq::GpuLinear>(g1.status());
+  if (!g2.ok()) {
+    if (g2.status().code() != svdq::StatusCode::kErrorArchMismatch || required) return fail(g2.status());
+    std::fprintf(stderr, "mlp_engine: the GPU (%s) has no svdq kernel (%s): running the block on the CPU\n",
+                 device.c_str(), g2.status().message().c_str());
+    return -1;
+  }
+  std::vector<svdq::bfloat16_t> h, hg, y;
+  if (auto st = block_on_gpu(*g1, *g2, xb, m, &h, &hg, &y); !st.ok()) return fail(st);
+  // The CPU layers on the same inputs: fc1 on x, fc2 on the GPU's GELU(h), both to bf16.
+  std::vector<svdq::bfloat16_t> h_cpu(h.size()), y_cpu(y.size());
+  const size_t bytes = std::max(c1.workspace_size(m), c2.workspace_size(m));
+  std::unique_ptr<void, decltype(&std::free)> ws(std::aligned_alloc(64, (bytes + 63) / 64 * 64), &std::free);
+  const int64_t k = q1.in_features, inner = q1.out_features, n = q2.out_features;
+  if (auto st = c1.forward(svdq::MatrixView<const svdq::bfloat16_t>(xb.data(), m, k),
+                           svdq::MatrixView<svdq::bfloat16_t>(h_cpu.data(), m, inner), m, ws.get(), bytes, 2);
+      !st.ok())
+    return fail(st);
+  if (auto st = c2.forward(svdq::MatrixView<const svdq::bfloat16_t>(hg.data(), m, inner),
+                           svdq::MatrixView<svdq::bfloat16_t>(y_cpu.data(), m, n), m, ws.get(), bytes, 2);
+      !st.ok())
+    return fail(st);
+  using V = svdq::MatrixView<const svdq::bfloat16_t>;
+  const double e1 = svdq::relative_error(V(h.data(), m, inner), V(h_cpu.data(), m, inner));
+  const double e2 = svdq::relative_error(V(y.data(), m, n), V(y_cpu.data(), m, n));
+  const svdq::MatrixView<const float> rv(y_ref.data(), m, n);
+  const double rel = svdq::relative_mse(V(y.data(), m, n), rv);
+  std::printf("MLP block (fc1 %s rank %d, fc2 %s rank %d), %lld held-out tokens, bf16 activations,\n"
+              "on the GPU (%s; GpuLinear, GELU on the host): relMSE vs the unquantized block %.4e "
+              "(SQNR %.2f dB), budget %.4g\n"
+              "GPU vs CPU layers on the same inputs: fc1 rel. error %.3e, fc2 rel. error %.3e (bound %.0e)\n",
+              svdq::format_name(q1.format), q1.rank, svdq::format_name(q2.format), q2.rank,
+              static_cast<long long>(m), device.c_str(), rel, svdq::sqnr_db(V(y.data(), m, n), rv), budget, e1, e2,
+              kGpuVsCpuBound);
+  if (!(e1 <= kGpuVsCpuBound && e2 <= kGpuVsCpuBound)) {
+    std::fprintf(stderr, "mlp_engine: error: the GPU layers depart from the CPU layers by more than %.0e\n",
+                 kGpuVsCpuBound);
+    return 1;
+  }
+  return rel <= budget ? 0 : 1;
+#else
+  (void)q1, (void)q2, (void)c1, (void)c2, (void)xb, (void)m, (void)y_ref, (void)budget, (void)device, (void)required;
+  return -1;
+#endif
 }
 
 int make_model(const std::string& model_path, const std::string& rows_path,
@@ -96,7 +246,7 @@ int make_model(const std::string& model_path, const std::string& rows_path,
   return 0;
 }
 
-int run(const std::string& model_path, const std::string& quant_path, double budget) {
+int run(const std::string& model_path, const std::string& quant_path, double budget, const std::string& mode) {
   auto model = svdq::SafetensorsFile::open(model_path);
   if (!model.ok()) return fail(model.status());
   auto qfile = svdq::SafetensorsFile::open(quant_path);
@@ -128,6 +278,18 @@ int run(const std::string& model_path, const std::string& quant_path, double bud
   if (!fc1.ok()) return fail(fc1.status());
   auto fc2 = svdq::CpuLinear::create(*q2);
   if (!fc2.ok()) return fail(fc2.status());
+  if (mode != "cpu") {  // the GPU when there is one (--device auto), or only the GPU (--device gpu)
+    std::string device;
+    const std::string why = gpu_unavailable(&device);
+    if (why.empty()) {
+      const int rc = run_on_gpu(*q1, *q2, *fc1, *fc2, xb, 64, y_ref, budget, device, mode == "gpu");
+      if (rc >= 0) return rc;
+    } else if (mode == "gpu") {
+      return fail(svdq::Status(svdq::StatusCode::kErrorNotSupported, "--device gpu: " + why));
+    } else {
+      std::fprintf(stderr, "mlp_engine: %s: running the block on the CPU\n", why.c_str());
+    }
+  }
   const size_t bytes = std::max(fc1->workspace_size(64), fc2->workspace_size(64));
   std::unique_ptr<void, decltype(&std::free)> ws(std::aligned_alloc(64, (bytes + 63) / 64 * 64),
                                                  &std::free);
@@ -171,7 +333,11 @@ int main(int argc, char** argv) {
   rn->add_option("--quantized", quant, "the checkpoint from svdq quantize")->required()->check(CLI::ExistingFile);
   rn->add_option("--budget", budget, "largest relMSE (||y_q - y||^2 / ||y||^2) accepted (exit 1 above)")
       ->capture_default_str();
+  std::string device = "auto";
+  rn->add_option("--device", device, "auto: the GPU when present, else the CPU; gpu: the GPU or an error; cpu")
+      ->check(CLI::IsMember({"auto", "gpu", "cpu"}))
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   if (*mk) return make_model(model, rows, heldout);
-  return run(model, quant, budget);
+  return run(model, quant, budget, device);
 }

@@ -5,10 +5,10 @@
 #   DIR/run.sh                            # on the GPU machine; logs and JSON under $OUT (or DIR/out)
 #
 # `pack` builds the CUDA configuration in build-gpu/ and writes a self-contained folder: the GPU
-# test and benchmark binaries, the non-CUDA shared libraries they need (the CUDA runtime is linked
+# test and benchmark binaries, the svdq command and the mlp_engine example, the non-CUDA shared libraries they need (the CUDA runtime is linked
 # statically; cuBLAS comes from the GPU machine's toolkit), run.sh and the summary script. run.sh
 # checks that the binaries start, runs the GPU tests, compute-sanitizer memcheck and racecheck on a
-# small subset, and the benchmarks, each under its own time limit (all together well under 8
+# small subset, the benchmarks, `svdq bench --gpu` and mlp_engine's block on the GPU, each under its own time limit (all together well under 8
 # minutes on an H200), and prints a summary table last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,13 +25,13 @@ build=build-gpu
 # Hopper (the only GPU this project measures on) plus sm_80 SASS; override with SVDQ_GPU_ARCHS.
 archs="${SVDQ_GPU_ARCHS:-80-real;90-real}"
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DSVDQ_ENABLE_CUDA=ON -DSVDQ_BUILD_TESTS=ON \
-      -DSVDQ_BUILD_BENCHMARKS=ON -DSVDQ_BUILD_EXAMPLES=OFF -DSVDQ_BUILD_CLI=OFF \
+      -DSVDQ_BUILD_BENCHMARKS=ON -DSVDQ_BUILD_EXAMPLES=ON -DSVDQ_BUILD_CLI=ON \
       "-DCMAKE_CUDA_ARCHITECTURES=$archs" >/dev/null
-cmake --build "$build" -j"$(nproc)" --target test_gpu bench_gpu
+cmake --build "$build" -j"$(nproc)" --target test_gpu bench_gpu svdq_cli mlp_engine
 
 rm -rf "$dir"
 mkdir -p "$dir/bin" "$dir/lib"
-cp "$build/tests/test_gpu" "$build/bench/bench_gpu" "$dir/bin/"
+cp "$build/tests/test_gpu" "$build/bench/bench_gpu" "$build/svdq" "$build/examples/mlp_engine" "$dir/bin/"
 cp scripts/gpu_summary.py "$dir/"
 # Non-CUDA shared libraries the binaries load (Google Benchmark, libgomp, ...); glibc, libstdc++ and
 # the CUDA libraries come from the GPU machine.
@@ -48,7 +48,8 @@ done
 cat >"$dir/run.sh" <<'RUN'
 #!/usr/bin/env bash
 # Runs the svdq GPU suite; see scripts/gpu_suite.sh. Env: OUT (results folder), SVDQ_BENCH_SHAPES
-# (full | quick), SVDQ_GPU_TEST_FILTER (gtest filter of the GPU tests).
+# (full | quick), SVDQ_GPU_TEST_FILTER (gtest filter of the GPU tests), SVDQ_CLI_BENCH_M (the token
+# counts of `svdq bench --gpu`).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out="${OUT:-$here/out}"
@@ -77,7 +78,7 @@ step() {  # step NAME LIMIT_S command...
   echo "== ldd"; for b in "$here"/bin/*; do echo "$b"; ldd "$b"; done
 } >"$out/env.log" 2>&1
 if grep -q "not found" "$out/env.log"; then echo "a carried binary misses a library:"; grep "not found" "$out/env.log"; fi
-step start 60 bash -c "'$here/bin/test_gpu' --gtest_list_tests >/dev/null && '$here/bin/bench_gpu' --benchmark_list_tests >/dev/null" \
+step start 60 bash -c "'$here/bin/test_gpu' --gtest_list_tests >/dev/null && '$here/bin/bench_gpu' --benchmark_list_tests >/dev/null && '$here/bin/svdq' --version >/dev/null" \
   || { echo "the carried binaries do not start here; see $out/start.log"; cat "$out/start.log"; exit 1; }
 step tests 150 "$here/bin/test_gpu" "--gtest_filter=$filter" "--gtest_output=json:$out/test_gpu.json"
 if command -v compute-sanitizer >/dev/null; then
@@ -87,7 +88,20 @@ else
   rows+=("compute-sanitizer not on PATH: memcheck/racecheck not run")
 fi
 step bench 270 "$here/bin/bench_gpu" --shapes "$shapes" "--benchmark_out=$out/bench_gpu.json" --benchmark_out_format=json
+# The CLI's GPU timing on the DESIGN.md §5 (K, N), a few M (exit 1 if a shape fails or departs
+# from the CPU reference), then the example engine's MLP block on the GPU against its CPU layers.
+step svdq_bench 120 bash -c "rc=0; for kn in 3072x3072 3072x9216 3072x12288 12288x3072; do
+  '$here/bin/svdq' bench --gpu -k \${kn%x*} -n \${kn#*x} -m '${SVDQ_CLI_BENCH_M:-1,16,256,4096}' --repeats 5 || rc=\$?; done; exit \$rc"
+step mlp_engine 60 bash -c "cd '$out' && '$here/bin/mlp_engine' make-model --model mlp.safetensors --rows mlp_rows.safetensors &&
+  '$here/bin/svdq' calibrate mlp_rows.safetensors -o mlp_calib.safetensors && '$here/bin/svdq' quantize mlp.safetensors \
+  -o mlp_q.safetensors --calib mlp_calib.safetensors --exclude '^embed' && '$here/bin/mlp_engine' run --model mlp.safetensors \
+  --quantized mlp_q.safetensors --budget 0.08 --device gpu"
 
+echo
+echo "== svdq bench --gpu ($out/svdq_bench.log)"
+grep -E '^svdq bench|^ +[0-9]+ |error' "$out/svdq_bench.log"
+echo "== mlp_engine on the GPU ($out/mlp_engine.log)"
+grep -E '^MLP block|^on the GPU|^GPU vs CPU|error' "$out/mlp_engine.log"
 echo
 echo "== steps"
 printf '%s\n' "${rows[@]}"

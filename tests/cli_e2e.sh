@@ -17,7 +17,20 @@ grep -q "data-free" free.log
 grep -q "mlp.fc1 .*int4" inspect.log
 grep -q "mlp.fc2 .*int4" inspect.log
 grep -q "    compared: data-free" inspect.log
-"$engine" run --model model.safetensors --quantized q_plus.safetensors --budget 0.08
+# On a GPU the block runs there (and is checked against the CPU layers); without one (or without
+# CUDA in the build) one line on stderr says why, and the CPU layers run.
+"$engine" run --model model.safetensors --quantized q_plus.safetensors --budget 0.08 2>engine.err | tee engine.log
+grep -q "on the GPU" engine.log || { grep -q "^mlp_engine: .*: running the block on the CPU$" engine.err &&
+                                     grep -q "prepared CPU layers" engine.log; }
+[ "$(wc -l <engine.err)" -le 1 ]
+# --device gpu: the GPU, or an error naming why not (never a silent fallback).
+if "$engine" run --model model.safetensors --quantized q_plus.safetensors --budget 0.08 --device gpu \
+     >gpu.log 2>gpu.err; then
+  grep -q "on the GPU" gpu.log
+else
+  grep -q "^mlp_engine: error: not supported: --device gpu: " gpu.err
+  ! grep -q "MLP block" gpu.log
+fi
 "$engine" run --model model.safetensors --quantized q_free.safetensors --budget 0.25
 
 # Errors are clear and exit non-zero: a missing file, a file that is not safetensors, a shape

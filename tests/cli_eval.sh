@@ -36,7 +36,7 @@ grep -q "^verdict:" calrows.log
 "$svdq" eval model.safetensors q_free.safetensors rows.safetensors > free_eval.log
 grep -q "^verdict:" free_eval.log
 
-# The engine runs the quantized block from C++ through CpuLinear.
-"$engine" run --model model.safetensors --quantized q.safetensors --budget 0.01 | tee run.log
+# The engine runs the quantized block from C++ through CpuLinear (--device cpu: also on a GPU machine).
+"$engine" run --model model.safetensors --quantized q.safetensors --budget 0.01 --device cpu | tee run.log
 grep -q "prepared CPU layers: relMSE" run.log
 echo "cli_eval: all steps passed"
