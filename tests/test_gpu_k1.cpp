@@ -1,6 +1,7 @@
 // Kernel 1 (cuda/quantize_lora_down.cuh: activation quantization + x·lora_down on tensor cores),
 // on two backends from this one source like tests/test_gpu.cpp:
-//   * test_gpu_k1 (SVDQ_TEST_BACKEND_CUDA, label "gpu"): svdq::GpuLinear on a device; skips without;
+//   * linked into test_gpu (SVDQ_TEST_BACKEND_CUDA, label "gpu", run by scripts/gpu_suite.sh):
+//     svdq::GpuLinear on a device; skips without one;
 //   * test_gpu_k1_emu (SVDQ_TEST_BACKEND_EMU, labels "emu" and "cpu"): the emulated device.
 // Compared against: the CPU reference's activation codes and scales (byte-equal: the contract);
 // lora = x·lora_down read from the workspace against a float64 product of the same 16-bit operands
