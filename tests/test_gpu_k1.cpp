@@ -300,6 +300,50 @@ TEST(Kernel1Rows, NanAndInfRowsStayInTheirRows) {
     }
 }
 
+// K below one 256-channel slice: nvfp4 K = 48 (3 k16 steps, warps 3-7 idle) and int4 K = 64;
+// rank = min(N, K) = 16; M = 20 (two CTAs, the second with 4 rows).
+TEST(Kernel1Shapes, NarrowK) {
+  SKIP_WITHOUT_GPU();
+  for (auto [fmt, k] : {std::pair{svdq::Format::kNvfp4, int64_t{48}}, {svdq::Format::kInt4, int64_t{64}}})
+    for (auto dt : {svdq::DType::kBF16, svdq::DType::kF16}) {
+      SCOPED_TRACE(std::string(svdq::format_name(fmt)) + " " + svdq::dtype_name(dt));
+      const int64_t n = 16, m = 20;
+      svdq::synth::LayerSpec spec;
+      spec.in_features = k;
+      spec.out_features = n;
+      spec.spectrum_rank = 8;
+      spec.weight_outlier_columns = 2;
+      spec.act_outlier_channels = 2;
+      const auto layer = svdq::synth::make_layer(spec);
+      ASSERT_TRUE(layer.ok()) << layer.status().to_string();
+      svdq::ActivationStats stats;
+      const auto calib = svdq::synth::make_activations(*layer, 32, 1);
+      ASSERT_TRUE(stats.observe(svdq::MatrixView<const float>(calib.data(), 32, k)).ok());
+      svdq::QuantConfig c;
+      c.format = fmt;
+      c.rank = 16;
+      auto q = svdq::quantize_linear(svdq::MatrixView<const float>(layer->weight.data(), n, k),
+                                     svdq::vector_view<const float>(layer->bias.data(), n), &stats, c);
+      ASSERT_TRUE(q.ok()) << q.status().to_string();
+      auto g = make_linear(*q, dt);
+      ASSERT_TRUE(g.ok()) << g.status().to_string();
+      const auto xf = svdq::synth::make_activations(*layer, m, 5);
+      std::vector<uint16_t> x(xf.size());
+      for (size_t i = 0; i < x.size(); ++i) x[i] = svdq::float_to_bits16(xf[i], dt);
+      Outcome got;
+      ASSERT_NO_FATAL_FAILURE(run(*g, *q, x, m, &got));
+      std::vector<uint16_t> y_ref(static_cast<size_t>(m * n));
+      svdq::QuantizedActivations act_ref;
+      ASSERT_TRUE(svdq::test_support::reference_forward_with_activations(
+                      *q, view16(x, dt, m, k), svdq::MatrixRef(y_ref.data(), dt, m, n, n), &act_ref)
+                      .ok());
+      EXPECT_EQ(got.codes, act_ref.codes);
+      EXPECT_EQ(got.scales, act_ref.scales);
+      check_lora(*q, dt, x, m, got.lora);
+      EXPECT_LE(svdq::relative_error(view16(got.y, dt, m, n), view16(y_ref, dt, m, n)), kKernelVsReference);
+    }
+}
+
 #if defined(SVDQ_TEST_BACKEND_EMU)
 // The same bits under every interleaving of the CTAs' threads and order of the CTAs (seeds, with
 // preemption between shared accesses): codes, scales, lora and y.
