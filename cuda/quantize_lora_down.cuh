@@ -3,7 +3,8 @@
 //
 // One CTA per 16 token rows (one mma M tile), kQuantThreads = 256 threads (8 warps). x is read
 // once: slice by slice (kSlice = 256 channels), the CTA stages its 16 rows of the slice in shared
-// memory (16-byte global loads; rows past M and channels past K are zero), then
+// memory (16-byte global loads into registers one slice ahead, register double buffering; rows
+// past M and channels past K are zero), then
 //   * quantization (first rank pass only): thread t owns row t / 16, 16-channel chunk t % 16 of the
 //     slice, so an nvfp4 group (16) is one thread's chunk and an int4 group (64) is four
 //     consecutive lanes' chunks: the group absmax and finiteness flag are reduced over those 4
@@ -125,21 +126,34 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_lora_down_kernel(Quant
 #pragma unroll
       for (int r = 0; r < 4; ++r) acc[j][r] = 0.0f;
 
-    for (int64_t s0 = 0; s0 < k; s0 += kSlice) {
-      const int len = static_cast<int>(k - s0 < kSlice ? k - s0 : kSlice);  // a multiple of 16 (of 64: int4)
-      // Stage rows m0 .. m0 + 15, channels s0 .. s0 + len: 16-byte loads, zeros past M and K.
+    // Register double buffering: slice s + 1 is loaded from global memory while slice s is used.
+    // Rows m0 .. m0 + 15, channels s0 .. s0 + len: 16-byte loads, zeros past M and K.
+    constexpr int kLoads = (kQuantRows * kSlice / 8) / kQuantThreads;  // uint4 per thread: 2
+    uint4 next[kLoads];
+    auto load = [&](int64_t s0) {
+      const int64_t len = k - s0 < kSlice ? k - s0 : kSlice;
 #pragma unroll
-      for (int i = 0; i < (kQuantRows * kSlice / 8) / kQuantThreads; ++i) {
+      for (int i = 0; i < kLoads; ++i) {
         const int idx = tid + i * kQuantThreads;
         const int r = idx / (kSlice / 8), q = idx % (kSlice / 8);
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (m0 + r < p.m && 8 * q < len) v = *reinterpret_cast<const uint4*>(x + (m0 + r) * k + s0 + 8 * q);
-        sm.x[r][4 * q + 0] = v.x;
-        sm.x[r][4 * q + 1] = v.y;
-        sm.x[r][4 * q + 2] = v.z;
-        sm.x[r][4 * q + 3] = v.w;
+        next[i] = make_uint4(0, 0, 0, 0);
+        if (m0 + r < p.m && 8 * q < len) next[i] = *reinterpret_cast<const uint4*>(x + (m0 + r) * k + s0 + 8 * q);
+      }
+    };
+    load(0);
+    for (int64_t s0 = 0; s0 < k; s0 += kSlice) {
+      const int len = static_cast<int>(k - s0 < kSlice ? k - s0 : kSlice);  // a multiple of 16 (of 64: int4)
+#pragma unroll
+      for (int i = 0; i < kLoads; ++i) {
+        const int idx = tid + i * kQuantThreads;
+        const int r = idx / (kSlice / 8), q = idx % (kSlice / 8);
+        sm.x[r][4 * q + 0] = next[i].x;
+        sm.x[r][4 * q + 1] = next[i].y;
+        sm.x[r][4 * q + 2] = next[i].z;
+        sm.x[r][4 * q + 3] = next[i].w;
       }
       arch::syncthreads();
+      if (s0 + kSlice < k) load(s0 + kSlice);
 
       if (pass == 0) {
         const bool active = qrow < p.m && kChunk * qc < len;
