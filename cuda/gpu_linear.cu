@@ -42,7 +42,7 @@ struct GpuLinear::Impl {
   DeviceBuffer w_codes, w_scales, inv_s, down_t, up, bias;
   cuda::DeviceWeights weights() const {
     return {static_cast<const uint8_t*>(w_codes.ptr), static_cast<const float*>(w_scales.ptr),
-            static_cast<const float*>(inv_s.ptr),     static_cast<const float*>(down_t.ptr),
+            static_cast<const float*>(inv_s.ptr),     static_cast<const uint16_t*>(down_t.ptr),
             static_cast<const float*>(up.ptr),        static_cast<const float*>(bias.ptr)};
   }
 };
@@ -133,10 +133,11 @@ Result<GpuLinear> GpuLinear::create(const QuantizedLinear& q, DType act_dtype, i
   SVDQ_RETURN_IF_ERROR(impl->w_codes.upload(p.w_codes.data(), p.w_codes.size()));
   SVDQ_RETURN_IF_ERROR(impl->w_scales.upload(p.w_scales.data(), p.w_scales.size() * 4));
   SVDQ_RETURN_IF_ERROR(impl->inv_s.upload(p.inv_s.data(), p.inv_s.size() * 4));
-  SVDQ_RETURN_IF_ERROR(impl->down_t.upload(p.down_t.data(), p.down_t.size() * 4));
+  SVDQ_RETURN_IF_ERROR(impl->down_t.upload(p.down.bits.data(), p.down.bits.size() * 2));
   SVDQ_RETURN_IF_ERROR(impl->up.upload(p.up.data(), p.up.size() * 4));
   SVDQ_RETURN_IF_ERROR(impl->bias.upload(p.bias.data(), p.bias.size() * 4));
-  for (auto* v : {&p.w_scales, &p.inv_s, &p.down_t, &p.up, &p.bias}) std::vector<float>().swap(*v);
+  for (auto* v : {&p.w_scales, &p.inv_s, &p.up, &p.bias}) std::vector<float>().swap(*v);
+  std::vector<uint16_t>().swap(p.down.bits);
   std::vector<uint8_t>().swap(p.w_codes);
   impl->plan = std::move(p);
   return GpuLinear(std::move(impl));

@@ -12,6 +12,7 @@
 #include "dispatch.hpp"  // GemmPath, the kernel 2 instantiations
 #include "gemm_w4a4_dp4a.cuh"
 #include "quantize_lora_down.cuh"
+#include "quantize_lora_down_plan.hpp"  // kernel 1's tensor-core operand
 #include "svdq/linear.hpp"
 #include "svdq/status.hpp"
 #include "svdq/types.hpp"
@@ -36,7 +37,7 @@ struct LinearPlan {
   std::vector<uint8_t> w_codes;  // (N, K/2) canonical packed codes (the dp4a kernel reads them as is)
   std::vector<float> w_scales;   // (N, G) fp32, exact decode of the fp16 / E4M3 group scales
   std::vector<float> inv_s;      // (K) fp32, 1 / s
-  std::vector<float> down_t;     // (r, K) fp32, lora_down transposed
+  DownOperand down;              // kernel 1's lora_down operand (quantize_lora_down_plan.hpp)
   std::vector<float> up;         // (N, r) fp32
   std::vector<float> bias;       // (N) fp32 (empty without bias)
 
@@ -75,11 +76,9 @@ inline Result<LinearPlan> make_plan(const QuantizedLinear& q, DType act, const c
   for (int64_t i = 0; i < n; ++i)
     for (int64_t g = 0; g < groups; ++g) p.w_scales[i * groups + g] = q.wscale(i, g);
   p.inv_s = q.inverse_smooth();
-  p.down_t.resize(static_cast<size_t>(r * k));
   p.up.resize(static_cast<size_t>(n * r));
   p.bias.resize(q.bias.size());
-  for (int64_t kk = 0; kk < k; ++kk)
-    for (int64_t j = 0; j < r; ++j) p.down_t[j * k + kk] = bits16_to_float(q.lora_down[kk * r + j], q.storage);
+  p.down = make_down_operand(q, act);
   for (int64_t i = 0; i < n * r; ++i) p.up[i] = bits16_to_float(q.lora_up[i], q.storage);
   for (size_t i = 0; i < p.bias.size(); ++i) p.bias[i] = bits16_to_float(q.bias[i], q.storage);
   return p;
@@ -98,7 +97,9 @@ inline Status can_implement(const LinearPlan* p, int64_t m, DType dtype, const c
 /// Where the uploaded arrays of a plan live on the backend's device.
 struct DeviceWeights {
   const uint8_t* w_codes = nullptr;
-  const float *w_scales = nullptr, *inv_s = nullptr, *down_t = nullptr, *up = nullptr, *bias = nullptr;
+  const float *w_scales = nullptr, *inv_s = nullptr;
+  const uint16_t* down = nullptr;  // plan.down.bits
+  const float *up = nullptr, *bias = nullptr;
 };
 
 struct Dim {
@@ -115,10 +116,10 @@ struct ForwardLaunch {
   GemmPath path = GemmPath::kDp4a;
 };
 
-/// The launch configuration for M rows: kernel 1 one CTA per row (gridDim.x = M <= 2^31-1);
+/// The launch configuration for M rows: kernel 1 one CTA per 16 rows (gridDim.x = ceil(M/16));
 /// kernel 2 M tiles on gridDim.x (ceil(M/64) <= 2^31-1) and N tiles on gridDim.y (<= 65535).
 inline void grids(const LinearPlan& p, int64_t m, Dim* qgrid, Dim* ggrid) {
-  qgrid->x = static_cast<unsigned>(m);
+  qgrid->x = static_cast<unsigned>((m + kQuantRows - 1) / kQuantRows);
   ggrid->x = static_cast<unsigned>((m + kBlkM - 1) / kBlkM);
   ggrid->y = static_cast<unsigned>((p.n + kBlkN - 1) / kBlkN);
 }
@@ -142,7 +143,8 @@ inline Status plan_forward(const LinearPlan* p, const DeviceWeights& w, const vo
   uint8_t* codes = ws;
   uint8_t* scales = codes + L.codes_bytes(m);
   float* lora = reinterpret_cast<float*>(scales + L.scales_bytes(m));
-  out->qp = QuantizeParams{d_x, m, L.k, w.inv_s, L.t_act, codes, scales, w.down_t, L.rank, lora};
+  out->qp = QuantizeParams{d_x, m, L.k, w.inv_s, L.t_act, codes, scales, w.down, L.rank, L.down.rank_pad,
+                           L.down.has_lo ? 1 : 0, L.down.lora_scale, lora};
   out->gp = GemmParams{m, L.n, L.k, codes, scales, w.w_codes, w.w_scales, L.t_prod, lora, w.up, L.rank,
                        L.has_bias ? w.bias : nullptr, d_y};
   grids(L, m, &out->qgrid, &out->ggrid);

@@ -1,110 +1,273 @@
-// cuda/quantize_lora_down.cuh — kernel 1: activation quantization + low-rank down-projection.
+// cuda/quantize_lora_down.cuh — kernel 1: activation quantization + low-rank down-projection in
+// one pass over x, the down-projection on tensor cores (issue 9 item 4).
 //
-// One CTA per token row, kThreads threads. Each thread owns chunks of 16 consecutive channels
-// (chunk c = threadIdx.x + i * kThreads), so an nvfp4 group (16) is one thread's chunk and an
-// int4 group (64) is four consecutive lanes' chunks: the group absmax and the finiteness flag are
-// reduced over those 4 lanes with xor-shuffles (max is order-independent, so the result is exact).
-// Each lane then applies the contract (codecs.cuh) to its 16 values and stores 8 packed bytes;
-// the group's first lane stores the scale. Then the low-rank branch lora[m, :] = x[m, :] lora_down
-// on the RAW x: each warp owns columns j = warp, warp + 8, ..., lanes stride over k, partial sums
-// are reduced with a fixed butterfly, so the result is deterministic.
+// One CTA per 16 token rows (one mma M tile), kQuantThreads = 256 threads (8 warps). x is read
+// once: slice by slice (kSlice = 256 channels), the CTA stages its 16 rows of the slice in shared
+// memory (16-byte global loads into registers one slice ahead, register double buffering; rows
+// past M and channels past K are zero), then
+//   * quantization (first rank pass only): thread t owns row t / 16, 16-channel chunk t % 16 of the
+//     slice, so an nvfp4 group (16) is one thread's chunk and an int4 group (64) is four
+//     consecutive lanes' chunks: the group absmax and finiteness flag are reduced over those 4
+//     lanes with xor-shuffles (max is order-independent, so the result is exact). Each thread
+//     applies the contract (codecs.cuh) to its 16 values and stores 8 packed bytes in the
+//     canonical layout the GEMM reads; the group's first lane stores the scale;
+//   * the down-projection lora[m, :] = x[m, :] · lora_down on the RAW x: the slice's k16 steps
+//     are dealt to the warps round-robin (warp w takes steps w, w + 8, ...: a fixed assignment,
+//     ascending k within each warp); per step one ldmatrix.x4 of the A fragment (16 rows x 16 k)
+//     from the staged slice and, per n8 tile of the rank chunk, one mma.m16n8k16 (bf16 or f16,
+//     the activation dtype) with fp32 accumulation; B fragments are 32-bit loads from the
+//     (rank_pad, K) transposed operand (two consecutive k of one column per register).
+// After the last slice the 8 warps' partial sums are added in a fixed tree through shared memory,
+// ((w0 + w4) + (w2 + w6)) + ((w1 + w5) + (w3 + w7)), and warp 0 stores lora (times lora_scale,
+// a power of two). No atomics: same inputs, same bits, whatever the scheduling.
+//
+// Ranks: any. The operand is padded with zero columns to a multiple of 8 (rank_pad); columns go
+// in passes of kRankChunk = 128 (16 n8 tiles, 64 fp32 accumulators per thread), so ranks up to
+// 128 read x once and larger ranks re-stage it once per further pass (quantizing only in the first).
+//
+// The operand is in the activation dtype T (mma needs both operands in one type), built at upload
+// by quantize_lora_down_plan.hpp from lora_down (storage dtype):
+//   storage == act: the bits as stored (exact; has_lo = 0);
+//   f16 storage, bf16 act: hi = bf16(d), lo = bf16(d - hi), both exact (11 significant bits fit in
+//     8 + 8, and bf16 has f16's range): two mma per tile and step, exact operand;
+//   bf16 storage, f16 act: d · 2^e with 2^14 <= max|d| 2^e < 2^15 (no f16 overflow), then hi/lo in
+//     f16; exact except where |d| 2^e < 2^-14 (f16 subnormal): there |error| <= 2^-25 · 2^-e, i.e.
+//     <= 2^-39 max|d|; lora_scale = 2^-e undoes the scaling (a power of two: exact).
+// Order of summation vs the CPU reference (k ascending, fp32): different (tensor-core internal
+// order, warps, tree), so lora differs from it in the last bits; docs/gpu.md states the bound.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <type_traits>
+
+#include "arch/convert.cuh"
 #include "arch/fp.cuh"
+#include "arch/ldmatrix.cuh"
+#include "arch/mma.cuh"
+#include "arch/smem.cuh"
 #include "arch/warp.cuh"
 #include "codecs.cuh"
 
 namespace svdq::cuda {
 
 constexpr int kQuantThreads = 256;
-constexpr int kChunk = 16;  // channels per thread chunk: one nvfp4 group, a quarter int4 group
+constexpr int kChunk = 16;       // channels per thread chunk: one nvfp4 group, a quarter int4 group
+constexpr int kQuantRows = 16;   // token rows per CTA: one mma M tile
+constexpr int kSlice = 256;      // channels staged per step: 16 rows x 16 chunks = one chunk per thread
+constexpr int kSliceWords = kSlice / 2;
+constexpr int kSliceStride = kSliceWords + 4;  // 132 words = 528 B: 16-byte aligned rows, ldmatrix conflict-free
+constexpr int kRankChunk = 128;  // operand columns per pass
+constexpr int kRankTiles = kRankChunk / 8;
+constexpr int kQuantWarps = kQuantThreads / 32;
+static_assert(kQuantRows * (kSlice / kChunk) == kQuantThreads, "one chunk per thread per slice");
 
 SVDQ_HD float to_float(__half v) { return __half2float(v); }
 SVDQ_HD float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 
 struct QuantizeParams {
-  const void* x;           // (M, K) activations, row-major, T
+  const void* x;            // (M, K) activations, row-major, T
   int64_t m, k;
   const float* inv_smooth;  // (K) 1 / s
   float t_act;              // nvfp4 activation tensor scale (1 for int4)
   uint8_t* codes;           // (M, K/2) packed, canonical layout
   uint8_t* scales;          // (M, K/group) fp32 (int4) or E4M3 (nvfp4)
-  const float* down_t;      // (r, K) lora_down transposed, fp32
-  int rank;
+  const uint16_t* down;     // (rank_pad, K) T bits, lora_down transposed (hi); then lo if has_lo
+  int rank;                 // r: lora's row stride
+  int rank_pad;             // r rounded up to a multiple of 8 (zero columns)
+  int has_lo;               // 1: a second (lo) operand follows the first
+  float lora_scale;         // a power of two, applied to each lora element once
   float* lora;              // (M, r) fp32
 };
+
+struct QuantSmem {
+  arch::smem_array<uint32_t, kQuantRows, kSliceStride> x;             // the staged slice, T pairs
+  arch::smem_array<float, kQuantWarps / 2, kQuantRows, kRankChunk + 4> red;  // the reduction tree
+};
+
+template <typename T>
+SVDQ_DEV float bits_to_float(uint32_t h) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return arch::bf16_to_float(static_cast<uint16_t>(h));
+  else return arch::f16_to_float(static_cast<uint16_t>(h));
+}
+
+template <typename T>
+SVDQ_DEV void mma16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) arch::mma_m16n8k16_bf16bf16f32(d, a, b, d);
+  else arch::mma_m16n8k16_f16f16f32(d, a, b, d);
+}
 
 // kKind: 0 = int4 (group 64), 1 = nvfp4 (group 16).
 template <typename T, int kKind>
 __global__ void __launch_bounds__(kQuantThreads) quantize_lora_down_kernel(QuantizeParams p) {
-  const int64_t row = blockIdx.x;
-  const T* x = static_cast<const T*>(p.x) + row * p.k;
-  const int64_t chunks = p.k / kChunk;
-  uint8_t* codes_row = p.codes + row * (p.k / 2);
+  QuantSmem& sm = arch::shared<QuantSmem>();
   constexpr int kGroup = kKind == 0 ? 64 : 16;
   constexpr int kScaleBytes = kKind == 0 ? 4 : 1;
-  uint8_t* scales_row = p.scales + row * (p.k / kGroup) * kScaleBytes;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int warp = tid / 32, lane = tid % 32;
+  const int gid = lane >> 2, tig = lane & 3;  // mma groupID, threadID_in_group
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kQuantRows;
+  const int64_t k = p.k;
+  const uint16_t* x = static_cast<const uint16_t*>(p.x);
 
-  // Every thread runs the same number of iterations so that the shuffles below see full warps;
-  // chunks past the end are empty (a = 0, finite), and never share a group with a real chunk
-  // because K is a multiple of the group.
-  for (int64_t base = 0; base < chunks; base += kQuantThreads) {
-    const int64_t c = base + threadIdx.x;
-    const bool active = c < chunks;
-    float xh[kChunk];
-    float a = 0.0f;
-    bool finite = true;
-    if (active) {
-#pragma unroll
-      for (int i = 0; i < kChunk; ++i) {
-        const int64_t kk = c * kChunk + i;
-        xh[i] = to_float(x[kk]) * p.inv_smooth[kk];  // IEEE multiply, as the contract
-        finite &= is_finite(xh[i]);
-        a = fmaxf(a, fabsf(xh[i]));
-      }
-    }
-    if (kKind == 0) {  // int4: the 4 lanes of a group agree on a and the flag
-      int fin = finite ? 1 : 0;
-#pragma unroll
-      for (int off = 1; off < 4; off <<= 1) {
-        a = fmaxf(a, arch::shfl_xor(arch::kFullMask, a, off));
-        fin &= arch::shfl_xor(arch::kFullMask, fin, off);
-      }
-      finite = fin != 0;
-    }
-    if (!active) continue;
-    uint8_t q[kChunk];
-    uint8_t sb[4];
-    quantize_group(kKind, xh, kChunk, a, finite, p.t_act, q, sb);
-    uint32_t lo = 0, hi = 0;
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      lo |= static_cast<uint32_t>(q[i] & 0xF) << (4 * i);
-      hi |= static_cast<uint32_t>(q[8 + i] & 0xF) << (4 * i);
-    }
-    *reinterpret_cast<uint2*>(codes_row + c * (kChunk / 2)) = make_uint2(lo, hi);
-    if (kKind == 0) {
-      if ((c & 3) == 0) *reinterpret_cast<uint32_t*>(scales_row + (c >> 2) * 4) =
-          static_cast<uint32_t>(sb[0]) | (static_cast<uint32_t>(sb[1]) << 8) |
-          (static_cast<uint32_t>(sb[2]) << 16) | (static_cast<uint32_t>(sb[3]) << 24);
-    } else {
-      scales_row[c] = sb[0];
-    }
-  }
+  // This thread's quantization chunk: row qr of the tile, chunk qc of each slice.
+  const int qr = tid / (kSlice / kChunk), qc = tid % (kSlice / kChunk);
+  const int64_t qrow = m0 + qr;
 
-  // Low-rank down on the raw x: lora[row, j] = sum_k x[k] * down_t[j, k], fp32.
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  constexpr int kWarps = kQuantThreads / 32;
-  for (int j = warp; j < p.rank; j += kWarps) {
-    const float* d = p.down_t + static_cast<int64_t>(j) * p.k;
-    float acc = 0.0f;
-    for (int64_t kk = lane; kk < p.k; kk += 32) acc = arch::fma_rn(to_float(x[kk]), d[kk], acc);
+  const int passes = p.rank_pad > 0 ? (p.rank_pad + kRankChunk - 1) / kRankChunk : 1;
+  for (int pass = 0; pass < passes; ++pass) {
+    const int c0 = pass * kRankChunk;
+    const int left = p.rank_pad > c0 ? (p.rank_pad - c0) / 8 : 0;
+    const int ntiles = left < kRankTiles ? left : kRankTiles;  // CTA-uniform
+    float acc[kRankTiles][4];
 #pragma unroll
-    for (int off = 16; off > 0; off >>= 1) acc = arch::fadd_rn(acc, arch::shfl_xor(arch::kFullMask, acc, off));
-    if (lane == 0) p.lora[row * p.rank + j] = acc;
+    for (int j = 0; j < kRankTiles; ++j)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) acc[j][r] = 0.0f;
+
+    // Register double buffering: slice s + 1 is loaded from global memory while slice s is used.
+    // Rows m0 .. m0 + 15, channels s0 .. s0 + len: 16-byte loads, zeros past M and K.
+    constexpr int kLoads = (kQuantRows * kSlice / 8) / kQuantThreads;  // uint4 per thread: 2
+    uint4 next[kLoads];
+    auto load = [&](int64_t s0) {
+      const int64_t len = k - s0 < kSlice ? k - s0 : kSlice;
+#pragma unroll
+      for (int i = 0; i < kLoads; ++i) {
+        const int idx = tid + i * kQuantThreads;
+        const int r = idx / (kSlice / 8), q = idx % (kSlice / 8);
+        next[i] = make_uint4(0, 0, 0, 0);
+        if (m0 + r < p.m && 8 * q < len) next[i] = *reinterpret_cast<const uint4*>(x + (m0 + r) * k + s0 + 8 * q);
+      }
+    };
+    load(0);
+    for (int64_t s0 = 0; s0 < k; s0 += kSlice) {
+      const int len = static_cast<int>(k - s0 < kSlice ? k - s0 : kSlice);  // a multiple of 16 (of 64: int4)
+#pragma unroll
+      for (int i = 0; i < kLoads; ++i) {
+        const int idx = tid + i * kQuantThreads;
+        const int r = idx / (kSlice / 8), q = idx % (kSlice / 8);
+        sm.x[r][4 * q + 0] = next[i].x;
+        sm.x[r][4 * q + 1] = next[i].y;
+        sm.x[r][4 * q + 2] = next[i].z;
+        sm.x[r][4 * q + 3] = next[i].w;
+      }
+      arch::syncthreads();
+      if (s0 + kSlice < k) load(s0 + kSlice);
+
+      if (pass == 0) {
+        const bool active = qrow < p.m && kChunk * qc < len;
+        float xh[kChunk];
+        float a = 0.0f;
+        bool finite = true;
+        if (active) {
+          const int64_t kk0 = s0 + kChunk * qc;
+#pragma unroll
+          for (int w = 0; w < kChunk / 2; ++w) {
+            const uint32_t pair = sm.x[qr][(kChunk / 2) * qc + w];
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const int i = 2 * w + h;
+              xh[i] = bits_to_float<T>(pair >> (16 * h) & 0xFFFFu) * p.inv_smooth[kk0 + i];  // IEEE multiply
+              finite &= is_finite(xh[i]);
+              a = fmaxf(a, fabsf(xh[i]));
+            }
+          }
+        }
+        if (kKind == 0) {  // int4: the 4 lanes of a group agree on a and the flag (all lanes shuffle)
+          int fin = finite ? 1 : 0;
+#pragma unroll
+          for (int off = 1; off < 4; off <<= 1) {
+            a = fmaxf(a, arch::shfl_xor(arch::kFullMask, a, off));
+            fin &= arch::shfl_xor(arch::kFullMask, fin, off);
+          }
+          finite = fin != 0;
+        }
+        if (active) {
+          const int64_t c = s0 / kChunk + qc;  // the chunk's index in the row
+          uint8_t* codes_row = p.codes + qrow * (k / 2);
+          uint8_t* scales_row = p.scales + qrow * (k / kGroup) * kScaleBytes;
+          uint8_t q[kChunk];
+          uint8_t sb[4];
+          quantize_group(kKind, xh, kChunk, a, finite, p.t_act, q, sb);
+          uint32_t lo = 0, hi = 0;
+#pragma unroll
+          for (int i = 0; i < 8; ++i) {
+            lo |= static_cast<uint32_t>(q[i] & 0xF) << (4 * i);
+            hi |= static_cast<uint32_t>(q[8 + i] & 0xF) << (4 * i);
+          }
+          *reinterpret_cast<uint2*>(codes_row + c * (kChunk / 2)) = make_uint2(lo, hi);
+          if (kKind == 0) {
+            if ((c & 3) == 0)
+              *reinterpret_cast<uint32_t*>(scales_row + (c >> 2) * 4) =
+                  static_cast<uint32_t>(sb[0]) | (static_cast<uint32_t>(sb[1]) << 8) |
+                  (static_cast<uint32_t>(sb[2]) << 16) | (static_cast<uint32_t>(sb[3]) << 24);
+          } else {
+            scales_row[c] = sb[0];
+          }
+        }
+      }
+
+      if (ntiles > 0) {
+        for (int s = warp; 16 * s < len; s += kQuantWarps) {
+          // A: ldmatrix.x4, matrix j = lane / 8 is rows 8 (j & 1) .. +8, k 8 (j >> 1) .. +8 of the step.
+          const int j = lane >> 3;
+          uint32_t afrag[4];
+          arch::ldmatrix_x4(afrag, sm.x[(lane & 7) + 8 * (j & 1)].ptr() + 8 * s + 4 * (j >> 1));
+          const int64_t kk = s0 + 16 * s + 2 * tig;
+#pragma unroll
+          for (int nt = 0; nt < kRankTiles; ++nt) {
+            if (nt < ntiles) {
+              // B (16 x 8, col): b0 = k 2 tig, +1 of column gid; b1 = k 2 tig + 8, +9.
+              const uint16_t* col = p.down + static_cast<int64_t>(c0 + 8 * nt + gid) * k + kk;
+              uint32_t b[2] = {*reinterpret_cast<const uint32_t*>(col), *reinterpret_cast<const uint32_t*>(col + 8)};
+              mma16816<T>(acc[nt], afrag, b);
+              if (p.has_lo) {
+                const uint16_t* col_lo = col + static_cast<int64_t>(p.rank_pad) * k;
+                uint32_t bl[2] = {*reinterpret_cast<const uint32_t*>(col_lo),
+                                  *reinterpret_cast<const uint32_t*>(col_lo + 8)};
+                mma16816<T>(acc[nt], afrag, bl);
+              }
+            }
+          }
+        }
+      }
+      arch::syncthreads();  // the slice is consumed before the next one is staged
+    }
+
+    if (ntiles == 0) continue;
+    // Fixed-order tree over the 8 warps: half = 4, 2, 1; warp w < half adds warp w + half's sums.
+    for (int half = kQuantWarps / 2; half >= 1; half /= 2) {
+      if (warp >= half && warp < 2 * half) {
+#pragma unroll
+        for (int nt = 0; nt < kRankTiles; ++nt)
+          if (nt < ntiles)
+#pragma unroll
+            for (int r = 0; r < 4; ++r)
+              sm.red[warp - half][gid + 8 * (r >> 1)][8 * nt + 2 * tig + (r & 1)] = acc[nt][r];
+      }
+      arch::syncthreads();
+      if (warp < half) {
+#pragma unroll
+        for (int nt = 0; nt < kRankTiles; ++nt)
+          if (nt < ntiles)
+#pragma unroll
+            for (int r = 0; r < 4; ++r)
+              acc[nt][r] = arch::fadd_rn(acc[nt][r], sm.red[warp][gid + 8 * (r >> 1)][8 * nt + 2 * tig + (r & 1)]);
+      }
+      arch::syncthreads();
+    }
+    if (warp == 0) {
+#pragma unroll
+      for (int nt = 0; nt < kRankTiles; ++nt)
+        if (nt < ntiles)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) {
+            const int64_t row = m0 + gid + 8 * (r >> 1);
+            const int col = c0 + 8 * nt + 2 * tig + (r & 1);
+            if (row < p.m && col < p.rank) p.lora[row * p.rank + col] = arch::fmul_rn(acc[nt][r], p.lora_scale);
+          }
+    }
   }
 }
 

@@ -311,7 +311,7 @@ TEST(GpuLayerLaunch, GridsFitTheDeviceLimitsForEveryAcceptedM) {
     ASSERT_TRUE(svdq::cuda::can_implement(&*plan, m, svdq::DType::kBF16, "test").ok()) << m;
     svdq::cuda::Dim q, g;
     svdq::cuda::grids(*plan, m, &q, &g);
-    EXPECT_EQ(q.x, static_cast<unsigned>(m));
+    EXPECT_EQ(static_cast<int64_t>(q.x), (m + svdq::cuda::kQuantRows - 1) / svdq::cuda::kQuantRows);  // kernel 1: 16 rows per CTA
     EXPECT_EQ(static_cast<int64_t>(g.x) * svdq::cuda::kBlkM, (m + 63) / 64 * 64) << m;
     EXPECT_LE(g.y, 65535u);
     EXPECT_LE(static_cast<int64_t>(g.x), svdq::cuda::kMaxGridX);

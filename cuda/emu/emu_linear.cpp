@@ -13,7 +13,7 @@ struct EmuLinear::Impl {
   cuda::LinearPlan plan;  // its arrays are the "device" copies
   LaunchOptions options;
   cuda::DeviceWeights weights() const {
-    return {plan.w_codes.data(), plan.w_scales.data(), plan.inv_s.data(), plan.down_t.data(), plan.up.data(),
+    return {plan.w_codes.data(), plan.w_scales.data(), plan.inv_s.data(), plan.down.bits.data(), plan.up.data(),
             plan.bias.empty() ? nullptr : plan.bias.data()};
   }
 };

@@ -1,0 +1,439 @@
+// Kernel 1 (cuda/quantize_lora_down.cuh: activation quantization + x·lora_down on tensor cores),
+// on two backends from this one source like tests/test_gpu.cpp:
+//   * linked into test_gpu (SVDQ_TEST_BACKEND_CUDA, label "gpu", run by scripts/gpu_suite.sh):
+//     svdq::GpuLinear on a device; skips without one;
+//   * test_gpu_k1_emu (SVDQ_TEST_BACKEND_EMU, labels "emu" and "cpu"): the emulated device.
+// Compared against: the CPU reference's activation codes and scales (byte-equal: the contract);
+// lora = x·lora_down read from the workspace against a float64 product of the same 16-bit operands
+// (bound below); the layer's output against reference_forward (<= 1e-3 relative; bit-equal at
+// rank 0); NaN / Inf rows confined to their row; the same bits under every emulated interleaving.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <tuple>
+
+#include "quantize_lora_down_plan.hpp"
+#include "svdq/svdq.hpp"
+#include "svdq/testing.hpp"
+
+#if defined(SVDQ_TEST_BACKEND_EMU)
+#include "emu/emu_linear.hpp"
+#else
+#include <cuda_runtime.h>
+#endif
+
+namespace {
+
+constexpr double kKernelVsReference = 1e-3;
+
+#if defined(SVDQ_TEST_BACKEND_EMU)
+using Linear = svdq::emu::EmuLinear;
+constexpr bool kEmu = true;
+#define SKIP_WITHOUT_GPU() (void)0
+void* dev_alloc(size_t bytes) { return std::aligned_alloc(256, (bytes + 256 + 255) / 256 * 256); }
+void dev_free(void* p) { std::free(p); }
+void to_dev(void* d, const void* h, size_t n) { std::memcpy(d, h, n); }
+void to_host(void* h, const void* d, size_t n) { std::memcpy(h, d, n); }
+svdq::Result<Linear> make_linear(const svdq::QuantizedLinear& q, svdq::DType dt) { return Linear::create(q, dt, -1, 80); }
+#else
+using Linear = svdq::GpuLinear;
+constexpr bool kEmu = false;
+#define SKIP_WITHOUT_GPU() \
+  if (svdq::gpu_device_count() == 0) GTEST_SKIP() << "no CUDA device"
+void* dev_alloc(size_t bytes) {
+  void* p = nullptr;
+  EXPECT_EQ(cudaMalloc(&p, bytes + 256), cudaSuccess);
+  return p;
+}
+void dev_free(void* p) { cudaFree(p); }
+void to_dev(void* d, const void* h, size_t n) { EXPECT_EQ(cudaMemcpy(d, h, n, cudaMemcpyHostToDevice), cudaSuccess); }
+void to_host(void* h, const void* d, size_t n) { EXPECT_EQ(cudaMemcpy(h, d, n, cudaMemcpyDeviceToHost), cudaSuccess); }
+svdq::Result<Linear> make_linear(const svdq::QuantizedLinear& q, svdq::DType dt) { return Linear::create(q, dt); }
+#endif
+
+// The workspace layout of docs/gpu.md, written out here independently of cuda/linear_host.hpp:
+// codes M·K/2, scales M·K/group·(4 | 1), lora M·r fp32, each piece 256-byte aligned.
+size_t align256(size_t v) { return (v + 255) / 256 * 256; }
+
+struct Fixture {
+  // K = 320 = 256 + 64: one full slice of kernel 1 and a partial one; N = 136 allows rank 133.
+  int64_t k = kEmu ? 320 : 1088, n = 136;
+  svdq::synth::Layer layer;
+  svdq::ActivationStats stats;
+  mutable std::map<std::tuple<int, int, int>, svdq::QuantizedLinear> cache;
+  Fixture() {
+    svdq::synth::LayerSpec spec;
+    spec.in_features = k;
+    spec.out_features = n;
+    spec.seed = 7;
+    layer = *svdq::synth::make_layer(spec);
+    const auto calib = svdq::synth::make_activations(layer, 128, 1);
+    EXPECT_TRUE(stats.observe(svdq::MatrixView<const float>(calib.data(), 128, k)).ok());
+  }
+  // One quantization per (format, storage) at kMaxRank; a smaller rank keeps the first r columns
+  // of lora_down and lora_up (a valid layer, if not the best one: the kernels are compared with
+  // the reference on the same operands, which is all these tests need; it saves the emu run time).
+  static constexpr int kMaxRank = 133;
+  const svdq::QuantizedLinear& quantize(svdq::Format f, int rank, svdq::DType storage) const {
+    const auto key = std::make_tuple(static_cast<int>(f), rank, static_cast<int>(storage));
+    auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+    if (rank == kMaxRank) {
+      svdq::QuantConfig c;
+      c.format = f;
+      c.rank = rank;
+      c.storage = storage;
+      return cache[key] = *svdq::quantize_linear(svdq::MatrixView<const float>(layer.weight.data(), n, k),
+                                                 svdq::vector_view<const float>(layer.bias.data(), n), &stats, c);
+    }
+    svdq::QuantizedLinear q = quantize(f, kMaxRank, storage);
+    std::vector<uint16_t> down(static_cast<size_t>(k * rank)), up(static_cast<size_t>(n * rank));
+    for (int64_t i = 0; i < k; ++i)
+      for (int j = 0; j < rank; ++j) down[i * rank + j] = q.lora_down[i * kMaxRank + j];
+    for (int64_t i = 0; i < n; ++i)
+      for (int j = 0; j < rank; ++j) up[i * rank + j] = q.lora_up[i * kMaxRank + j];
+    q.rank = rank;
+    q.lora_down = std::move(down);
+    q.lora_up = std::move(up);
+    EXPECT_TRUE(svdq::validate(q).ok());
+    return cache[key] = std::move(q);
+  }
+  std::vector<uint16_t> activations(int64_t m, svdq::DType dt, uint64_t seed = 3) const {
+    const auto x = svdq::synth::make_activations(layer, m, seed);
+    std::vector<uint16_t> b(x.size());
+    for (size_t i = 0; i < x.size(); ++i) b[i] = svdq::float_to_bits16(x[i], dt);
+    return b;
+  }
+};
+
+const Fixture& fixture() {
+  static Fixture f;
+  return f;
+}
+
+struct Outcome {
+  std::vector<uint16_t> y;
+  std::vector<uint8_t> codes, scales;
+  std::vector<float> lora;
+};
+
+// One forward; returns y and the workspace's three pieces.
+void run(const Linear& g, const svdq::QuantizedLinear& q, const std::vector<uint16_t>& x, int64_t m, Outcome* out) {
+  const size_t sb = q.format == svdq::Format::kInt4 ? 4 : 1;
+  const size_t codes = static_cast<size_t>(m * q.in_features / 2), scales = static_cast<size_t>(m * q.in_features / q.group) * sb;
+  const size_t lora = static_cast<size_t>(m * q.rank);
+  const size_t ws_bytes = g.workspace_size(m);
+  ASSERT_EQ(ws_bytes, align256(codes) + align256(scales) + align256(lora * 4));
+  void* dx = dev_alloc(x.size() * 2);
+  void* dy = dev_alloc(static_cast<size_t>(m * q.out_features) * 2);
+  void* ws = dev_alloc(ws_bytes);
+  to_dev(dx, x.data(), x.size() * 2);
+  const svdq::Status st = g.forward(dx, dy, m, ws, ws_bytes, nullptr);
+  EXPECT_TRUE(st.ok()) << st.to_string();
+#if !defined(SVDQ_TEST_BACKEND_EMU)
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+#endif
+  out->y.resize(static_cast<size_t>(m * q.out_features));
+  out->codes.resize(codes);
+  out->scales.resize(scales);
+  out->lora.resize(lora);
+  to_host(out->y.data(), dy, out->y.size() * 2);
+  const auto* w = static_cast<const uint8_t*>(ws);
+  to_host(out->codes.data(), w, codes);
+  to_host(out->scales.data(), w + align256(codes), scales);
+  if (lora > 0) to_host(out->lora.data(), w + align256(codes) + align256(scales), lora * 4);
+  dev_free(dx);
+  dev_free(dy);
+  dev_free(ws);
+}
+
+svdq::ConstMatrixRef view16(const std::vector<uint16_t>& v, svdq::DType dt, int64_t rows, int64_t cols) {
+  return svdq::ConstMatrixRef(v.data(), dt, rows, cols, cols);
+}
+
+// lora against the float64 product of the same operands (x in the act dtype, lora_down in the
+// storage dtype; every product is exact in fp32 and in float64). The bound, per element:
+//   |lora - lora64| <= U 2^-24 sum_k |x_k d_kj|  +  2^-38 max|d| sum_k |x_k|
+// The second term is the bf16 -> f16 operand split (quantize_lora_down.cuh). U counts roundings,
+// each at most 2^-24 of sum|x d| (every partial sum is below it): with S = ceil(K/16) k16 steps
+// dealt to 8 warps, a warp chains at most ceil(S/8) steps of 2 mma (hi, lo), then 3 tree adds.
+//   emulated device: each mma rounds once (its host body sums in double): U = 2 ceil(S/8) + 4;
+//   a GPU: the tensor core's internal order and precision are unspecified; allowing 4 units per
+//   mma step and 8 more: U = 4 S + 8 (docs/gpu.md), still below the K units of a plain
+//   sequential fp32 sum's worst case.
+// Returns the largest observed error in units of 2^-24 sum|x d| (for docs/gpu.md).
+double check_lora(const svdq::QuantizedLinear& q, svdq::DType dt, const std::vector<uint16_t>& x, int64_t m,
+                  const std::vector<float>& lora, int skip_row = -1) {
+  const int64_t k = q.in_features;
+  const int r = q.rank;
+  double dmax = 0;
+  for (uint16_t b : q.lora_down) dmax = std::max(dmax, std::fabs(static_cast<double>(svdq::bits16_to_float(b, q.storage))));
+  double worst = 0;
+  int bad = 0;
+  for (int64_t i = 0; i < m; ++i) {
+    if (i == skip_row) continue;
+    for (int j = 0; j < r; ++j) {
+      double s = 0, a = 0, ax = 0;
+      for (int64_t kk = 0; kk < k; ++kk) {
+        const double xv = svdq::bits16_to_float(x[i * k + kk], dt);
+        const double dv = svdq::bits16_to_float(q.lora_down[kk * r + j], q.storage);
+        s += xv * dv;
+        a += std::fabs(xv * dv);
+        ax += std::fabs(xv);
+      }
+      const double u = std::ldexp(1.0, -24);
+      const double steps = static_cast<double>((k + 15) / 16);
+      const double units = kEmu ? 2 * std::ceil(steps / 8) + 4 : 4 * steps + 8;
+      const double bound = units * u * a + std::ldexp(dmax * ax, -38);
+      const double err = std::fabs(static_cast<double>(lora[i * r + j]) - s);
+      if (!(err <= bound) && ++bad <= 5)
+        ADD_FAILURE() << "lora[" << i << "][" << j << "] = " << lora[i * r + j] << ", float64 " << s << ", error " << err
+                      << " > bound " << bound;
+      if (a > 0) worst = std::max(worst, err / (u * a));
+    }
+  }
+  EXPECT_EQ(bad, 0);
+  return worst;
+}
+
+struct Case {
+  svdq::Format format;
+  svdq::DType dtype;
+  int rank;
+  int64_t m;
+  svdq::DType storage = svdq::DType::kBF16;
+};
+
+class Kernel1 : public ::testing::TestWithParam<Case> {};
+
+TEST_P(Kernel1, CodesScalesLoraAndOutput) {
+  SKIP_WITHOUT_GPU();
+  const Case c = GetParam();
+  const Fixture& f = fixture();
+  const svdq::QuantizedLinear& q = f.quantize(c.format, c.rank, c.storage);
+  auto g = make_linear(q, c.dtype);
+  ASSERT_TRUE(g.ok()) << g.status().to_string();
+  const auto x = f.activations(c.m, c.dtype);
+  Outcome got;
+  ASSERT_NO_FATAL_FAILURE(run(*g, q, x, c.m, &got));
+
+  std::vector<uint16_t> y_ref(static_cast<size_t>(c.m * f.n));
+  svdq::QuantizedActivations act_ref;
+  ASSERT_TRUE(svdq::test_support::reference_forward_with_activations(
+                  q, view16(x, c.dtype, c.m, f.k), svdq::MatrixRef(y_ref.data(), c.dtype, c.m, f.n, f.n), &act_ref)
+                  .ok());
+  EXPECT_EQ(got.codes, act_ref.codes) << "activation codes differ";
+  EXPECT_EQ(got.scales, act_ref.scales) << "activation scales differ";
+  if (c.rank == 0) {
+    EXPECT_EQ(got.y, y_ref) << "rank 0 must match the reference bit for bit";
+  } else {
+    const double worst = check_lora(q, c.dtype, x, c.m, got.lora);
+    RecordProperty("lora_error_units", std::to_string(worst));
+    EXPECT_LE(svdq::relative_error(view16(got.y, c.dtype, c.m, f.n), view16(y_ref, c.dtype, c.m, f.n)),
+              kKernelVsReference);
+  }
+}
+
+std::vector<Case> cases() {
+  using svdq::DType;
+  using svdq::Format;
+  std::vector<Case> v;
+  // Every format x dtype: ranks 0/16/32/64/128 and M 1/7/129 (M 129: 9 CTAs, the last with one
+  // row), not the full cross (emu time); bf16 storage (the plain operand for bf16 activations, the
+  // scaled hi/lo split for f16 ones), f16 storage (the exact hi/lo split for bf16 activations).
+  for (auto fmt : {Format::kInt4, Format::kNvfp4})
+    for (auto dt : {DType::kBF16, DType::kF16}) {
+      for (auto [r, m] : {std::pair<int, int64_t>{0, 1}, {0, 129}, {16, 7}, {32, 1}, {64, 7}, {128, 1}, {128, 129}})
+        v.push_back({fmt, dt, r, m});
+      v.push_back({fmt, dt, 128, 7, DType::kF16});
+      // A rank past one 128-column pass and not a multiple of 8 (zero-padded operand columns).
+      v.push_back({fmt, dt, 133, 17});
+      v.push_back({fmt, dt, 5, 17});
+    }
+  return v;
+}
+std::string case_name(const ::testing::TestParamInfo<Case>& info) {
+  const Case& c = info.param;
+  return std::string(svdq::format_name(c.format)) + "_" + svdq::dtype_name(c.dtype) + "_r" + std::to_string(c.rank) +
+         "_m" + std::to_string(c.m) + "_st" + svdq::dtype_name(c.storage);
+}
+INSTANTIATE_TEST_SUITE_P(All, Kernel1, ::testing::ValuesIn(cases()), case_name);
+
+// A NaN and an Inf row: codes and scales still byte-equal to the reference, their lora rows not
+// finite (NaN, or +-Inf from the Inf row), their outputs NaN, every other row's lora and output bits
+// unchanged from the clean run. Rows 3 and 37 are in different CTAs' tiles (16 rows each).
+TEST(Kernel1Rows, NanAndInfRowsStayInTheirRows) {
+  SKIP_WITHOUT_GPU();
+  const Fixture& f = fixture();
+  const int64_t m = 40;
+  for (auto [fmt, dt] : {std::pair{svdq::Format::kInt4, svdq::DType::kBF16}, {svdq::Format::kNvfp4, svdq::DType::kF16}}) {
+      SCOPED_TRACE(std::string(svdq::format_name(fmt)) + " " + svdq::dtype_name(dt));
+      const auto& q = f.quantize(fmt, 32, svdq::DType::kBF16);
+      auto g = make_linear(q, dt);
+      ASSERT_TRUE(g.ok());
+      auto x = f.activations(m, dt);
+      Outcome clean, dirty;
+      ASSERT_NO_FATAL_FAILURE(run(*g, q, x, m, &clean));
+      const uint16_t nan = dt == svdq::DType::kBF16 ? 0x7FC0 : 0x7E00, inf = dt == svdq::DType::kBF16 ? 0x7F80 : 0x7C00;
+      x[3 * f.k + 10] = nan;
+      x[37 * f.k + 300] = inf;
+      ASSERT_NO_FATAL_FAILURE(run(*g, q, x, m, &dirty));
+      svdq::QuantizedActivations act_ref;
+      std::vector<uint16_t> y_ref(static_cast<size_t>(m * f.n));
+      ASSERT_TRUE(svdq::test_support::reference_forward_with_activations(
+                      q, view16(x, dt, m, f.k), svdq::MatrixRef(y_ref.data(), dt, m, f.n, f.n), &act_ref)
+                      .ok());
+      EXPECT_EQ(dirty.codes, act_ref.codes);
+      EXPECT_EQ(dirty.scales, act_ref.scales);
+      for (int64_t i = 0; i < m; ++i) {
+        const bool bad_row = i == 3 || i == 37;
+        for (int j = 0; j < q.rank; ++j) {
+          const float v = dirty.lora[i * q.rank + j];
+          if (bad_row) EXPECT_FALSE(std::isfinite(v)) << i << " " << j;
+          else EXPECT_EQ(std::memcmp(&v, &clean.lora[i * q.rank + j], 4), 0) << i << " " << j;
+        }
+        for (int64_t j = 0; j < f.n; ++j) {
+          const float y = svdq::bits16_to_float(dirty.y[i * f.n + j], dt);
+          if (bad_row) EXPECT_TRUE(std::isnan(y)) << i << " " << j;
+          else EXPECT_EQ(dirty.y[i * f.n + j], clean.y[i * f.n + j]) << i << " " << j;
+        }
+      }
+    }
+}
+
+// K below one 256-channel slice: nvfp4 K = 48 (3 k16 steps, warps 3-7 idle) and int4 K = 64;
+// rank = min(N, K) = 16; M = 20 (two CTAs, the second with 4 rows).
+TEST(Kernel1Shapes, NarrowK) {
+  SKIP_WITHOUT_GPU();
+  for (auto [fmt, k] : {std::pair{svdq::Format::kNvfp4, int64_t{48}}, {svdq::Format::kInt4, int64_t{64}}})
+    for (auto dt : {svdq::DType::kBF16, svdq::DType::kF16}) {
+      SCOPED_TRACE(std::string(svdq::format_name(fmt)) + " " + svdq::dtype_name(dt));
+      const int64_t n = 16, m = 20;
+      svdq::synth::LayerSpec spec;
+      spec.in_features = k;
+      spec.out_features = n;
+      spec.spectrum_rank = 8;
+      spec.weight_outlier_columns = 2;
+      spec.act_outlier_channels = 2;
+      const auto layer = svdq::synth::make_layer(spec);
+      ASSERT_TRUE(layer.ok()) << layer.status().to_string();
+      svdq::ActivationStats stats;
+      const auto calib = svdq::synth::make_activations(*layer, 32, 1);
+      ASSERT_TRUE(stats.observe(svdq::MatrixView<const float>(calib.data(), 32, k)).ok());
+      svdq::QuantConfig c;
+      c.format = fmt;
+      c.rank = 16;
+      auto q = svdq::quantize_linear(svdq::MatrixView<const float>(layer->weight.data(), n, k),
+                                     svdq::vector_view<const float>(layer->bias.data(), n), &stats, c);
+      ASSERT_TRUE(q.ok()) << q.status().to_string();
+      auto g = make_linear(*q, dt);
+      ASSERT_TRUE(g.ok()) << g.status().to_string();
+      const auto xf = svdq::synth::make_activations(*layer, m, 5);
+      std::vector<uint16_t> x(xf.size());
+      for (size_t i = 0; i < x.size(); ++i) x[i] = svdq::float_to_bits16(xf[i], dt);
+      Outcome got;
+      ASSERT_NO_FATAL_FAILURE(run(*g, *q, x, m, &got));
+      std::vector<uint16_t> y_ref(static_cast<size_t>(m * n));
+      svdq::QuantizedActivations act_ref;
+      ASSERT_TRUE(svdq::test_support::reference_forward_with_activations(
+                      *q, view16(x, dt, m, k), svdq::MatrixRef(y_ref.data(), dt, m, n, n), &act_ref)
+                      .ok());
+      EXPECT_EQ(got.codes, act_ref.codes);
+      EXPECT_EQ(got.scales, act_ref.scales);
+      check_lora(*q, dt, x, m, got.lora);
+      EXPECT_LE(svdq::relative_error(view16(got.y, dt, m, n), view16(y_ref, dt, m, n)), kKernelVsReference);
+    }
+}
+
+#if defined(SVDQ_TEST_BACKEND_EMU)
+// The same bits under every interleaving of the CTAs' threads and order of the CTAs (seeds, with
+// preemption between shared accesses): codes, scales, lora and y.
+TEST(Kernel1Rows, SameBitsUnderEverySeed) {
+  const Fixture& f = fixture();
+  const int64_t m = 24;
+  for (auto fmt : {svdq::Format::kInt4, svdq::Format::kNvfp4}) {
+    const auto& q = f.quantize(fmt, 128, svdq::DType::kBF16);
+    auto g = make_linear(q, svdq::DType::kF16);
+    ASSERT_TRUE(g.ok());
+    const auto x = f.activations(m, svdq::DType::kF16);
+    Outcome r0;
+    ASSERT_NO_FATAL_FAILURE(run(*g, q, x, m, &r0));
+    for (uint64_t seed : {5, 11}) {
+      svdq::emu::LaunchOptions o;
+      o.seed = seed;
+      o.preempt_one_in = 37;
+      g->set_options(o);
+      Outcome r1;
+      ASSERT_NO_FATAL_FAILURE(run(*g, q, x, m, &r1));
+      EXPECT_EQ(r1.codes, r0.codes) << seed;
+      EXPECT_EQ(r1.scales, r0.scales) << seed;
+      EXPECT_EQ(std::memcmp(r1.lora.data(), r0.lora.data(), r0.lora.size() * 4), 0) << seed;
+      EXPECT_EQ(r1.y, r0.y) << seed;
+    }
+  }
+}
+#endif
+
+// Host code: the operand split of quantize_lora_down_plan.hpp. f16 storage, bf16 activations:
+// hi + lo equals every finite f16 value exactly. bf16 storage, f16 activations: (hi + lo) 2^-e
+// within 2^-25 2^-e of every value (exact unless hi is f16-subnormal), no overflow at the maximum.
+TEST(Kernel1Operand, SplitIsExactOrBounded) {
+  svdq::QuantizedLinear q;
+  q.in_features = 8;
+  q.storage = svdq::DType::kF16;
+  std::vector<uint16_t> vals;
+  for (uint32_t b = 0; b < 65536; ++b)
+    if (std::isfinite(svdq::half_bits_to_float(static_cast<uint16_t>(b)))) vals.push_back(static_cast<uint16_t>(b));
+  q.rank = static_cast<int>(vals.size() / 8);
+  vals.resize(static_cast<size_t>(q.rank) * 8);
+  q.lora_down = vals;
+  {
+    const svdq::cuda::DownOperand d = svdq::cuda::make_down_operand(q, svdq::DType::kBF16);
+    ASSERT_TRUE(d.has_lo);
+    EXPECT_EQ(d.lora_scale, 1.0f);
+    const size_t plane = static_cast<size_t>(d.rank_pad) * 8;
+    int bad = 0;
+    for (int64_t kk = 0; kk < 8; ++kk)
+      for (int j = 0; j < q.rank; ++j) {
+        const double want = svdq::half_bits_to_float(q.lora_down[kk * q.rank + j]);
+        const double got = static_cast<double>(svdq::bf16_bits_to_float(d.bits[j * 8 + kk])) +
+                           svdq::bf16_bits_to_float(d.bits[plane + j * 8 + kk]);
+        bad += got != want;
+      }
+    EXPECT_EQ(bad, 0);
+  }
+  q.storage = svdq::DType::kBF16;
+  for (float top : {1.0f, 3.0e38f, 1.0e-30f}) {
+    SCOPED_TRACE(top);
+    // bf16 values from `top` down over 40 binades, both signs.
+    for (size_t i = 0; i < vals.size(); ++i)
+      vals[i] = svdq::float_to_bf16_bits(std::ldexp(top, -1 - static_cast<int>(i % 40)) * (1.0f + (i % 7) / 8.0f) *
+                                         (i % 2 ? -1.0f : 1.0f));
+    q.lora_down = vals;
+    const svdq::cuda::DownOperand d = svdq::cuda::make_down_operand(q, svdq::DType::kF16);
+    const size_t plane = static_cast<size_t>(d.rank_pad) * 8;
+    int bad = 0;
+    for (int64_t kk = 0; kk < 8; ++kk)
+      for (int j = 0; j < q.rank; ++j) {
+        const double want = svdq::bf16_bits_to_float(q.lora_down[kk * q.rank + j]);
+        const double hi = svdq::half_bits_to_float(d.bits[j * 8 + kk]), lo = svdq::half_bits_to_float(d.bits[plane + j * 8 + kk]);
+        ASSERT_TRUE(std::isfinite(hi) && std::isfinite(lo));
+        const double got = (hi + lo) * d.lora_scale;
+        bad += !(std::fabs(got - want) <= std::ldexp(static_cast<double>(d.lora_scale), -25));
+      }
+    EXPECT_EQ(bad, 0);
+  }
+  // Same dtype: the bits as stored, no second operand, rank padded to 8 with zero columns.
+  q.rank = 5;
+  q.lora_down.assign(40, 0x3F80);
+  const svdq::cuda::DownOperand d = svdq::cuda::make_down_operand(q, svdq::DType::kBF16);
+  EXPECT_FALSE(d.has_lo);
+  EXPECT_EQ(d.rank_pad, 8);
+  ASSERT_EQ(d.bits.size(), 64u);
+  for (int j = 0; j < 8; ++j) EXPECT_EQ(d.bits[j * 8 + 3], j < 5 ? 0x3F80 : 0) << j;
+}
+
+}  // namespace
