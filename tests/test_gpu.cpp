@@ -16,6 +16,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <map>
+#include <memory>
+#include <utility>
 
 #include "svdq/svdq.hpp"
 #include "svdq/testing.hpp"
@@ -116,7 +119,15 @@ struct Fixture {
     const auto calib = svdq::synth::make_activations(layer, 256, 1);
     EXPECT_TRUE(stats.observe(svdq::MatrixView<const float>(calib.data(), 256, k)).ok());
   }
-  svdq::QuantizedLinear quantize(svdq::Format f, int rank) const {
+  // Memoized: every (format, rank) is quantized once per process (cases share layers across
+  // paths, dtypes and M). gtest runs the tests of one process on one thread.
+  const svdq::QuantizedLinear& quantize(svdq::Format f, int rank) const {
+    auto& slot = cache_[{static_cast<int>(f), rank}];
+    if (!slot) slot = std::make_unique<svdq::QuantizedLinear>(quantize_uncached(f, rank));
+    return *slot;
+  }
+  mutable std::map<std::pair<int, int>, std::unique_ptr<svdq::QuantizedLinear>> cache_;
+  svdq::QuantizedLinear quantize_uncached(svdq::Format f, int rank) const {
     svdq::QuantConfig c;
     c.format = f;
     c.rank = rank;
@@ -209,7 +220,8 @@ std::vector<Case> cases() {
         for (int64_t m : {1, 7, 44, 129}) v.push_back({f, dt, 32, m, sm});
         if (!kEmu)
           for (int64_t m : {1000, 4096}) v.push_back({f, dt, 32, m, sm});
-        for (int r : {0, 16, 64, 128}) v.push_back({f, dt, r, 129, sm});
+        for (int r : {0, 16, 64}) v.push_back({f, dt, r, 129, sm});
+        v.push_back({f, dt, 128, kEmu ? 44 : 129, sm});  // kernel 1's emulated rank-128 down-projection is slow
         v.push_back({f, dt, 0, 7, sm});
       }
   return v;
