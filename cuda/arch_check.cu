@@ -22,6 +22,8 @@ __global__ void arch_instruction_check_kernel(const uint32_t* in, uint32_t* out)
   arch::mma_m16n8k16_bf16bf16f32(cf, a, b, cf);
   arch::mma_m16n8k16_f16f16f32(cf, a, b, cf);
   arch::mma_m16n8k32_s8s8s32(ci, a, b, ci);
+  const uint32_t at[4] = {arch::float_to_tf32_rna(cf[0]), arch::float_to_tf32_rna(cf[1]), a[2], a[3]};
+  arch::mma_m16n8k8_tf32tf32f32(cf, at, b, cf);
 
   uint32_t r1[1], r2[2], r4[4];
   const uint16_t* row = tile + 8 * lane;

@@ -21,28 +21,9 @@
 #include "arch/smem.cuh"
 #include "arch/warp.cuh"
 #include "codecs.cuh"
+#include "gemm_w4a4_epilogue.cuh"  // GemmParams, the tile, the epilogue
 
 namespace svdq::cuda {
-
-constexpr int kGemmThreads = 256;
-constexpr int kBlkM = 64, kBlkN = 64;
-
-struct GemmParams {
-  int64_t m, n, k;
-  const uint8_t* a_codes;   // (M, K/2) activation codes
-  const uint8_t* a_scales;  // (M, G) fp32 (int4) or E4M3 (nvfp4)
-  const uint8_t* w_codes;   // (N, K/2) weight codes, canonical layout
-  const float* w_scales;    // (N, G) decoded weight group scales (exact)
-  float t_prod;             // nvfp4: t_act * t_w, rounded once in fp32 (as the CPU)
-  const float* lora;        // (M, r)
-  const float* up;          // (N, r)
-  int rank;
-  const float* bias;        // (N) or null
-  void* y;                  // (M, N) output, T
-};
-
-__device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
-__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
 // Unpacks one 32-bit word of 8 packed codes into two words of 4 int8 each (out[0]: codes 0-3).
 template <int kKind>
@@ -117,7 +98,7 @@ __global__ void __launch_bounds__(kGemmThreads) gemm_w4a4_dp4a_kernel(GemmParams
       sm.sx_s[threadIdx.x] = s;
     } else if (threadIdx.x < kBlkM + kBlkN) {
       const int64_t nn = n0 + (threadIdx.x - kBlkM);
-      sm.sw_s[threadIdx.x - kBlkM] = nn < p.n ? p.w_scales[nn * groups + g] : 0.0f;
+      sm.sw_s[threadIdx.x - kBlkM] = nn < p.n ? reinterpret_cast<const float*>(p.w_scales)[nn * groups + g] : 0.0f;
     }
     arch::syncthreads();
 #pragma unroll
@@ -136,8 +117,8 @@ __global__ void __launch_bounds__(kGemmThreads) gemm_w4a4_dp4a_kernel(GemmParams
     arch::syncthreads();
   }
 
-  // Epilogue: (nvfp4) tensor scales, low-rank up, bias, one rounding to T.
-  T* y = static_cast<T*>(p.y);
+  // Epilogue (gemm_w4a4_epilogue.cuh): (nvfp4) tensor scales, low-rank up on CUDA cores, bias,
+  // one rounding to T.
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int64_t mm = m0 + ty + 16 * i;
@@ -146,13 +127,8 @@ __global__ void __launch_bounds__(kGemmThreads) gemm_w4a4_dp4a_kernel(GemmParams
     for (int j = 0; j < 4; ++j) {
       const int64_t nn = n0 + tx + 16 * j;
       if (nn >= p.n) continue;
-      float v = kKind == 1 ? arch::fmul_rn(acc[i][j], p.t_prod) : acc[i][j];
-      float branch = 0.0f;
-      for (int q = 0; q < p.rank; ++q)
-        branch = arch::fma_rn(p.lora[mm * p.rank + q], p.up[nn * p.rank + q], branch);
-      v = arch::fadd_rn(v, branch);
-      if (p.bias != nullptr) v = arch::fadd_rn(v, p.bias[nn]);
-      store(y + mm * p.n + nn, v);
+      const float v = epilogue_tensor_scale<kKind>(acc[i][j], p);
+      epilogue_store<T>(p, mm, nn, arch::fadd_rn(v, lowrank_up_fp32(p, mm, nn)));
     }
   }
 }

@@ -41,7 +41,7 @@ struct GpuLinear::Impl {
   cuda::LinearPlan plan;  // scalars only after upload (the arrays live on the device)
   DeviceBuffer w_codes, w_scales, inv_s, down_t, up, bias;
   cuda::DeviceWeights weights() const {
-    return {static_cast<const uint8_t*>(w_codes.ptr), static_cast<const float*>(w_scales.ptr),
+    return {static_cast<const uint8_t*>(w_codes.ptr), static_cast<const uint8_t*>(w_scales.ptr),
             static_cast<const float*>(inv_s.ptr),     static_cast<const uint16_t*>(down_t.ptr),
             static_cast<const float*>(up.ptr),        static_cast<const float*>(bias.ptr)};
   }
@@ -116,7 +116,7 @@ Result<GpuLinear> GpuLinear::create(const QuantizedLinear& q, DType act_dtype, i
   // Kernel 2's path for this architecture (cuda/dispatch.hpp); any other is kErrorArchMismatch.
   auto path = cuda::gemm_path_for(prop.major, prop.minor, kFn);
   if (!path.ok()) return path.status();
-  plan->path = *path;
+  cuda::use_gemm_path(&*plan, *path);  // repacks the weights for this path
   // The build must hold code this device can run (SASS for it or PTX it can JIT).
   cudaFuncAttributes attr{};
   if (cudaFuncGetAttributes(&attr, reinterpret_cast<const void*>(cuda::gemm_kernel<__nv_bfloat16, 0>(*path))) !=
@@ -131,14 +131,14 @@ Result<GpuLinear> GpuLinear::create(const QuantizedLinear& q, DType act_dtype, i
   impl->device = device;
   cuda::LinearPlan& p = *plan;
   SVDQ_RETURN_IF_ERROR(impl->w_codes.upload(p.w_codes.data(), p.w_codes.size()));
-  SVDQ_RETURN_IF_ERROR(impl->w_scales.upload(p.w_scales.data(), p.w_scales.size() * 4));
+  SVDQ_RETURN_IF_ERROR(impl->w_scales.upload(p.w_scales.data(), p.w_scales.size()));
   SVDQ_RETURN_IF_ERROR(impl->inv_s.upload(p.inv_s.data(), p.inv_s.size() * 4));
   SVDQ_RETURN_IF_ERROR(impl->down_t.upload(p.down.bits.data(), p.down.bits.size() * 2));
   SVDQ_RETURN_IF_ERROR(impl->up.upload(p.up.data(), p.up.size() * 4));
   SVDQ_RETURN_IF_ERROR(impl->bias.upload(p.bias.data(), p.bias.size() * 4));
-  for (auto* v : {&p.w_scales, &p.inv_s, &p.up, &p.bias}) std::vector<float>().swap(*v);
+  for (auto* v : {&p.inv_s, &p.up, &p.bias}) std::vector<float>().swap(*v);
   std::vector<uint16_t>().swap(p.down.bits);
-  std::vector<uint8_t>().swap(p.w_codes);
+  for (auto* v : {&p.w_codes, &p.w_scales}) std::vector<uint8_t>().swap(*v);
   impl->plan = std::move(p);
   return GpuLinear(std::move(impl));
 }

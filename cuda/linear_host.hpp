@@ -6,11 +6,13 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "dispatch.hpp"  // GemmPath, the kernel 2 instantiations
 #include "gemm_w4a4_dp4a.cuh"
+#include "gemm_w4a4_mma.cuh"  // MmaLayout: the fragment order the repack builds
 #include "quantize_lora_down.cuh"
 #include "quantize_lora_down_plan.hpp"  // kernel 1's tensor-core operand
 #include "svdq/linear.hpp"
@@ -26,6 +28,8 @@ inline size_t align_up(size_t v) { return (v + kWorkspaceAlign - 1) / kWorkspace
 constexpr int64_t kMaxGridX = 2147483647, kMaxGridYZ = 65535;
 
 /// The layer, repacked for the kernels, in host memory (a backend uploads each array once).
+/// make_plan builds the dp4a kernel's layout (canonical codes, fp32 scales, (N, r) up);
+/// use_gemm_path switches the three weight arrays to the layout of the chosen kernel.
 struct LinearPlan {
   Format format = Format::kInt4;
   DType act = DType::kBF16;
@@ -33,13 +37,14 @@ struct LinearPlan {
   int rank = 0, group = 64;
   float t_act = 1.0f, t_prod = 1.0f;
   bool has_bias = false;
-  GemmPath path = GemmPath::kDp4a;  // kernel 2 (the backend sets it from the device: dispatch.hpp)
-  std::vector<uint8_t> w_codes;  // (N, K/2) canonical packed codes (the dp4a kernel reads them as is)
-  std::vector<float> w_scales;   // (N, G) fp32, exact decode of the fp16 / E4M3 group scales
-  std::vector<float> inv_s;      // (K) fp32, 1 / s
-  DownOperand down;              // kernel 1's lora_down operand (quantize_lora_down_plan.hpp)
-  std::vector<float> up;         // (N, r) fp32
-  std::vector<float> bias;       // (N) fp32 (empty without bias)
+  GemmPath path = GemmPath::kDp4a;  // kernel 2 (the backend sets it from the device: use_gemm_path)
+  std::vector<uint8_t> w_codes;   // dp4a: (N, K/2) canonical; mma: repack_codes_mma
+  std::vector<uint8_t> w_scales;  // dp4a: (N, G) fp32 (exact decode); mma: repack_scales_mma
+  std::vector<uint8_t> w_scales_raw;  // (N, G) the checkpoint's scale bytes (fp16 LE / E4M3), for repacking
+  std::vector<float> inv_s;       // (K) fp32, 1 / s
+  DownOperand down;               // kernel 1's lora_down operand (quantize_lora_down_plan.hpp)
+  std::vector<float> up;          // dp4a: (N, r) fp32; mma: repack_up_mma
+  std::vector<float> bias;        // (N) fp32 (empty without bias)
 
   size_t codes_bytes(int64_t m) const { return align_up(static_cast<size_t>(m) * static_cast<size_t>(k / 2)); }
   size_t scales_bytes(int64_t m) const {
@@ -49,6 +54,82 @@ struct LinearPlan {
   /// Workspace: codes, then scales, then x·lora_down, each 256-byte aligned.
   size_t workspace_size(int64_t m) const { return m < 1 ? 0 : codes_bytes(m) + scales_bytes(m) + lora_bytes(m); }
 };
+
+// ---- The mma kernel's fragment order (gemm_w4a4_mma.cuh documents the layouts) ----------------
+// Each function maps a position of the repacked array back to the canonical element it holds
+// (the kernel reads the repacked array at exactly these positions), and leaves padding zero.
+
+/// W codes: (N, K/2) canonical -> [nt][kt][wn][lane][32 B], N padded to 64 rows, K to 64.
+inline std::vector<uint8_t> repack_codes_mma(const uint8_t* codes, int64_t n, int64_t k, Format f) {
+  const int64_t nts = (n + kBlkN - 1) / kBlkN, kts = (k + MmaLayout::kKTile - 1) / MmaLayout::kKTile;
+  const int64_t row_bytes = k / 2;
+  std::vector<uint8_t> out(static_cast<size_t>(nts * kts * MmaLayout::kWarpsN * 32 * MmaLayout::kThreadCodeBytes), 0);
+  size_t pos = 0;
+  for (int64_t nt = 0; nt < nts; ++nt)
+    for (int64_t kt = 0; kt < kts; ++kt)
+      for (int wn = 0; wn < MmaLayout::kWarpsN; ++wn)
+        for (int lane = 0; lane < 32; ++lane)
+          for (int b = 0; b < MmaLayout::kThreadCodeBytes; ++b, ++pos) {
+            const int gid = lane >> 2, tig = lane & 3;
+            int j, byte_in_tile;  // the W row's tile j and the byte within the k tile's 32
+            if (f == Format::kInt4) {  // [j][h][4 B]: word 2 tig + h of the group
+              j = b / 8;
+              const int h = (b / 4) % 2;
+              byte_in_tile = 4 * (2 * tig + h) + b % 4;
+            } else {  // [gg][j][2 B]: bytes 2 tig, 2 tig + 1 of group gg (8 B each)
+              const int gg = b / 8;
+              j = (b / 2) % 4;
+              byte_in_tile = 8 * gg + 2 * tig + b % 2;
+            }
+            const int64_t row = nt * kBlkN + 32 * wn + 8 * j + gid;
+            const int64_t kb = kt * MmaLayout::kTileBytes + byte_in_tile;
+            if (row < n && kb < row_bytes) out[pos] = codes[row * row_bytes + kb];
+          }
+  return out;
+}
+
+/// W group scales (raw bytes: int4 fp16 LE (N, G) x 2 B, nvfp4 E4M3 (N, G)) -> int4
+/// [nt][g][wn][tig][j][c] fp16, nvfp4 [nt][kt][wn][tig][gg][j][c] E4M3 (column 32 wn + 8 j + 2 tig + c).
+inline std::vector<uint8_t> repack_scales_mma(const uint8_t* raw, int64_t n, int64_t k, Format f) {
+  const bool int4 = f == Format::kInt4;
+  const int64_t groups = k / (int4 ? 64 : 16);
+  const int64_t nts = (n + kBlkN - 1) / kBlkN;
+  const int64_t tiles = int4 ? groups : (k + MmaLayout::kKTile - 1) / MmaLayout::kKTile;
+  const int sb = MmaLayout::scale_bytes(int4 ? 0 : 1);
+  std::vector<uint8_t> out(static_cast<size_t>(nts * tiles * MmaLayout::kWarpsN * 4 * sb), 0);
+  size_t pos = 0;
+  for (int64_t nt = 0; nt < nts; ++nt)
+    for (int64_t t = 0; t < tiles; ++t)
+      for (int wn = 0; wn < MmaLayout::kWarpsN; ++wn)
+        for (int tig = 0; tig < 4; ++tig)
+          for (int b = 0; b < sb; ++b, ++pos) {
+            // int4: element b / 2 = [j][c], byte b % 2 of the fp16; nvfp4: element b = [gg][j][c].
+            const int e = int4 ? b / 2 : b % 8;
+            const int64_t g = int4 ? t : 4 * t + b / 8;
+            const int64_t col = nt * kBlkN + 32 * wn + 8 * (e / 2) + 2 * tig + e % 2;
+            if (col >= n || g >= groups) continue;
+            out[pos] = int4 ? raw[(col * groups + g) * 2 + b % 2] : raw[col * groups + g];
+          }
+  return out;
+}
+
+/// lora_up (N, r) fp32 -> [nt][s][wn][lane][j][e] = up[64 nt + 32 wn + 8 j + gid][8 s + 2 tig + e].
+inline std::vector<float> repack_up_mma(const float* up, int64_t n, int rank) {
+  const int64_t nts = (n + kBlkN - 1) / kBlkN, steps = (rank + MmaLayout::kRankStep - 1) / MmaLayout::kRankStep;
+  std::vector<float> out(static_cast<size_t>(nts * steps * MmaLayout::kWarpsN * 32 * 8), 0.0f);
+  size_t pos = 0;
+  for (int64_t nt = 0; nt < nts; ++nt)
+    for (int64_t s = 0; s < steps; ++s)
+      for (int wn = 0; wn < MmaLayout::kWarpsN; ++wn)
+        for (int lane = 0; lane < 32; ++lane)
+          for (int i = 0; i < 8; ++i, ++pos) {
+            const int j = i / 2, e = i % 2, gid = lane >> 2, tig = lane & 3;
+            const int64_t row = nt * kBlkN + 32 * wn + 8 * j + gid;
+            const int64_t q = MmaLayout::kRankStep * s + 2 * tig + e;
+            if (row < n && q < rank) out[pos] = up[row * rank + q];
+          }
+  return out;
+}
 
 /// Validates `q` and `act` and repacks. `fn` names the caller in messages.
 inline Result<LinearPlan> make_plan(const QuantizedLinear& q, DType act, const char* fn) {
@@ -72,9 +153,13 @@ inline Result<LinearPlan> make_plan(const QuantizedLinear& q, DType act, const c
   p.has_bias = !q.bias.empty();
   const int64_t n = q.out_features, k = q.in_features, r = q.rank, groups = k / q.group;
   p.w_codes = q.qweight;
-  p.w_scales.resize(static_cast<size_t>(n * groups));
+  p.w_scales.resize(static_cast<size_t>(n * groups) * 4);
   for (int64_t i = 0; i < n; ++i)
-    for (int64_t g = 0; g < groups; ++g) p.w_scales[i * groups + g] = q.wscale(i, g);
+    for (int64_t g = 0; g < groups; ++g) {
+      const float v = q.wscale(i, g);
+      std::memcpy(p.w_scales.data() + (i * groups + g) * 4, &v, 4);
+    }
+  p.w_scales_raw = q.wscales;
   p.inv_s = q.inverse_smooth();
   p.up.resize(static_cast<size_t>(n * r));
   p.bias.resize(q.bias.size());
@@ -82,6 +167,18 @@ inline Result<LinearPlan> make_plan(const QuantizedLinear& q, DType act, const c
   for (int64_t i = 0; i < n * r; ++i) p.up[i] = bits16_to_float(q.lora_up[i], q.storage);
   for (size_t i = 0; i < p.bias.size(); ++i) p.bias[i] = bits16_to_float(q.bias[i], q.storage);
   return p;
+}
+
+/// Sets kernel 2's path and puts the weight arrays into its layout (the mma kernels' fragment
+/// order, from the canonical arrays make_plan built). Call once, before upload.
+inline void use_gemm_path(LinearPlan* p, GemmPath path) {
+  p->path = path;
+  if (path != GemmPath::kDp4a) {
+    p->w_codes = repack_codes_mma(p->w_codes.data(), p->n, p->k, p->format);
+    p->w_scales = repack_scales_mma(p->w_scales_raw.data(), p->n, p->k, p->format);
+    p->up = repack_up_mma(p->up.data(), p->n, p->rank);
+  }
+  std::vector<uint8_t>().swap(p->w_scales_raw);
 }
 
 inline Status can_implement(const LinearPlan* p, int64_t m, DType dtype, const char* fn) {
@@ -96,8 +193,8 @@ inline Status can_implement(const LinearPlan* p, int64_t m, DType dtype, const c
 
 /// Where the uploaded arrays of a plan live on the backend's device.
 struct DeviceWeights {
-  const uint8_t* w_codes = nullptr;
-  const float *w_scales = nullptr, *inv_s = nullptr;
+  const uint8_t *w_codes = nullptr, *w_scales = nullptr;
+  const float* inv_s = nullptr;
   const uint16_t* down = nullptr;  // plan.down.bits
   const float *up = nullptr, *bias = nullptr;
 };

@@ -286,4 +286,42 @@ TEST(ArchConvert, WideningIsExactForAll16BitPatterns) {
   }
 }
 
+// fp32 -> tf32 (cvt.rna.tf32.f32): against an independent rounding in double (11 significant bits,
+// ties away from zero, via frexp / round) on random normal floats, every tie, and the specials.
+TEST(ArchConvert, FloatToTf32RoundsToNearestTiesAway) {
+  auto tf32_of = [](float x) {
+    const uint32_t u = arch::float_to_tf32_rna(x);
+    float f;
+    std::memcpy(&f, &u, 4);
+    EXPECT_EQ(u & 0x1FFFu, 0u) << x;
+    return f;
+  };
+  auto expected = [](float x) {
+    int e;
+    const double m = std::frexp(static_cast<double>(x), &e);  // |m| in [0.5, 1)
+    return static_cast<float>(std::ldexp(std::round(std::ldexp(m, 11)), e - 11));  // round(): half away
+  };
+  std::mt19937 rng(21);
+  for (int i = 0; i < 1000000; ++i) {
+    uint32_t u = rng();
+    const uint32_t exp = (u >> 23) & 0xFFu;
+    if (exp == 0 || exp >= 0xFEu) continue;  // normals below the top binade (no overflow to inf here)
+    if (i % 4 == 0) u = (u & 0xFFFFE000u) | 0x1000u;  // an exact tie
+    float x;
+    std::memcpy(&x, &u, 4);
+    ASSERT_EQ(tf32_of(x), expected(x)) << std::hex << u;
+    // x - hi is exact, and the two-term split leaves at most 2^-22 |x| (plus half the tf32 quantum
+    // 2^-136 of fp32's subnormal range, reached only for |x| < 2^-114).
+    const float hi = tf32_of(x), lo = tf32_of(x - hi);
+    ASSERT_LE(std::fabs(static_cast<double>(x) - hi - lo),
+              std::ldexp(std::fabs(static_cast<double>(x)), -22) + std::ldexp(1.0, -137));
+  }
+  EXPECT_EQ(tf32_of(0.0f), 0.0f);
+  EXPECT_TRUE(std::signbit(tf32_of(-0.0f)));
+  EXPECT_EQ(tf32_of(std::numeric_limits<float>::infinity()), std::numeric_limits<float>::infinity());
+  EXPECT_TRUE(std::isnan(tf32_of(std::numeric_limits<float>::quiet_NaN())));
+  EXPECT_EQ(tf32_of(std::numeric_limits<float>::max()), std::numeric_limits<float>::infinity());
+  EXPECT_EQ(tf32_of(1.0f + std::ldexp(1.0f, -11)), 1.0f + std::ldexp(1.0f, -10));  // tie away from 1
+}
+
 }  // namespace

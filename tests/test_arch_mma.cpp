@@ -615,4 +615,55 @@ TEST(ArchMmaBf16, E2M1GroupSumsAreExact) {
   }
 }
 
+// mma.m16n8k8 .tf32 (PTX ISA "Matrix Fragments for mma.m16n8k8", .tf32), transcribed here: A a0..a3
+// one element per register, row groupID (a0, a2) / groupID + 8 (a1, a3), col threadID_in_group
+// (a0, a1) / + 4 (a2, a3); B b0, b1: row threadID_in_group / + 4, col groupID.
+TEST(ArchMmaTf32, OneHotAndRandomMatchFloat64Gemm) {
+  auto isa_a = [](int lane, int i) { return RC{i & 1 ? group_id(lane) + 8 : group_id(lane), i & 2 ? tig(lane) + 4 : tig(lane)}; };
+  auto isa_b = [](int lane, int i) { return RC{tig(lane) + 4 * i, group_id(lane)}; };
+  auto bits = [](double v) {
+    const float f = static_cast<float>(v);
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return u;
+  };
+  std::mt19937 rng(12);
+  for (int trial = 0; trial < 16 * 8 + 8 * 8 + 50; ++trial) {
+    double av[16][8] = {}, bv[8][8] = {};
+    if (trial < 16 * 8) {  // one-hot A, B all distinct: D's row m must be B's row k
+      av[trial / 8][trial % 8] = 1.0;
+      for (int k = 0; k < 8; ++k)
+        for (int n = 0; n < 8; ++n) bv[k][n] = k * 8 + n + 1;
+    } else if (trial < 16 * 8 + 64) {  // one-hot B, A distinct
+      const int t = trial - 16 * 8;
+      bv[t / 8][t % 8] = 1.0;
+      for (int m = 0; m < 16; ++m)
+        for (int k = 0; k < 8; ++k) av[m][k] = m * 8 + k + 1;
+    } else {  // 11-bit significands, exponents in [-8, 8]: the host's double sum is exact
+      auto value = [&] {
+        const int sig = 1024 + static_cast<int>(rng() % 1024u), e = static_cast<int>(rng() % 17) - 8;
+        return (rng() & 1 ? -1.0 : 1.0) * std::ldexp(static_cast<double>(sig), e - 11);
+      };
+      for (auto& r : av)
+        for (auto& v : r) v = value();
+      for (auto& r : bv)
+        for (auto& v : r) v = value();
+    }
+    uint32_t a[32][4], b[32][2];
+    float c[32][4] = {}, d[32][4];
+    for (int lane = 0; lane < 32; ++lane) {
+      for (int i = 0; i < 4; ++i) a[lane][i] = bits(av[isa_a(lane, i).row][isa_a(lane, i).col]);
+      for (int i = 0; i < 2; ++i) b[lane][i] = bits(bv[isa_b(lane, i).row][isa_b(lane, i).col]);
+    }
+    ref::mma_m16n8k8_tf32tf32f32(a, b, c, d);
+    for (int lane = 0; lane < 32; ++lane)
+      for (int i = 0; i < 4; ++i) {
+        const RC p = isa_c(lane, i);
+        double s = 0;
+        for (int k = 0; k < 8; ++k) s += av[p.row][k] * bv[k][p.col];
+        ASSERT_EQ(d[lane][i], static_cast<float>(s)) << "trial " << trial << " lane " << lane << " c" << i;
+      }
+  }
+}
+
 }  // namespace

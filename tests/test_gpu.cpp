@@ -10,10 +10,15 @@
 // streams, graphs, determinism, M limits, bad input.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <map>
+#include <memory>
+#include <utility>
 
 #include "svdq/svdq.hpp"
 #include "svdq/testing.hpp"
@@ -105,7 +110,8 @@ struct Fixture {
   int64_t k = kEmu ? 512 : 1024, n = kEmu ? 160 : 384;
   svdq::synth::Layer layer;
   svdq::ActivationStats stats;
-  Fixture() {
+  Fixture() : Fixture(kEmu ? 512 : 1024, kEmu ? 160 : 384) {}
+  Fixture(int64_t k_, int64_t n_) : k(k_), n(n_) {
     svdq::synth::LayerSpec spec;
     spec.in_features = k;
     spec.out_features = n;
@@ -113,7 +119,15 @@ struct Fixture {
     const auto calib = svdq::synth::make_activations(layer, 256, 1);
     EXPECT_TRUE(stats.observe(svdq::MatrixView<const float>(calib.data(), 256, k)).ok());
   }
-  svdq::QuantizedLinear quantize(svdq::Format f, int rank) const {
+  // Memoized: every (format, rank) is quantized once per process (cases share layers across
+  // paths, dtypes and M). gtest runs the tests of one process on one thread.
+  const svdq::QuantizedLinear& quantize(svdq::Format f, int rank) const {
+    auto& slot = cache_[{static_cast<int>(f), rank}];
+    if (!slot) slot = std::make_unique<svdq::QuantizedLinear>(quantize_uncached(f, rank));
+    return *slot;
+  }
+  mutable std::map<std::pair<int, int>, std::unique_ptr<svdq::QuantizedLinear>> cache_;
+  svdq::QuantizedLinear quantize_uncached(svdq::Format f, int rank) const {
     svdq::QuantConfig c;
     c.format = f;
     c.rank = rank;
@@ -207,6 +221,7 @@ std::vector<Case> cases() {
         if (!kEmu)
           for (int64_t m : {1000, 4096}) v.push_back({f, dt, 32, m, sm});
         for (int r : {0, 16, 64}) v.push_back({f, dt, r, 129, sm});
+        v.push_back({f, dt, 128, kEmu ? 44 : 129, sm});  // kernel 1's emulated rank-128 down-projection is slow
         v.push_back({f, dt, 0, 7, sm});
       }
   return v;
@@ -345,6 +360,159 @@ TEST(GpuLayerLaunch, ArchitectureTableAndMismatch) {
   using svdq::cuda::GemmPath;
   EXPECT_EQ(*svdq::cuda::gemm_path_for(8, 6, "t"), GemmPath::kMmaS4);
   EXPECT_EQ(*svdq::cuda::gemm_path_for(9, 0, "t"), GemmPath::kMmaS8);
+}
+
+// The mma kernel's fragment order (linear_host.hpp, repack_*_mma) against an independent formula:
+// the library maps each repacked position back to its canonical element; the test maps each
+// canonical element forward to the position the kernel's thread reads it from (the warp's tile,
+// the lane that owns the element's row and k slice, the byte within its 32), and checks that
+// everything else is zero padding.
+TEST(GpuLayerRepack, FragmentOrderMatchesAnIndependentFormula) {
+  for (auto fmt : {svdq::Format::kInt4, svdq::Format::kNvfp4}) {
+    SCOPED_TRACE(svdq::format_name(fmt));
+    const bool int4 = fmt == svdq::Format::kInt4;
+    const int64_t n = 72, k = int4 ? 192 : 208;  // ragged N tile; nvfp4: a K tail of 1 group (13 groups)
+    const int64_t groups = k / (int4 ? 64 : 16), kts = (k + 63) / 64, nts = (n + 63) / 64;
+    std::vector<uint8_t> codes(static_cast<size_t>(n * k / 2));
+    for (size_t i = 0; i < codes.size(); ++i) codes[i] = static_cast<uint8_t>((i * 2654435761u) >> 13);
+    const auto rep = svdq::cuda::repack_codes_mma(codes.data(), n, k, fmt);
+    ASSERT_EQ(rep.size(), static_cast<size_t>(nts * kts * 2 * 32 * 32));
+    std::vector<int> hit(rep.size(), 0);
+    for (int64_t row = 0; row < n; ++row)
+      for (int64_t kb = 0; kb < k / 2; ++kb) {  // canonical byte (row, kb): k elements 2 kb, 2 kb + 1
+        const int64_t nt = row / 64, wn = (row % 64) / 32, j = (row % 32) / 8, gid = row % 8;
+        int64_t kt, lane, byte;
+        if (int4) {  // group kb / 32; word w = (kb % 32) / 4 belongs to tig = w / 2 as its half h = w % 2
+          kt = kb / 32;
+          const int64_t w = (kb % 32) / 4;
+          lane = 4 * gid + w / 2;
+          byte = 8 * j + 4 * (w % 2) + kb % 4;
+        } else {  // group kb / 8 = 4 kt + gg; byte bg = kb % 8 belongs to tig = bg / 2
+          kt = kb / 32;
+          const int64_t gg = (kb / 8) % 4, bg = kb % 8;
+          lane = 4 * gid + bg / 2;
+          byte = 8 * gg + 2 * j + bg % 2;
+        }
+        const size_t pos = static_cast<size_t>((((nt * kts + kt) * 2 + wn) * 32 + lane) * 32 + byte);
+        ASSERT_LT(pos, rep.size());
+        EXPECT_EQ(rep[pos], codes[row * (k / 2) + kb]) << "row " << row << " byte " << kb;
+        ++hit[pos];
+      }
+    for (size_t i = 0; i < rep.size(); ++i)
+      if (hit[i] == 0) EXPECT_EQ(rep[i], 0) << "padding at " << i;
+      else EXPECT_EQ(hit[i], 1) << i;
+
+    // Group scales: int4 fp16 (2 bytes), nvfp4 E4M3 (1 byte).
+    const int sbytes = int4 ? 2 : 1;
+    std::vector<uint8_t> raw(static_cast<size_t>(n * groups * sbytes));
+    for (size_t i = 0; i < raw.size(); ++i) raw[i] = static_cast<uint8_t>(1 + (i * 40503u) % 251);
+    const auto srep = svdq::cuda::repack_scales_mma(raw.data(), n, k, fmt);
+    std::vector<int> shit(srep.size(), 0);
+    for (int64_t col = 0; col < n; ++col)
+      for (int64_t g = 0; g < groups; ++g)
+        for (int b = 0; b < sbytes; ++b) {
+          const int64_t nt = col / 64, wn = (col % 64) / 32, j = (col % 32) / 8, tig = (col % 8) / 2, c = col % 2;
+          const size_t pos = int4 ? static_cast<size_t>((((nt * groups + g) * 2 + wn) * 4 + tig) * 16 + (2 * j + c) * 2 + b)
+                                  : static_cast<size_t>((((nt * kts + g / 4) * 2 + wn) * 4 + tig) * 32 + 8 * (g % 4) + 2 * j + c);
+          ASSERT_LT(pos, srep.size());
+          EXPECT_EQ(srep[pos], raw[(col * groups + g) * sbytes + b]) << "col " << col << " group " << g;
+          ++shit[pos];
+        }
+    for (size_t i = 0; i < srep.size(); ++i)
+      if (shit[i] == 0) EXPECT_EQ(srep[i], 0) << "scale padding at " << i;
+  }
+  // lora_up, with a rank that is not a multiple of the tf32 step (8).
+  const int64_t n = 72;
+  for (int rank : {5, 16, 24}) {
+    std::vector<float> up(static_cast<size_t>(n * rank));
+    for (size_t i = 0; i < up.size(); ++i) up[i] = 1.0f + static_cast<float>(i);
+    const auto urep = svdq::cuda::repack_up_mma(up.data(), n, rank);
+    const int64_t steps = (rank + 7) / 8;
+    std::vector<int> uhit(urep.size(), 0);
+    for (int64_t row = 0; row < n; ++row)
+      for (int q = 0; q < rank; ++q) {
+        const int64_t nt = row / 64, wn = (row % 64) / 32, j = (row % 32) / 8, gid = row % 8;
+        const int64_t lane = 4 * gid + (q % 8) / 2;
+        const size_t pos = static_cast<size_t>((((nt * steps + q / 8) * 2 + wn) * 32 + lane) * 8 + 2 * j + q % 2);
+        ASSERT_LT(pos, urep.size());
+        EXPECT_EQ(urep[pos], up[row * rank + q]);
+        ++uhit[pos];
+      }
+    for (size_t i = 0; i < urep.size(); ++i)
+      if (uhit[i] == 0) EXPECT_EQ(urep[i], 0.0f) << "up padding at " << i;
+  }
+}
+
+// Shapes the main fixture does not reach: an nvfp4 K that is not a multiple of the 64-k stage
+// (a tail stage of fewer than 4 groups), a ragged N tile, and ranks that are not multiples of 8.
+TEST(GpuLayerRepack, KTailRaggedNAndOddRanksOnEveryPath) {
+  const Fixture f(208, 72);
+  const int64_t m = 21;
+  for (int sm : arch_params())
+    for (int rank : {0, 5, 24}) {
+      SCOPED_TRACE("sm " + std::to_string(sm) + " rank " + std::to_string(rank));
+      const auto q = f.quantize(svdq::Format::kNvfp4, rank);
+      auto g = make_linear(q, svdq::DType::kF16, sm);
+      ASSERT_TRUE(g.ok()) << g.status().to_string();
+      const auto x = f.activations(m, svdq::DType::kF16);
+      std::vector<uint16_t> y_gpu, y_ref(static_cast<size_t>(m * f.n));
+      ASSERT_NO_FATAL_FAILURE(run_gpu(*g, x, m, nullptr, &y_gpu, nullptr));
+      ASSERT_TRUE(svdq::reference_forward(q, view16(x, svdq::DType::kF16, m, f.k),
+                                          svdq::MatrixRef(y_ref.data(), svdq::DType::kF16, m, f.n, f.n)).ok());
+      if (rank == 0) EXPECT_EQ(count_differences(y_gpu, y_ref, svdq::DType::kF16), 0u);
+      else EXPECT_LE(rel_err(y_gpu, y_ref, svdq::DType::kF16, m, f.n), kKernelVsReference);
+    }
+}
+
+// The tensor-core low-rank branch (lowrank_up_tf32: lora split into two tf32 terms, 16-bit up
+// exact in tf32) on one emulated warp's 16 x 32 tile, rank 128, against float64: the error is
+// within kTf32Branch * sum_r |lora up| per output (about 2.1e-6, below the worst case 7.6e-6 of
+// the reference's own fp32 chain); lora rounded to one tf32 term (2^-12) would not meet it.
+TEST(GpuLayerRepack, Tf32BranchIsWithinItsBoundOfFloat64) {
+  const int rank = 128, rows = 16, cols = 32;
+  // The split leaves |x - hi - lo| <= 2^-22 |x|; each of the 2 * rank / 8 mma rounds its fp32 result
+  // once (<= 2^-24 of a partial sum, itself <= sum |lora up|). The reference's sequential fp32 fma
+  // chain has the worst case rank * 2^-24.
+  const double kTf32Branch = std::ldexp(1.0, -22) + 2.0 * (rank / 8) * std::ldexp(1.0, -24);
+  std::vector<float> lora(rows * rank), up(cols * rank);
+  uint64_t st = 12345;
+  auto uni = [&] {
+    st = st * 6364136223846793005ull + 1442695040888963407ull;
+    return static_cast<double>(st >> 11) / 9007199254740992.0 * 2.0 - 1.0;
+  };
+  for (auto& v : lora) v = static_cast<float>(uni() * 100.0);
+  for (auto& v : up) v = svdq::bits16_to_float(svdq::float_to_bits16(static_cast<float>(uni()), svdq::DType::kBF16), svdq::DType::kBF16);
+  const auto urep = svdq::cuda::repack_up_mma(up.data(), cols, rank);
+  float out[rows][cols] = {};
+  svdq::cuda::GemmParams p{};
+  p.m = rows;
+  p.rank = rank;
+  p.lora = lora.data();
+  const std::string err = svdq::emu::launch("lowrank_up_tf32", dim3(1), dim3(32), 0, {}, [&] {
+    const int lane = static_cast<int>(threadIdx.x);
+    float acc[4][4] = {};
+    svdq::cuda::lowrank_up_tf32(p, lane >> 2, urep.data() + lane * 8, lane, acc);
+    for (int j = 0; j < 4; ++j)
+      for (int r = 0; r < 4; ++r) out[(lane >> 2) + 8 * (r >> 1)][8 * j + 2 * (lane & 3) + (r & 1)] = acc[j][r];
+  });
+  ASSERT_EQ(err, "");
+  double worst = 0, worst_seq = 0;
+  for (int i = 0; i < rows; ++i)
+    for (int c = 0; c < cols; ++c) {
+      double exact = 0, mag = 0;
+      float seq = 0.0f;
+      for (int q = 0; q < rank; ++q) {
+        exact += static_cast<double>(lora[i * rank + q]) * up[c * rank + q];
+        mag += std::fabs(static_cast<double>(lora[i * rank + q]) * up[c * rank + q]);
+        seq = std::fma(lora[i * rank + q], up[c * rank + q], seq);
+      }
+      worst = std::max(worst, std::fabs(out[i][c] - exact) / mag);
+      worst_seq = std::max(worst_seq, std::fabs(seq - exact) / mag);
+    }
+  EXPECT_LE(worst, kTf32Branch) << "fp32 sequential (the reference's order): " << worst_seq;
+  RecordProperty("tf32_branch_rel", std::to_string(worst));
+  RecordProperty("fp32_sequential_rel", std::to_string(worst_seq));
+  std::printf("tensor-core branch: max |err| / sum|lora up| = %.3g (fp32 sequential: %.3g)\n", worst, worst_seq);
 }
 
 #else

@@ -272,4 +272,23 @@ SVDQ_HD uint32_t e2m1x2_scaled_to_f16x2(uint32_t codes, float scale) {
   return pack_f16x2_rn(e2m1_to_float(codes) * scale, e2m1_to_float(codes >> 4) * scale);
 }
 
+/// fp32 -> tf32 (cvt.rna.tf32.f32, sm_80+): rounded to nearest, ties away from zero, to 10
+/// fraction bits (11 significant bits, fp32's exponent range). The result is an fp32 bit pattern
+/// whose low 13 bits are zero: an fp32 value, the operand format of the .tf32 mma. Infinity and NaN
+/// pass through (NaN stays NaN; its payload bits are not specified here); a finite x whose rounding
+/// carries past the largest exponent becomes infinity.
+SVDQ_HD uint32_t float_to_tf32_rna(float x) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));  // one RNA rounding to tf32
+  return r;
+#else
+  const uint32_t u = detail::float_as_u32(x);
+  if ((u & 0x7F800000u) == 0x7F800000u) return (u & 0x007FFFFFu) ? (u | 0x00400000u) & 0xFFFFE000u : u;
+  // Half an ulp of the 10-bit fraction is bit 12: adding it then truncating rounds ties away from
+  // zero in magnitude (sign-magnitude format); a carry moves correctly into the exponent.
+  return (u + 0x1000u) & 0xFFFFE000u;
+#endif
+}
+
 }  // namespace svdq::arch

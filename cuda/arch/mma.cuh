@@ -8,6 +8,7 @@
 //   * "Matrix Fragments for mma.m16n8k16 with floating point type" (Figures 79, 81, 83),
 //   * "Matrix Fragments for mma.m16n8k32" (.e4m3: Figures 88, 90, 91, 92),
 //   * "Matrix Fragments for mma.m16n8k64" (.s4: Figures 93-96),
+//   * "Matrix Fragments for mma.m16n8k8" (.tf32: the A and B register maps, m16n8k8_tf32_a/_b),
 //   * "Multiply-and-Accumulate Instruction: mma" (semantics, precision, target ISA notes).
 // Operand register counts agree with CUTLASS cute/arch/mma_sm80.hpp (SM80_16x8x64_S32S4S4S32_TN,
 // SM80_16x8x16_F32BF16BF16F32_TN, SM80_16x8x16_F32F16F16F32_TN: A uint32_t[4], B uint32_t[2],
@@ -120,6 +121,18 @@ SVDQ_HD constexpr Coord m16n8k16_a(int lane, int reg, int elem) {
 SVDQ_HD constexpr Coord m16n8k16_b(int lane, int reg, int elem) {
   const int i = reg * 2 + elem, group = lane >> 2, tig = lane % 4;
   return {tig * 2 + (i & 0x1) + (i >= 2 ? 8 : 0), group};
+}
+/// m16n8k8 .tf32 A (16 x 8): register `reg` (0..3), one element each (PTX ISA, "Matrix Fragments
+/// for mma.m16n8k8", .tf32: row = groupID for a0/a2, + 8 for a1/a3; col = threadID_in_group for
+/// a0/a1, + 4 for a2/a3).
+SVDQ_HD constexpr Coord m16n8k8_tf32_a(int lane, int reg, int /*elem*/ = 0) {
+  const int group = lane >> 2, tig = lane % 4;
+  return {(reg & 1) ? group + 8 : group, (reg & 2) ? tig + 4 : tig};
+}
+/// m16n8k8 .tf32 B (8 x 8): register `reg` (0..1): row (k) = threadID_in_group (+ 4 for b1),
+/// col = groupID.
+SVDQ_HD constexpr Coord m16n8k8_tf32_b(int lane, int reg, int /*elem*/ = 0) {
+  return {(lane % 4) + 4 * reg, lane >> 2};
 }
 /// C/D (16 x 8, .s32 or .f32, every m16n8kK shape here): register `reg` (0..3).
 SVDQ_HD constexpr Coord m16n8_c(int lane, int reg) {
@@ -277,6 +290,29 @@ inline void mma_m16n8k16_f16f16f32(const uint32_t a[32][4], const uint32_t b[32]
                                    const float c[32][4], float d[32][4]) {
   for (int lane = 0; lane < 32; ++lane) mma_m16n8k16_f16f16f32_lane(a, b, c[lane], lane, d[lane]);
 }
+/// A .tf32 operand register as a double: the fp32 value with its low 13 bits ignored (the ISA
+/// gives the operand as .b32 holding tf32 data; the kernels pass cvt.rna.tf32.f32 results or
+/// exact 16-bit values, whose low 13 bits are zero).
+inline double tf32_element(uint32_t reg, int /*elem*/) {
+  const uint32_t bits = reg & 0xFFFFE000u;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+/// One lane's D of mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 (products of two 11-bit
+/// significands are exact in double; order and rounding: see the file comment).
+inline void mma_m16n8k8_tf32tf32f32_lane(const uint32_t a[32][4], const uint32_t b[32][2],
+                                         const float c[4], int lane, float d[4]) {
+  double A[16][8], B[8][8];
+  detail::gather_a<8, 1>(a, m16n8k8_tf32_a, tf32_element, A);
+  detail::gather_b<8, 1>(b, m16n8k8_tf32_b, tf32_element, B);
+  detail::lane_d_float(A, B, c, lane, d);
+}
+inline void mma_m16n8k8_tf32tf32f32(const uint32_t a[32][4], const uint32_t b[32][2],
+                                    const float c[32][4], float d[32][4]) {
+  for (int lane = 0; lane < 32; ++lane) mma_m16n8k8_tf32tf32f32_lane(a, b, c[lane], lane, d[lane]);
+}
 #endif  // !__CUDA_ARCH__
 
 }  // namespace ref
@@ -427,6 +463,29 @@ SVDQ_DEV void mma_m16n8k16_f16f16f32(float (&d)[4], const uint32_t (&a)[4], cons
         "f"(c[2]), "f"(c[3]));
 #elif defined(__CUDA_ARCH__)
   SVDQ_NO_DEVICE_CODE("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 (needs sm_80)");
+#endif
+}
+
+/// D = A*B + C, A 16x8 .tf32 (row), B 8x8 .tf32 (col), C/D 16x8 .f32.
+/// a: 4 x tf32 (one element each, fp32 bit patterns, e.g. float_to_tf32_rna), b: 2 x tf32,
+/// c/d: 4 x f32 (ref::m16n8k8_tf32_a/_b, m16n8_c). sm_80+.
+SVDQ_DEV void mma_m16n8k8_tf32tf32f32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
+                                      const float (&c)[4]) {
+#if SVDQ_ARCH_HOST
+  uint32_t A[32][4], B[32][2];
+  float own_c[4];
+  detail::mma_gather("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32", a, b, c, A, B, own_c);
+  ref::mma_m16n8k8_tf32tf32f32_lane(A, B, own_c, emu::lane_id(), d);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  // volatile: keep the warp-synchronous instruction at its program point (see above).
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
+      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %11, %12, %13};\n"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]),
+        "f"(c[2]), "f"(c[3]));
+#elif defined(__CUDA_ARCH__)
+  SVDQ_NO_DEVICE_CODE("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 (needs sm_80)");
 #endif
 }
 

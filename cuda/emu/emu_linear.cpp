@@ -55,7 +55,7 @@ Result<EmuLinear> EmuLinear::create(const QuantizedLinear& q, DType act_dtype, i
   if (sm != 0) {
     auto path = cuda::gemm_path_for(sm / 10, sm % 10, "GpuLinear::create");
     if (!path.ok()) return path.status();
-    plan->path = *path;
+    cuda::use_gemm_path(&*plan, *path);  // repacks the weights for this path
   }
   auto impl = std::make_unique<Impl>();
   impl->plan = std::move(*plan);
