@@ -211,6 +211,8 @@ struct NameFilter {
 
 struct QuantizeArgs {
   std::string model, output, calib, format = "int4", include = R"(.*\.weight$)", exclude;
+  std::string layout = "svdq";  // or "nunchaku": Nunchaku's tensors (include/svdq/nunchaku.hpp)
+  std::string storage;          // f16 / bf16; empty: bf16, or f16 for an int4 Nunchaku layout
   int rank = 32;
   int threads = 0;
   bool plus = false;
@@ -388,6 +390,7 @@ int cmd_quantize(const QuantizeArgs& a) {
 
   svdq::SafetensorsWriter writer;
   std::set<std::string> consumed;  // tensors replaced by a quantized layer
+  int nunchaku_rank = 0;           // --layout nunchaku: the largest padded rank
   std::printf("  %-40s %-13s %-10s %-12s %8s\n", "layer", "shape (NxK)", "method", "relMSE(cal)", "time s");
   std::printf("  (relMSE(cal) = ||y_q - y||^2 / ||y||^2 on the calibration rows: optimistic; "
               "`svdq eval` measures held-out rows)\n");
@@ -408,6 +411,12 @@ int cmd_quantize(const QuantizeArgs& a) {
     svdq::QuantConfig cfg;
     cfg.format = *format;
     cfg.rank = static_cast<int>(std::min<int64_t>(a.rank, std::min(n, k)));
+    // Nunchaku stores int4 group scales in the model dtype; svdq's are fp16, which bf16 cannot
+    // hold in general (add_nunchaku refuses such a layer), so an int4 Nunchaku file is by
+    // default an f16 one.
+    if (a.storage == "f16" ||
+        (a.storage.empty() && a.layout == "nunchaku" && *format == svdq::Format::kInt4))
+      cfg.storage = svdq::DType::kF16;
     std::string method = stats ? "svdquant" : "data-free";
     if (stats == nullptr) {
       cfg.alpha = cfg.beta = 0.0f;
@@ -442,7 +451,13 @@ int cmd_quantize(const QuantizeArgs& a) {
     }
     const double seconds = q->info.seconds;
     q->info.seconds = 0;  // same command, same file: the time is printed, never stored
-    if (Status st = svdq::add_quantized(writer, j.layer, *q); !st.ok()) return fail(st);
+    if (a.layout == "nunchaku") {
+      // Nunchaku's layout, dtypes, padding and names, as `svdq convert --to nunchaku` writes it.
+      if (Status st = svdq::add_nunchaku(writer, j.layer, *q); !st.ok()) return fail(st);
+      nunchaku_rank = std::max(nunchaku_rank, (q->rank + 15) / 16 * 16);
+    } else if (Status st = svdq::add_quantized(writer, j.layer, *q); !st.ok()) {
+      return fail(st);
+    }
     consumed.insert(j.tensor);
     if (!j.bias.empty()) consumed.insert(j.bias);
     progress_clear();
@@ -464,6 +479,9 @@ int cmd_quantize(const QuantizeArgs& a) {
   // The fingerprints of the calibration rows (from --calib), for `svdq eval`'s refusal.
   for (const auto& [key, value] : calib_rows) (void)writer.set_metadata(key, value);
   (void)writer.set_metadata("svdq.version", svdq::version_string());
+  if (a.layout == "nunchaku")
+    (void)writer.set_metadata("quantization_config",
+                              svdq::nunchaku_quantization_config(*format, nunchaku_rank));
   if (Status st = write_output(writer, a.output); !st.ok()) return fail(st);
   std::printf("wrote %s: %zu quantized layer(s), %d tensor(s) copied unchanged, %.1f s\n",
               shown(a.output).c_str(), jobs.size(), copied, seconds_since(t_all));
@@ -724,6 +742,14 @@ int main(int argc, char** argv) {
   quantize->add_option("--exclude", qa.exclude, "regex of weight tensors to leave unchanged");
   quantize->add_option("--threads", qa.threads, "CPU threads (default: all)")->check(CLI::Range(1, 1024));
   quantize->add_flag("--plus", qa.plus, "svdq-plus (search and refinements; needs sampled calibration rows)");
+  quantize->add_option("--layout", qa.layout,
+                       "svdq (canonical) or nunchaku (Nunchaku's packed tensors and quantization_config)")
+      ->check(CLI::IsMember({"svdq", "nunchaku"}))
+      ->capture_default_str();
+  quantize->add_option("--storage", qa.storage,
+                       "dtype of smooth, lora and bias: f16 or bf16 (default bf16; f16 for --layout "
+                       "nunchaku --format int4)")
+      ->check(CLI::IsMember({"f16", "bf16"}));
 
   std::vector<std::string> calib_inputs;
   std::string calib_out, calib_suffix = ".inputs";
