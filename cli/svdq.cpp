@@ -650,6 +650,10 @@ int cmd_inspect(const std::string& path) {
                 static_cast<long long>(q->size_bytes()), q->bits_per_weight(),
                 2.0 * static_cast<double>(weights) / static_cast<double>(q->size_bytes()));
     print_recipe(q->info);
+    if (q->act_unsigned)  // format 2.0 variants (docs/formats.md §6.1, §6.2)
+      std::printf("    activations: unsigned 4-bit of (x + %g) / s (Nunchaku GELU-fed layer)\n",
+                  static_cast<double>(q->act_shift));
+    if (!q->wcscales.empty()) std::printf("    weights: per-channel wcscales (nvfp4)\n");
   }
   if (q_weights > 0)
     std::printf("quantized layers: %lld weights in %lld bytes = %.3f bits per weight\n",

@@ -3,6 +3,8 @@
 // Runs the built svdq binary (SVDQ_CLI_PATH).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <random>
@@ -97,6 +99,55 @@ TEST(CliNunchaku, QuantizeLayoutNunchakuImportsToTheSameLayers) {
   const std::string log = (dir / "log.txt").string();
   EXPECT_NE(run("quantize '" + m2 + "' --rank 16 --layout nunchaku -o '" + out2 + "'", log), 0);
   EXPECT_FALSE(fs::exists(out2));
+  fs::remove_all(dir);
+}
+
+std::string slurp(const std::string& path) {
+  std::string out;
+  if (FILE* f = std::fopen(path.c_str(), "rb")) {
+    char buf[4096];
+    size_t got;
+    while ((got = std::fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, got);
+    std::fclose(f);
+  }
+  return out;
+}
+
+// convert --from nunchaku of DeepCompressor's unsigned and per-channel fixtures, then inspect:
+// the layers import (none listed as not representable) and inspect names the variants.
+TEST(CliNunchaku, ConvertAndInspectShowTheVariants) {
+  const fs::path dir = fs::path(::testing::TempDir()) / "svdq_cli_nunchaku_variants";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string log = (dir / "log.txt").string();
+  struct C {
+    const char* file;
+    const char* needle;
+  } const cases[] = {{"int4_n192_k256_r32_bf16_unsigned", "unsigned 4-bit of (x + 0.171875) / s"},
+                     {"nvfp4_n160_k256_r16_f16_wcscales", "per-channel wcscales"}};
+  for (const C& c : cases) {
+    SCOPED_TRACE(c.file);
+    const std::string in = std::string(SVDQ_TEST_DATA) + "/nunchaku/" + c.file + ".nunchaku.safetensors";
+    const std::string out = (dir / "out.safetensors").string(), back = (dir / "back.safetensors").string();
+    ASSERT_EQ(run("convert --from nunchaku '" + in + "' -o '" + out + "'", log), 0) << slurp(log);
+    EXPECT_NE(slurp(log).find("1 layer(s) converted, 0 not representable"), std::string::npos) << slurp(log);
+    ASSERT_EQ(run("inspect '" + out + "'", log), 0) << slurp(log);
+    EXPECT_NE(slurp(log).find(c.needle), std::string::npos) << slurp(log);
+    // And back: the same tensors as DeepCompressor's file.
+    ASSERT_EQ(run("convert --to nunchaku '" + out + "' -o '" + back + "'", log), 0) << slurp(log);
+    auto a = SafetensorsFile::open(in);
+    auto b = SafetensorsFile::open(back);
+    ASSERT_TRUE(a.ok() && b.ok());
+    for (const auto& name : a->names()) {
+      SCOPED_TRACE(name);
+      auto x = a->info(name);
+      auto y = b->info(name);
+      ASSERT_TRUE(y.ok());
+      EXPECT_EQ(x->dtype, y->dtype);
+      EXPECT_EQ(x->shape, y->shape);
+      EXPECT_TRUE(std::equal(x->data.begin(), x->data.end(), y->data.begin(), y->data.end()));
+    }
+  }
   fs::remove_all(dir);
 }
 
