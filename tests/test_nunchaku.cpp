@@ -649,6 +649,41 @@ TEST(Nunchaku, NotRepresentableLayersAreListed) {
   EXPECT_EQ(imp->other_tensors.size(), 2u);
 }
 
+TEST(Nunchaku, BadNvfp4ScaleTensorsNameLayerAndTensor) {
+  const Case& c = kCases[9];  // nvfp4_n160_k256_r16_f16_wcscales: Np = 256, F16
+  SafetensorsFile nk = open_file(kData + c.name + ".nunchaku.safetensors");
+  const std::string L = c.layer;
+  struct Bad {
+    const char* what;
+    Edit edit;
+    StatusCode code;
+    std::string tensor;
+  };
+  std::vector<uint8_t> nan_wc = bytes_of(nk, L + ".wcscales");
+  nan_wc[0] = 0x00;  // position 0 = channel 0: F16 NaN 0x7E00
+  nan_wc[1] = 0x7E;
+  const std::vector<Bad> bads = {
+      {"wcscales of the wrong dtype", {"", L + ".wcscales", "F32", {256}, std::vector<uint8_t>(1024)},
+       StatusCode::kErrorInvalidArgument, L + ".wcscales"},
+      {"wcscales of the wrong shape", {"", L + ".wcscales", "F16", {160}, std::vector<uint8_t>(320)},
+       StatusCode::kErrorShape, L + ".wcscales"},
+      {"wscales of the wrong dtype", {"", L + ".wscales", "U8", {16, 256}, std::vector<uint8_t>(4096)},
+       StatusCode::kErrorInvalidArgument, L + ".wscales"},
+      {"wcscales NaN", {"", L + ".wcscales", "F16", {256}, nan_wc}, StatusCode::kErrorNonFinite,
+       "wcscales[0]"},
+  };
+  for (const Bad& b : bads) {
+    SCOPED_TRACE(b.what);
+    SafetensorsFile f = edited(nk, b.edit);
+    auto imp = import_nunchaku({&f});
+    ASSERT_FALSE(imp.ok());
+    EXPECT_EQ(imp.status().code(), b.code) << imp.status().message();
+    EXPECT_NE(imp.status().message().find(b.tensor), std::string::npos) << imp.status().message();
+    EXPECT_NE(imp.status().message().find("layer '" + L + "'"), std::string::npos)
+        << imp.status().message();
+  }
+}
+
 TEST(Nunchaku, BothKeySpellingsInOneLayerIsAnError) {
   const Case& c = kCases[0];
   SafetensorsFile nk = open_file(kData + c.name + ".nunchaku.safetensors");
