@@ -286,18 +286,8 @@ Status convert_layer(const Found& f, const NunchakuImportOptions& opt, Quantized
     for (int64_t i = 0; i < n; ++i)
       for (int64_t g = 0; g < k / 16; ++g)
         q.wscales[i * (k / 16) + g] = wsd[fp4_scale_pos(i, g, ktiles)];
-    double c = 1.0;
-    bool per_channel = false;
-    if (has("wcscales")) {
-      const uint8_t* d = f.t.at("wcscales").data.data();
-      c = bits16_to_float(load16(d, vec_pos(0)), q.storage);
-      for (int64_t i = 1; i < n; ++i) per_channel |= load16(d, vec_pos(i)) != load16(d, vec_pos(0));
-      if (per_channel) {  // kept per channel (QuantizedLinear::wcscales), wtscale apart
-        q.wcscales.resize(static_cast<size_t>(n));
-        for (int64_t i = 0; i < n; ++i) q.wcscales[i] = load16(d, vec_pos(i));
-        c = 1.0;
-      }
-    }
+    // wcscales: equal ones fold into t_w = c * wtscale when that product is an exact fp32;
+    // otherwise (differing, or an inexact product) they stay per channel, wtscale apart.
     double w = 1.0;
     if (has("wtscale")) {
       const TensorInfo& wt = f.t.at("wtscale");
@@ -309,14 +299,24 @@ Status convert_layer(const Found& f, const NunchakuImportOptions& opt, Quantized
         w = bits16_to_float(load16(wt.data.data(), 0), dtype_of(wt.dtype));
       }
     }
+    double c = 1.0;
+    if (has("wcscales")) {
+      const uint8_t* d = f.t.at("wcscales").data.data();
+      c = bits16_to_float(load16(d, vec_pos(0)), q.storage);
+      bool per_channel = false;
+      for (int64_t i = 1; i < n; ++i) per_channel |= load16(d, vec_pos(i)) != load16(d, vec_pos(0));
+      const float folded = static_cast<float>(c * w);
+      per_channel |= !(std::isfinite(folded) && folded > 0 && static_cast<double>(folded) == c * w);
+      if (per_channel) {  // QuantizedLinear::wcscales
+        q.wcscales.resize(static_cast<size_t>(n));
+        for (int64_t i = 0; i < n; ++i) q.wcscales[i] = load16(d, vec_pos(i));
+        c = 1.0;
+      }
+    }
     const double tw = c * w;
     const float twf = static_cast<float>(tw);
     if (!(std::isfinite(twf) && twf > 0 && static_cast<double>(twf) == tw)) {
-      if (per_channel)
-        skip = detail::cat("wtscale (", w, ") is not a positive finite fp32 tensor scale");
-      else
-        skip = detail::cat("wcscales (", c, ") * wtscale (", w,
-                           ") is not an exact positive finite fp32 tensor scale");
+      skip = detail::cat("wtscale (", w, ") is not a positive finite fp32 tensor scale");
       return Status::Ok();
     }
     q.wtscale = twf;

@@ -600,6 +600,30 @@ TEST(Nunchaku, NotRepresentableLayersAreListed) {
     EXPECT_EQ(bytes_of(*bb, L + t), bytes_of(*a, L + t));
   }
 
+  // Equal wcscales (0.75) with a wtscale whose product with them is not an fp32 value: kept per
+  // channel too (nothing lost), not folded.
+  {
+    const float third = 1.0f / 3.0f;
+    ASSERT_NE(static_cast<double>(static_cast<float>(0.75 * third)), 0.75 * third);
+    std::vector<uint8_t> t3(4);
+    std::memcpy(t3.data(), &third, 4);
+    SafetensorsWriter ew;
+    for (const auto& name : nk.names()) {
+      auto info = nk.info(name);
+      ASSERT_TRUE(ew.add(name, info->dtype, info->shape, info->data).ok());
+    }
+    ASSERT_TRUE(ew.add(L + ".wtscale", "F32", {1}, ByteSpan(t3.data(), 4)).ok());
+    for (const auto& [k, v] : nk.metadata()) ASSERT_TRUE(ew.set_metadata(k, v).ok());
+    auto e = SafetensorsFile::from_bytes(std::move(ew.serialize()).value());
+    ASSERT_TRUE(e.ok());
+    auto ei = import_nunchaku({&*e});
+    ASSERT_TRUE(ei.ok()) << ei.status().to_string();
+    ASSERT_EQ(ei->layers.size(), 1u);
+    EXPECT_EQ(ei->layers[0].second.wtscale, third);
+    EXPECT_EQ(ei->layers[0].second.wcscales,
+              std::vector<uint16_t>(200, float_to_bf16_bits(0.75f)));
+  }
+
   // DeepCompressor's per-tensor variant: wcscales absent, wtscale BF16 [1] = 0.75: same layer.
   SafetensorsFile sv = open_file(kData + f4.name + ".svdq.safetensors");
   auto canonical = load_quantized(sv, L);

@@ -8,10 +8,10 @@
 //   int4: every group scale exactly representable in fp16 (Nunchaku's may be bf16; svdq's are
 //         fp16). Layers Nunchaku feeds unsigned, shifted activations (the second linear of a
 //         GELU MLP, recognised by name) import with QuantizedLinear::act_unsigned;
-//   nvfp4: equal wcscales fold into svdq's fp32 tensor scale t_w when exact; per-channel ones
-//         become QuantizedLinear::wcscales.
+//   nvfp4: equal wcscales fold into svdq's fp32 tensor scale t_w when the product with wtscale
+//         is an exact fp32; otherwise (per-channel ones too) they become QuantizedLinear::wcscales.
 // Other layers are reported by name with the reason (NunchakuSkipped) and not converted: AWQ
-// W4A16 layers, bf16 scales that fp16 cannot hold, a tensor scale that is not a positive fp32.
+// W4A16 layers, bf16 scales that fp16 cannot hold, a wtscale that is not a positive finite fp32.
 //
 // Errors (a Status naming the file, the layer and the tensor; nothing is returned or written):
 //   kErrorInvalidArgument  a missing tensor, a tensor of the wrong dtype, bad metadata or
