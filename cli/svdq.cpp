@@ -453,6 +453,12 @@ int cmd_quantize(const QuantizeArgs& a) {
     q->info.seconds = 0;  // same command, same file: the time is printed, never stored
     if (a.layout == "nunchaku") {
       // Nunchaku's layout, dtypes, padding and names, as `svdq convert --to nunchaku` writes it.
+      // A layer Nunchaku feeds GELU(x) + 0.171875 unsigned gets that contract, bias folded.
+      if (*format == svdq::Format::kInt4 && svdq::nunchaku_unsigned_by_name(j.layer)) {
+        auto u = svdq::to_unsigned_activations(*q, svdq::kNunchakuGeluShift);
+        if (!u.ok()) return fail("layer '" + shown(j.layer) + "': " + u.status().to_string());
+        *q = std::move(*u);
+      }
       if (Status st = svdq::add_nunchaku(writer, j.layer, *q); !st.ok()) return fail(st);
       nunchaku_rank = std::max(nunchaku_rank, (q->rank + 15) / 16 * 16);
     } else if (Status st = svdq::add_quantized(writer, j.layer, *q); !st.ok()) {
@@ -465,6 +471,9 @@ int cmd_quantize(const QuantizeArgs& a) {
                 (std::to_string(n) + "x" + std::to_string(k)).c_str(), method.c_str(), err.c_str(),
                 seconds);
     print_recipe(q->info);
+    if (q->act_unsigned)
+      std::printf("    unsigned activations (GELU(x) + %g, Nunchaku's fc2 contract), shift folded into the bias\n",
+                  static_cast<double>(q->act_shift));
   }
   progress(static_cast<int>(jobs.size()), static_cast<int>(jobs.size()), "done");
   // Every other tensor is copied unchanged, streamed from the mapped input (no copy in memory).

@@ -443,6 +443,10 @@ Result<NunchakuImport> load_nunchaku(const std::string& path, std::vector<Safete
   return r;
 }
 
+bool nunchaku_unsigned_by_name(const std::string& layer, const std::vector<std::string>& names) {
+  return unsigned_by_name(layer, names);
+}
+
 std::string nunchaku_quantization_config(Format format, int rank) {
   // Spelled as Python's json.dumps writes it (", " and ": "), as merge_safetensors.py does.
   const bool fp4 = format == Format::kNvfp4;

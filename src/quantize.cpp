@@ -342,4 +342,38 @@ Status validate(const QuantizedLinear& l) {
   return Status::Ok();
 }
 
+Result<QuantizedLinear> to_unsigned_activations(const QuantizedLinear& q, float shift) {
+  constexpr const char* kFn = "to_unsigned_activations";
+  using detail::error;
+  SVDQ_RETURN_IF_ERROR(validate(q));
+  if (q.format != Format::kInt4)
+    return error(StatusCode::kErrorInvalidArgument, kFn, ": the layer is ", format_name(q.format),
+                 "; unsigned activations are defined for int4 only");
+  if (q.act_unsigned)
+    return error(StatusCode::kErrorInvalidArgument, kFn, ": the layer is already act_unsigned");
+  if (!(std::isfinite(shift) && shift > 0.0f))
+    return error(StatusCode::kErrorInvalidArgument, kFn, ": shift (", shift,
+                 ") must be finite and > 0");
+  const int64_t n = q.out_features, k = q.in_features;
+  QuantizedLinear out = q;
+  out.act_unsigned = true;
+  out.act_shift = shift;
+  out.bias.resize(static_cast<size_t>(n), 0);  // +0 in both 16-bit dtypes when absent
+  for (int64_t i = 0; i < n; ++i) {
+    double sum = 0.0;  // sum_k Wq[n,k] / s_k, exact products of exact decodes, in float64
+    for (int64_t j = 0; j < k; ++j)
+      sum += static_cast<double>(decode_int4(packed_nibble(q.qweight.data() + i * (k / 2), j))) *
+             q.wscale(i, j / q.group) / bits16_to_float(q.smooth[j], q.storage);
+    const double b = q.bias.empty() ? 0.0 : bits16_to_float(q.bias[i], q.storage);
+    const double v = b - static_cast<double>(shift) * sum;
+    out.bias[i] = detail::double_to_bits16(v, q.storage);
+    if (!std::isfinite(bits16_to_float(out.bias[i], q.storage)))
+      return error(StatusCode::kErrorInvalidArgument, kFn, ": bias[", i, "] (", v,
+                   ") overflows ", dtype_name(q.storage));
+  }
+  out.info.notes += std::string(out.info.notes.empty() ? "" : "; ") +
+                    "unsigned activations (shift " + detail::cat(shift) + ", bias folded)";
+  return out;
+}
+
 }  // namespace svdq

@@ -90,15 +90,34 @@ TEST(CliNunchaku, QuantizeLayoutNunchakuImportsToTheSameLayers) {
       EXPECT_EQ(q.bias, c->bias);
     }
   }
-  // A signed int4 layer under a name Nunchaku runs unsigned is refused, nothing written.
+  // An int4 layer under a name Nunchaku runs unsigned (GELU(x) + 0.171875) is written with that
+  // contract: it imports as act_unsigned, and equals to_unsigned_activations of the canonical one.
   SafetensorsWriter w2;
-  std::vector<float> wt(64 * 128, 0.01f);
+  std::vector<float> wt(64 * 128);
+  for (float& v : wt) v = g(rng);
   add_f32(w2, "blocks.1.mlp_fc2.weight", {64, 128}, wt);
   const std::string m2 = (dir / "fc2.safetensors").string(), out2 = (dir / "fc2_out.safetensors").string();
+  const std::string can2 = (dir / "fc2_can.safetensors").string();
   ASSERT_TRUE(w2.write(m2).ok());
   const std::string log = (dir / "log.txt").string();
-  EXPECT_NE(run("quantize '" + m2 + "' --rank 16 --layout nunchaku -o '" + out2 + "'", log), 0);
-  EXPECT_FALSE(fs::exists(out2));
+  ASSERT_EQ(run("quantize '" + m2 + "' --rank 16 --layout nunchaku -o '" + out2 + "'", log), 0);
+  ASSERT_EQ(run("quantize '" + m2 + "' --rank 16 --storage f16 -o '" + can2 + "'", log), 0);
+  std::vector<SafetensorsFile> files;
+  auto imp = load_nunchaku(out2, files);
+  ASSERT_TRUE(imp.ok()) << imp.status().to_string();
+  ASSERT_EQ(imp->layers.size(), 1u);
+  const QuantizedLinear& u = imp->layers[0].second;
+  EXPECT_TRUE(u.act_unsigned);
+  EXPECT_EQ(u.act_shift, kNunchakuGeluShift);
+  auto fc = SafetensorsFile::open(can2);
+  ASSERT_TRUE(fc.ok());
+  auto c = load_quantized(*fc, "blocks.1.mlp_fc2");
+  ASSERT_TRUE(c.ok());
+  auto want = to_unsigned_activations(*c, kNunchakuGeluShift);
+  ASSERT_TRUE(want.ok());
+  EXPECT_EQ(u.bias, want->bias);
+  EXPECT_EQ(u.qweight, want->qweight);
+  EXPECT_EQ(u.lora_down, want->lora_down);
   fs::remove_all(dir);
 }
 

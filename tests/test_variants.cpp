@@ -310,6 +310,68 @@ TEST(Variants, WcscalesForwardAgainstFloat64AndOrder) {
           << i << " " << c;
 }
 
+// to_unsigned_activations keeps the layer's unquantized-activation output (float64) up to the
+// rounding of the new bias, and with GELU-like inputs the unsigned codes quantize more finely.
+TEST(Variants, ToUnsignedActivationsFoldsTheShiftIntoTheBias) {
+  for (bool with_bias : {true, false}) {
+    SCOPED_TRACE(with_bias ? "bias" : "no bias");
+    QuantizedLinear q = random_layer(Format::kInt4, DType::kBF16, 48, 192, 16, 51);
+    if (!with_bias) q.bias.clear();
+    auto u = to_unsigned_activations(q, kShift);
+    ASSERT_TRUE(u.ok()) << u.status().to_string();
+    EXPECT_TRUE(u->act_unsigned);
+    EXPECT_EQ(u->act_shift, kShift);
+    EXPECT_EQ(u->qweight, q.qweight);
+    EXPECT_EQ(u->lora_down, q.lora_down);
+    ASSERT_EQ(u->bias.size(), 48u);
+    const int64_t m = 6, n = 48, k = 192;
+    std::vector<float> x = gelu_like(m, k, 8);
+    // Unquantized activations, float64: sum_k (x_k [+ shift]) / s_k * Wq[n,k] + bias.
+    auto exact = [&](const QuantizedLinear& l, int64_t i, int64_t c) {
+      double acc = 0;
+      for (int64_t j = 0; j < k; ++j)
+        acc += (static_cast<double>(x[i * k + j]) + l.act_shift) / bf16_bits_to_float(l.smooth[j]) *
+               decode_int4(packed_nibble(l.qweight.data() + c * (k / 2), j)) * l.wscale(c, j / 64);
+      return acc + (l.bias.empty() ? 0.0 : bf16_bits_to_float(l.bias[c]));
+    };
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t c = 0; c < n; ++c) {
+        const double b = bf16_bits_to_float(u->bias[c]);
+        const double ulp = std::ldexp(1.0, std::ilogb(b) - 7);  // bf16: 8 significant bits
+        EXPECT_NEAR(exact(*u, i, c), exact(q, i, c), 0.5 * ulp + 1e-9) << i << " " << c;
+      }
+    // W4A4 against float64 (branch and bias included on both sides): unsigned vs signed codes.
+    std::vector<float> yq(m * n), yu(m * n);
+    ASSERT_TRUE(reference_forward(q, MatrixView<const float>(x.data(), m, k), MatrixView<float>(yq.data(), m, n)).ok());
+    ASSERT_TRUE(reference_forward(*u, MatrixView<const float>(x.data(), m, k), MatrixView<float>(yu.data(), m, n)).ok());
+    QuantizedActivations qa;
+    ASSERT_TRUE(test_support::reference_forward_with_activations(
+                    q, MatrixView<const float>(x.data(), m, k), MatrixView<float>(yq.data(), m, n), &qa).ok());
+    std::vector<double> ref(m * n);
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t c = 0; c < n; ++c) {
+        double br = 0;
+        for (int t = 0; t < q.rank; ++t) {
+          double l = 0;
+          for (int64_t j = 0; j < k; ++j) l += static_cast<double>(x[i * k + j]) * bf16_bits_to_float(q.lora_down[j * q.rank + t]);
+          br += l * bf16_bits_to_float(q.lora_up[c * q.rank + t]);
+        }
+        ref[i * n + c] = exact(q, i, c) + br;
+      }
+    const double eq = rel_err(yq, ref), eu = rel_err(yu, ref);
+    std::printf("[ unsigned ] W4A4 error vs float64: signed %.3e, unsigned %.3e\n", eq, eu);
+    EXPECT_LT(eu, eq);
+  }
+  QuantizedLinear f = random_layer(Format::kNvfp4, DType::kF16, 16, 64, 0, 1);
+  EXPECT_FALSE(to_unsigned_activations(f, kShift).ok());
+  QuantizedLinear i4 = random_layer(Format::kInt4, DType::kF16, 16, 64, 0, 1);
+  EXPECT_FALSE(to_unsigned_activations(i4, 0.0f).ok());
+  EXPECT_FALSE(to_unsigned_activations(i4, NAN).ok());
+  auto once = to_unsigned_activations(i4, kShift);
+  ASSERT_TRUE(once.ok());
+  EXPECT_FALSE(to_unsigned_activations(*once, kShift).ok());
+}
+
 TEST(Variants, ValidateRules) {
   const QuantizedLinear i4 = random_layer(Format::kInt4, DType::kF16, 16, 64, 0, 1);
   const QuantizedLinear f4 = random_layer(Format::kNvfp4, DType::kF16, 16, 64, 0, 1);

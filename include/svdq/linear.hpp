@@ -224,6 +224,17 @@ Result<LowRankFactors> factorize_low_rank(ConstMatrixRef W, const ActivationStat
 /// (docs/checkpoint.md, "Values").
 Status validate(const QuantizedLinear& layer);
 
+/// Turns a signed int4 layer into an act_unsigned one (docs/formats.md §6.1) for inputs known to
+/// be >= -shift (Nunchaku's GELU-fed layers: shift 0.171875, GELU(x) >= -0.1700). Weights,
+/// scales and the low-rank branch are unchanged; the bias absorbs the shift's main-path term,
+///   bias'[n] = bias[n] - shift * sum_k Wq[n,k] / s_k   (Wq = code * wscale; float64, rounded once
+///   to `storage`),
+/// so that the layer's output with unquantized activations is the same for every x. A layer
+/// without bias gets one. info.notes records the conversion. Errors (kErrorInvalidArgument): not
+/// int4, already unsigned, shift not finite and > 0, a layer that fails validate(), a bias that
+/// overflows the storage dtype.
+Result<QuantizedLinear> to_unsigned_activations(const QuantizedLinear& q, float shift);
+
 /// The CPU reference W4A4 forward, bit-exact to the activation-quantization contract:
 ///   (act_unsigned: the activation codes are unsigned 0..15 of (x + act_shift) / s)
 ///   acc[m,n] = 0; for g in order: acc = fmaf(float(P_g[m,n]), sx[m,g] * sw[n,g], acc)

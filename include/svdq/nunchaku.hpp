@@ -126,6 +126,12 @@ Status save_nunchaku(const std::string& path,
                      const NunchakuExportOptions& options = {},
                      const std::map<std::string, std::string>& extra_metadata = {});
 
+/// True when Nunchaku runs an int4 layer of this name with unsigned shifted activations: the name
+/// ends with one of `names` after a '.' (or is one of them).
+bool nunchaku_unsigned_by_name(const std::string& layer,
+                               const std::vector<std::string>& names = {"mlp_fc2", "mlp_context_fc2",
+                                                                        "net.2"});
+
 /// The quantization_config JSON string Nunchaku's loaders read (docs/checkpoint.md §5.2).
 std::string nunchaku_quantization_config(Format format, int rank);
 
