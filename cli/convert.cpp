@@ -4,7 +4,7 @@
 //       IN: a Nunchaku .safetensors file, or a legacy release folder (transformer_blocks +
 //       unquantized_layers). Every W4A4 layer svdq represents exactly becomes an svdq layer;
 //       every other tensor (other parameters, layers it cannot represent) is copied unchanged.
-//   svdq convert --to nunchaku IN -o OUT [--names legacy|v2]
+//   svdq convert --to nunchaku IN -o OUT [--names legacy|v2] [--signed-all]
 //       IN: an svdq file. Its layers are written in Nunchaku's layout; other tensors are copied.
 // Nothing is written when any layer fails.
 #include "convert.hpp"
@@ -82,6 +82,7 @@ int to_nunchaku(const ConvertArgs& a) {
   if (names->empty()) return fail(a.input + ": no svdq layers (svdq.layer.* metadata)");
   svdq::NunchakuExportOptions opt;
   opt.names = a.names == "v2" ? svdq::NunchakuNames::kV2 : svdq::NunchakuNames::kLegacy;
+  if (a.signed_all) opt.unsigned_layers.clear();  // no signedness-by-name check
   svdq::SafetensorsWriter w;
   std::set<std::string> used;
   int max_rank = 0;
@@ -97,7 +98,8 @@ int to_nunchaku(const ConvertArgs& a) {
     const svdq::Status st = svdq::add_nunchaku(w, name, *q, lo);
     if (!st.ok()) return fail(st);
     max_rank = std::max(max_rank, (q->rank + 15) / 16 * 16);
-    for (const char* t : {"qweight", "wscales", "wtscale", "act_tscale", "smooth", "lora_down", "lora_up", "bias"})
+    for (const char* t : {"qweight", "wscales", "wtscale", "act_tscale", "smooth", "lora_down", "lora_up", "bias",
+                          "wcscales"})
       used.insert(name + "." + t);
   }
   for (const std::string& name : file->names()) {
@@ -132,7 +134,8 @@ std::function<int()> register_convert(CLI::App& app) {
   from->excludes(to);
   c->add_option("--shape", a->shapes, "true sizes of a layer, LAYER=K,N[,RANK] (import; repeatable)");
   c->add_flag("--signed-all", a->signed_all,
-              "import the GELU-fed int4 layers (mlp_fc2, ...) as signed layers too (import)");
+              "import the GELU-fed int4 layers (mlp_fc2, ...) as signed layers too (import); export "
+              "without checking that a layer's signedness is what Nunchaku runs for its name (export)");
   c->add_option("--names", a->names, "tensor names to write: legacy (lora_down, smooth) or v2 (proj_down, smooth_factor)")
       ->check(CLI::IsMember({"legacy", "v2"}))
       ->capture_default_str();

@@ -212,6 +212,8 @@ struct NameFilter {
 
 struct QuantizeArgs {
   std::string model, output, calib, format = "int4", include = R"(.*\.weight$)", exclude;
+  std::string layout = "svdq";  // or "nunchaku": Nunchaku's tensors (include/svdq/nunchaku.hpp)
+  std::string storage;          // f16 / bf16; empty: bf16, or f16 for an int4 Nunchaku layout
   int rank = 32;
   int threads = 0;
   bool plus = false;
@@ -389,6 +391,7 @@ int cmd_quantize(const QuantizeArgs& a) {
 
   svdq::SafetensorsWriter writer;
   std::set<std::string> consumed;  // tensors replaced by a quantized layer
+  int nunchaku_rank = 0;           // --layout nunchaku: the largest padded rank
   std::printf("  %-40s %-13s %-10s %-12s %8s\n", "layer", "shape (NxK)", "method", "relMSE(cal)", "time s");
   std::printf("  (relMSE(cal) = ||y_q - y||^2 / ||y||^2 on the calibration rows: optimistic; "
               "`svdq eval` measures held-out rows)\n");
@@ -409,6 +412,12 @@ int cmd_quantize(const QuantizeArgs& a) {
     svdq::QuantConfig cfg;
     cfg.format = *format;
     cfg.rank = static_cast<int>(std::min<int64_t>(a.rank, std::min(n, k)));
+    // Nunchaku stores int4 group scales in the model dtype; svdq's are fp16, which bf16 cannot
+    // hold in general (add_nunchaku refuses such a layer), so an int4 Nunchaku file is by
+    // default an f16 one.
+    if (a.storage == "f16" ||
+        (a.storage.empty() && a.layout == "nunchaku" && *format == svdq::Format::kInt4))
+      cfg.storage = svdq::DType::kF16;
     std::string method = stats ? "svdquant" : "data-free";
     if (stats == nullptr) {
       cfg.alpha = cfg.beta = 0.0f;
@@ -443,7 +452,19 @@ int cmd_quantize(const QuantizeArgs& a) {
     }
     const double seconds = q->info.seconds;
     q->info.seconds = 0;  // same command, same file: the time is printed, never stored
-    if (Status st = svdq::add_quantized(writer, j.layer, *q); !st.ok()) return fail(st);
+    if (a.layout == "nunchaku") {
+      // Nunchaku's layout, dtypes, padding and names, as `svdq convert --to nunchaku` writes it.
+      // A layer Nunchaku feeds GELU(x) + 0.171875 unsigned gets that contract, bias folded.
+      if (*format == svdq::Format::kInt4 && svdq::nunchaku_unsigned_by_name(j.layer)) {
+        auto u = svdq::to_unsigned_activations(*q, svdq::kNunchakuGeluShift);
+        if (!u.ok()) return fail("layer '" + shown(j.layer) + "': " + u.status().to_string());
+        *q = std::move(*u);
+      }
+      if (Status st = svdq::add_nunchaku(writer, j.layer, *q); !st.ok()) return fail(st);
+      nunchaku_rank = std::max(nunchaku_rank, (q->rank + 15) / 16 * 16);
+    } else if (Status st = svdq::add_quantized(writer, j.layer, *q); !st.ok()) {
+      return fail(st);
+    }
     consumed.insert(j.tensor);
     if (!j.bias.empty()) consumed.insert(j.bias);
     progress_clear();
@@ -451,6 +472,9 @@ int cmd_quantize(const QuantizeArgs& a) {
                 (std::to_string(n) + "x" + std::to_string(k)).c_str(), method.c_str(), err.c_str(),
                 seconds);
     print_recipe(q->info);
+    if (q->act_unsigned)
+      std::printf("    unsigned activations (GELU(x) + %g, Nunchaku's fc2 contract), shift folded into the bias\n",
+                  static_cast<double>(q->act_shift));
   }
   progress(static_cast<int>(jobs.size()), static_cast<int>(jobs.size()), "done");
   // Every other tensor is copied unchanged, streamed from the mapped input (no copy in memory).
@@ -465,6 +489,9 @@ int cmd_quantize(const QuantizeArgs& a) {
   // The fingerprints of the calibration rows (from --calib), for `svdq eval`'s refusal.
   for (const auto& [key, value] : calib_rows) (void)writer.set_metadata(key, value);
   (void)writer.set_metadata("svdq.version", svdq::version_string());
+  if (a.layout == "nunchaku")
+    (void)writer.set_metadata("quantization_config",
+                              svdq::nunchaku_quantization_config(*format, nunchaku_rank));
   if (Status st = write_output(writer, a.output); !st.ok()) return fail(st);
   std::printf("wrote %s: %zu quantized layer(s), %d tensor(s) copied unchanged, %.1f s\n",
               shown(a.output).c_str(), jobs.size(), copied, seconds_since(t_all));
@@ -633,6 +660,10 @@ int cmd_inspect(const std::string& path) {
                 static_cast<long long>(q->size_bytes()), q->bits_per_weight(),
                 2.0 * static_cast<double>(weights) / static_cast<double>(q->size_bytes()));
     print_recipe(q->info);
+    if (q->act_unsigned)  // format 2.0 variants (docs/formats.md §6.1, §6.2)
+      std::printf("    activations: unsigned 4-bit of (x + %g) / s (Nunchaku GELU-fed layer)\n",
+                  static_cast<double>(q->act_shift));
+    if (!q->wcscales.empty()) std::printf("    weights: per-channel wcscales (nvfp4)\n");
   }
   if (q_weights > 0)
     std::printf("quantized layers: %lld weights in %lld bytes = %.3f bits per weight\n",
@@ -874,6 +905,14 @@ int main(int argc, char** argv) {
   quantize->add_option("--exclude", qa.exclude, "regex of weight tensors to leave unchanged");
   quantize->add_option("--threads", qa.threads, "CPU threads (default: all)")->check(CLI::Range(1, 1024));
   quantize->add_flag("--plus", qa.plus, "svdq-plus (search and refinements; needs sampled calibration rows)");
+  quantize->add_option("--layout", qa.layout,
+                       "svdq (canonical) or nunchaku (Nunchaku's packed tensors and quantization_config)")
+      ->check(CLI::IsMember({"svdq", "nunchaku"}))
+      ->capture_default_str();
+  quantize->add_option("--storage", qa.storage,
+                       "dtype of smooth, lora and bias: f16 or bf16 (default bf16; f16 for --layout "
+                       "nunchaku --format int4)")
+      ->check(CLI::IsMember({"f16", "bf16"}));
 
   std::vector<std::string> calib_inputs;
   std::string calib_out, calib_suffix = ".inputs";

@@ -134,6 +134,11 @@ inline std::vector<float> repack_up_mma(const float* up, int64_t n, int rank) {
 /// Validates `q` and `act` and repacks. `fn` names the caller in messages.
 inline Result<LinearPlan> make_plan(const QuantizedLinear& q, DType act, const char* fn) {
   SVDQ_RETURN_IF_ERROR(validate(q));
+  // The Nunchaku variants (issue 11) have no kernels yet: refuse them rather than compute signed.
+  if (q.act_unsigned || !q.wcscales.empty())
+    return Status(StatusCode::kErrorNotSupported,
+                  std::string(fn) + ": act_unsigned / per-channel wcscales layers are not supported by the GPU "
+                                    "kernels yet (CPU only: reference_forward, CpuLinear)");
   if (act != DType::kF16 && act != DType::kBF16)
     return Status(StatusCode::kErrorInvalidArgument,
                   std::string(fn) + ": act_dtype (" + dtype_name(act) + ") must be f16 or bf16");

@@ -752,7 +752,7 @@ Status add_quantized(SafetensorsWriter& writer, const std::string& layer,
 
   try {
     const std::string names[] = {".qweight", ".wscales",   ".wtscale", ".act_tscale",
-                                 ".smooth",  ".lora_down", ".lora_up", ".bias"};
+                                 ".smooth",  ".lora_down", ".lora_up", ".bias", ".wcscales"};
     for (const std::string& suffix : names)
       if (writer.contains(layer + suffix))
         return error(kBad, where, ": the writer already holds a tensor ", quote(layer + suffix));
@@ -775,6 +775,12 @@ Status add_quantized(SafetensorsWriter& writer, const std::string& layer,
     SVDQ_RETURN_IF_ERROR(writer.add(layer + ".lora_up", s16, {n, r}, as_bytes(q.lora_up)));
     if (!q.bias.empty())
       SVDQ_RETURN_IF_ERROR(writer.add(layer + ".bias", s16, {n}, as_bytes(q.bias)));
+    if (!q.wcscales.empty())
+      SVDQ_RETURN_IF_ERROR(writer.add(layer + ".wcscales", s16, {n}, as_bytes(q.wcscales)));
+    // A layer is written with the oldest format version that holds it: 2.0 only for the
+    // Nunchaku variants (unsigned activations, per-channel wcscales), which a 1.x reader would
+    // misread (it ignores unknown fields and tensors) and so must refuse.
+    const bool v2 = q.act_unsigned || !q.wcscales.empty();
 
     const Json meta = {{"format", format_name(q.format)},
                        {"group_size", q.group},
@@ -790,8 +796,7 @@ Status add_quantized(SafetensorsWriter& writer, const std::string& layer,
                        {"residual_norm", q.info.residual_norm},
                        // The checkpoint format version; no wall-clock time (info.seconds) is
                        // stored, so the same layer always gives the same bytes.
-                       {"format_version", std::to_string(SVDQ_CHECKPOINT_FORMAT_MAJOR) + "." +
-                                              std::to_string(SVDQ_CHECKPOINT_FORMAT_MINOR)}};
+                       {"format_version", v2 ? "2.0" : "1.0"}};
     // Provenance of the recipe (issue 13): how the layer was made, read back by load_quantized.
     Json m = meta;
     m["recipe"] = q.info.recipe;
@@ -803,6 +808,10 @@ Status add_quantized(SafetensorsWriter& writer, const std::string& layer,
     Json sel = Json::array();
     for (const auto& c : q.info.selection) sel.push_back({{"recipe", c.recipe}, {"score", c.score}});
     m["selection"] = std::move(sel);
+    if (q.act_unsigned) {
+      m["act_unsigned"] = true;
+      m["act_shift"] = static_cast<double>(q.act_shift);
+    }
     return writer.set_metadata(metadata_key, m.dump());
   } catch (const std::bad_alloc&) {
     return out_of_memory(where);
@@ -851,7 +860,7 @@ namespace {
 
 /// Reads the layer's metadata into the scalar fields of q (no tensors yet).
 Status parse_layer_metadata(const std::string& where, const std::string& text, QuantizedLinear* q,
-                            bool* has_bias_flag, bool* bias_flag) {
+                            bool* has_bias_flag, bool* bias_flag, long* format_major) {
   constexpr auto kBad = StatusCode::kErrorInvalidArgument;
   const Json j = Json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (!j.is_object()) return error(kBad, where, ": metadata is not a JSON object");
@@ -896,6 +905,7 @@ Status parse_layer_metadata(const std::string& where, const std::string& text, Q
       return error(StatusCode::kErrorNotSupported, where, ": checkpoint format version ", fv,
                    " is newer than this svdq ", version_string(), " reads (",
                    SVDQ_CHECKPOINT_FORMAT_MAJOR, ".x); upgrade svdq to load it");
+    *format_major = major;
   }
   std::string format, storage, svd = "randomized";
   SVDQ_RETURN_IF_ERROR(get_string("format", true, &format));
@@ -979,6 +989,21 @@ Status parse_layer_metadata(const std::string& where, const std::string& text, Q
       q->info.selection.push_back({r->get<std::string>(), sc->get<double>()});
     }
   }
+  // The 2.0 variants (docs/checkpoint.md §2): a 1.x file cannot hold them.
+  if (const auto u = j.find("act_unsigned"); u != j.end()) {
+    if (!u->is_boolean()) return error(kBad, where, ": metadata \"act_unsigned\" is not a boolean");
+    q->act_unsigned = u->get<bool>();
+  }
+  if (const auto sh = j.find("act_shift"); sh != j.end()) {
+    if (!sh->is_number()) return error(kBad, where, ": metadata \"act_shift\" is not a number");
+    const double v = sh->get<double>();
+    q->act_shift = static_cast<float>(v);
+    if (static_cast<double>(q->act_shift) != v)
+      return error(kBad, where, ": metadata \"act_shift\" (", v, ") is not an fp32 value");
+  }
+  if ((q->act_unsigned || j.contains("act_shift")) && *format_major < 2)
+    return error(kBad, where, ": metadata \"act_unsigned\"/\"act_shift\" need format_version 2.0 or "
+                 "newer, the file says ", quote(fv));
   return Status::Ok();
 }
 
@@ -1017,7 +1042,9 @@ Result<QuantizedLinear> load_quantized(const SafetensorsFile& file, const std::s
                    quote(kLayerKeyPrefix + layer), ")");
     QuantizedLinear q;
     bool has_bias_flag = false, bias_flag = false;
-    SVDQ_RETURN_IF_ERROR(parse_layer_metadata(where, meta->second, &q, &has_bias_flag, &bias_flag));
+    long major = 1;
+    SVDQ_RETURN_IF_ERROR(
+        parse_layer_metadata(where, meta->second, &q, &has_bias_flag, &bias_flag, &major));
 
     const int64_t n = q.out_features, k = q.in_features, r = q.rank;
     const bool int4 = q.format == Format::kInt4;
@@ -1066,6 +1093,15 @@ Result<QuantizedLinear> load_quantized(const SafetensorsFile& file, const std::s
       auto bias = expect_tensor(file, where, layer + ".bias", s16, {n}, "bias");
       if (!bias.ok()) return bias.status();
       copy_into(*bias, &q.bias);
+    }
+    if (file.contains(layer + ".wcscales")) {
+      if (int4 || major < 2)
+        return error(StatusCode::kErrorInvalidArgument, where, ": tensor ", quote(layer + ".wcscales"),
+                     " (per-channel weight scales) needs an nvfp4 layer and format_version 2.0 or "
+                     "newer");
+      auto wc = expect_tensor(file, where, layer + ".wcscales", s16, {n}, "per-channel weight scales");
+      if (!wc.ok()) return wc.status();
+      copy_into(*wc, &q.wcscales);
     }
     if (Status s = validate(q); !s.ok()) return Status(s.code(), where + ": " + s.message());
     return q;

@@ -125,8 +125,11 @@ MatrixRM dequantize(const QuantizedWeight& q, Format format, int64_t rows, int64
 void quantize_act_group_int4(const float* xh, int gs, uint8_t* codes, uint8_t* scale_bytes);
 void quantize_act_group_nvfp4(const float* xh, int gs, float t_act, uint8_t* codes,
                               uint8_t* scale_byte);
+/// Unsigned int4 (act_unsigned layers): codes 0..15 of absmax / 15, the fp32 scale's 4 bytes.
+void quantize_act_group_uint4(const float* xh, int gs, uint8_t* codes, uint8_t* scale_bytes);
 
-/// Dequantizes codes and scales back to an N x K float matrix (q * scale_g * t).
+/// Dequantizes codes and scales back to an N x K float matrix (q * scale_g * t, times c_n when
+/// the layer has wcscales).
 MatrixRM dequantize_weight(const QuantizedLinear& layer);
 
 }  // namespace svdq::detail

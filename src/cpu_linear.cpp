@@ -28,6 +28,9 @@ struct CpuLinear::Impl {
   int r = 0, gs = 64;
   int64_t groups = 0;
   float t_act = 1.0f, t_prod = 1.0f;
+  bool act_unsigned = false;   // unsigned int4 codes of (x + shift) / s
+  float shift = 0.0f;
+  std::vector<float> wc;       // [N] nvfp4 per-channel c_n, or empty
   std::vector<float> inv_s;    // [K]
   std::vector<int8_t> wq;      // [K][N]
   std::vector<float> sw;       // [groups][N]
@@ -87,9 +90,15 @@ void quantize_row(const CpuLinear::Impl& p, ConstMatrixRef x, int64_t i, const W
   for (int64_t g = 0; g < p.groups; ++g) {
     for (int e = 0; e < gs; ++e) {
       const int64_t kk = g * gs + e;
-      xh[e] = load_elem(x, i, kk) * p.inv_s[kk];
+      xh[e] = p.act_unsigned ? (load_elem(x, i, kk) + p.shift) * p.inv_s[kk]
+                             : load_elem(x, i, kk) * p.inv_s[kk];
     }
-    if (p.format == Format::kInt4) {
+    if (p.act_unsigned) {
+      uint8_t sb[4];
+      detail::quantize_act_group_uint4(xh, gs, codes, sb);
+      std::memcpy(&w.sx[i * p.groups + g], sb, 4);
+      for (int e = 0; e < gs; ++e) xq[g * gs + e] = static_cast<int8_t>(codes[e]);
+    } else if (p.format == Format::kInt4) {
       uint8_t sb[4];
       detail::quantize_act_group_int4(xh, gs, codes, sb);
       std::memcpy(&w.sx[i * p.groups + g], sb, 4);
@@ -161,6 +170,8 @@ inline void store_elem(MatrixRef y, int64_t i, int64_t j, float v) {
     float* a = acc[i];
     if (p.format == Format::kNvfp4)
       for (int64_t c = 0; c < nc; ++c) a[c] = a[c] * p.t_prod;
+    if (!p.wc.empty())
+      for (int64_t c = 0; c < nc; ++c) a[c] = a[c] * p.wc[n0 + c];
     float* br = ps[i];  // reuse as the branch accumulator
     for (int64_t c = 0; c < nc; ++c) br[c] = 0.0f;
     const float* lora = w.lora + (m0 + i) * p.r;
@@ -228,6 +239,10 @@ Result<CpuLinear> CpuLinear::create(const QuantizedLinear& q) {
   p->t_act = q.act_tensor_scale;
   p->t_prod = q.act_tensor_scale * q.wtscale;
   p->inv_s = q.inverse_smooth();
+  p->act_unsigned = q.act_unsigned;
+  p->shift = q.act_shift;
+  p->wc.resize(q.wcscales.size());
+  for (size_t i = 0; i < q.wcscales.size(); ++i) p->wc[i] = bits16_to_float(q.wcscales[i], q.storage);
   const int64_t k = p->k, n = p->n, r = p->r;
   p->wq.resize(static_cast<size_t>(k * n));
   for (int64_t i = 0; i < n; ++i) {

@@ -111,6 +111,12 @@ int decode_int4(uint8_t code) noexcept {
   return v >= 8 ? v - 16 : v;
 }
 
+uint8_t encode_uint4(float x) noexcept {
+  if (std::isnan(x)) return 0;
+  const float r = std::rint(std::clamp(x, 0.0f, 15.0f));
+  return static_cast<uint8_t>(r);
+}
+
 void pack_nibbles(const uint8_t* codes, int64_t n, uint8_t* out) noexcept {
   for (int64_t i = 0; i < n / 2; ++i)
     out[i] = static_cast<uint8_t>((codes[2 * i] & 0xF) | ((codes[2 * i + 1] & 0xF) << 4));
@@ -160,6 +166,28 @@ void quantize_act_group_int4(const float* xh, int gs, uint8_t* codes, uint8_t* s
   std::memcpy(scale_bytes, &scale, 4);
 }
 
+void quantize_act_group_uint4(const float* xh, int gs, uint8_t* codes, uint8_t* scale_bytes) {
+  float a = 0.0f;
+  bool finite = true;
+  for (int i = 0; i < gs; ++i) {
+    finite &= std::isfinite(xh[i]);
+    a = std::max(a, std::fabs(xh[i]));
+  }
+  float scale;
+  if (!finite) {
+    scale = std::numeric_limits<float>::quiet_NaN();
+    std::fill(codes, codes + gs, uint8_t{0});
+  } else if (a == 0.0f || !std::isfinite(15.0f / a)) {
+    scale = 0.0f;
+    std::fill(codes, codes + gs, uint8_t{0});
+  } else {
+    scale = a / 15.0f;
+    const float inv = 15.0f / a;
+    for (int i = 0; i < gs; ++i) codes[i] = encode_uint4(xh[i] * inv);
+  }
+  std::memcpy(scale_bytes, &scale, 4);
+}
+
 void quantize_act_group_nvfp4(const float* xh, int gs, float t_act, uint8_t* codes,
                           uint8_t* scale_byte) {
   float a = 0.0f;
@@ -189,8 +217,12 @@ void quantize_act_group_nvfp4(const float* xh, int gs, float t_act, uint8_t* cod
 namespace {
 
 Status quantize_activations_impl(Format format, ConstMatrixRef x, const float* inv_smooth,
-                                 float tensor_scale, QuantizedActivations* out) {
-  constexpr const char* kFn = "quantize_activations";
+                                 float tensor_scale, QuantizedActivations* out,
+                                 bool uns = false, float shift = 0.0f) {
+  const char* kFn = uns ? "quantize_activations_unsigned" : "quantize_activations";
+  if (uns && !std::isfinite(shift))
+    return detail::error(StatusCode::kErrorInvalidArgument, kFn, ": shift (", shift,
+                         ") must be finite");
   if (out == nullptr) return detail::error(StatusCode::kErrorNullPointer, kFn, ": out is null");
   if (format != Format::kInt4 && format != Format::kNvfp4)
     return detail::error(StatusCode::kErrorInvalidArgument, kFn, ": format (",
@@ -209,6 +241,7 @@ Status quantize_activations_impl(Format format, ConstMatrixRef x, const float* i
   out->rows = m_rows;
   out->cols = k;
   out->tensor_scale = format == Format::kNvfp4 ? tensor_scale : 1.0f;
+  out->unsigned_codes = uns;
   out->codes.assign(static_cast<size_t>(m_rows * k / 2), 0);
   out->scales.assign(static_cast<size_t>(m_rows * groups * scale_bytes), 0);
 
@@ -218,11 +251,15 @@ Status quantize_activations_impl(Format format, ConstMatrixRef x, const float* i
     std::vector<float> xh(static_cast<size_t>(k));
     std::vector<uint8_t> codes(static_cast<size_t>(k));
     detail::load_row(x, m, xh.data());
+    if (uns)
+      for (int64_t j = 0; j < k; ++j) xh[j] = xh[j] + shift;
     if (inv_smooth != nullptr)
       for (int64_t j = 0; j < k; ++j) xh[j] = xh[j] * inv_smooth[j];
     uint8_t* srow = out->scales.data() + m * groups * scale_bytes;
     for (int64_t g = 0; g < groups; ++g) {
-      if (format == Format::kInt4)
+      if (uns)
+        detail::quantize_act_group_uint4(xh.data() + g * gs, gs, codes.data() + g * gs, srow + g * 4);
+      else if (format == Format::kInt4)
         detail::quantize_act_group_int4(xh.data() + g * gs, gs, codes.data() + g * gs, srow + g * 4);
       else
         detail::quantize_act_group_nvfp4(xh.data() + g * gs, gs, out->tensor_scale, codes.data() + g * gs,
@@ -240,6 +277,13 @@ Status quantize_activations(Format format, ConstMatrixRef x, const float* inv_sm
                             float tensor_scale, QuantizedActivations* out) {
   return detail::guard_allocation<Status>("quantize_activations", [&] {
     return quantize_activations_impl(format, x, inv_smooth, tensor_scale, out);
+  });
+}
+
+Status quantize_activations_unsigned(ConstMatrixRef x, const float* inv_smooth, float shift,
+                                     QuantizedActivations* out) {
+  return detail::guard_allocation<Status>("quantize_activations_unsigned", [&] {
+    return quantize_activations_impl(Format::kInt4, x, inv_smooth, 1.0f, out, true, shift);
   });
 }
 

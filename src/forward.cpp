@@ -3,7 +3,8 @@
 // The group sums P_g = sum_{k in g} qx[m,k] qw[n,k] are computed with a float GEMM on the decoded
 // codes. That is exact, whatever order the GEMM sums in: int4 products are integers and every
 // partial sum is an integer of magnitude <= 64 * 49 < 2^24; nvfp4 products are multiples of 1/4
-// and every partial sum is a multiple of 1/4 of magnitude <= 16 * 36 = 576, i.e. < 2^24 quarters.
+// and every partial sum is a multiple of 1/4 of magnitude <= 16 * 36 = 576, i.e. < 2^24 quarters;
+// unsigned int4 activations (0..15) times int4 weights (-8..7) stay integers <= 64 * 120 < 2^24.
 // The cross-group accumulation then follows the contract literally: fmaf in group order.
 #include <algorithm>
 #include <cmath>
@@ -69,8 +70,11 @@ Status reference_forward_impl(const QuantizedLinear& layer, ConstMatrixRef x, Ma
   QuantizedActivations local;
   QuantizedActivations& qa = act != nullptr ? *act : local;
   const std::vector<float> inv_s = layer.inverse_smooth();
-  SVDQ_RETURN_IF_ERROR(
-      quantize_activations(layer.format, x, inv_s.data(), layer.act_tensor_scale, &qa));
+  if (layer.act_unsigned)
+    SVDQ_RETURN_IF_ERROR(quantize_activations_unsigned(x, inv_s.data(), layer.act_shift, &qa));
+  else
+    SVDQ_RETURN_IF_ERROR(
+        quantize_activations(layer.format, x, inv_s.data(), layer.act_tensor_scale, &qa));
   if (m_rows == 0) return Status::Ok();
 
   const std::vector<MatrixCM> wg = decode_weight_groups(layer);
@@ -78,6 +82,8 @@ Status reference_forward_impl(const QuantizedLinear& layer, ConstMatrixRef x, Ma
   for (int64_t i = 0; i < n; ++i)
     for (int64_t g = 0; g < groups; ++g) sw[i * groups + g] = layer.wscale(i, g);
   const float t_prod = layer.act_tensor_scale * layer.wtscale;
+  std::vector<float> wc(layer.wcscales.size());  // nvfp4 per-channel c_n (empty: none)
+  for (size_t i = 0; i < wc.size(); ++i) wc[i] = bits16_to_float(layer.wcscales[i], layer.storage);
 
   // Low-rank branch operands as floats: lora_down (K, r), lora_up (N, r).
   MatrixRM down(k, r), up(n, r);
@@ -107,6 +113,9 @@ Status reference_forward_impl(const QuantizedLinear& layer, ConstMatrixRef x, Ma
       }
     }
     if (layer.format == Format::kNvfp4) acc *= t_prod;
+    if (!wc.empty())  // (acc * t_prod) * c_n: two fp32 multiplies, in this order
+      for (int64_t i = 0; i < mb; ++i)
+        for (int64_t c = 0; c < n; ++c) acc(i, c) = acc(i, c) * wc[c];
 
     // Low-rank branch from the RAW x, in the contract's fixed order (docs/formats.md, "GEMM and
     // epilogue"): lora[j] = sum over k ascending of x[k] * down[k][j], then

@@ -244,20 +244,23 @@ Status convert_layer(const Found& f, const NunchakuImportOptions& opt, Quantized
                  " does not fit the padded rank ", rp, " (rank rounds up to the next multiple of ",
                  "16 and is at most min(N, K))");
 
-  if (format == Format::kInt4 && unsigned_by_name(f.layer, opt.unsigned_layers)) {
-    skip = "int4 layer fed by Nunchaku's fused GELU epilogue: its activations are GELU(x) + "
-           "0.171875 quantized unsigned (absmax/15), which svdq's contract does not represent";
-    return Status::Ok();
-  }
-
   QuantizedLinear q;
+  if (format == Format::kInt4 && unsigned_by_name(f.layer, opt.unsigned_layers)) {
+    // Fed by Nunchaku's fused GELU epilogue: unsigned codes of (x + shift) / s; the file's bias
+    // already holds the shift's branch contribution (DeepCompressor folds it), as svdq's
+    // act_unsigned contract expects.
+    q.act_unsigned = true;
+    q.act_shift = opt.unsigned_shift;
+  }
   q.format = format;
   q.storage = dtype_of(tdt);
   q.in_features = k;
   q.out_features = n;
   q.rank = static_cast<int>(r);
   q.group = static_cast<int>(group);
-  q.info.notes = "imported from Nunchaku";
+  q.info.notes = q.act_unsigned ? "imported from Nunchaku (unsigned activations, shift " +
+                                      detail::cat(q.act_shift) + ")"
+                                : "imported from Nunchaku";
 
   const uint8_t* wsd = ws.data.data();
   if (format == Format::kInt4) {
@@ -283,17 +286,8 @@ Status convert_layer(const Found& f, const NunchakuImportOptions& opt, Quantized
     for (int64_t i = 0; i < n; ++i)
       for (int64_t g = 0; g < k / 16; ++g)
         q.wscales[i * (k / 16) + g] = wsd[fp4_scale_pos(i, g, ktiles)];
-    double c = 1.0;
-    if (has("wcscales")) {
-      const uint8_t* d = f.t.at("wcscales").data.data();
-      c = bits16_to_float(load16(d, vec_pos(0)), q.storage);
-      for (int64_t i = 1; i < n; ++i)
-        if (load16(d, vec_pos(i)) != load16(d, vec_pos(0))) {
-          skip = detail::cat("per-channel wcscales (wcscales[", i, "] != wcscales[0]): svdq's "
-                             "nvfp4 has one fp32 tensor scale");
-          return Status::Ok();
-        }
-    }
+    // wcscales: equal ones fold into t_w = c * wtscale when that product is an exact fp32;
+    // otherwise (differing, or an inexact product) they stay per channel, wtscale apart.
     double w = 1.0;
     if (has("wtscale")) {
       const TensorInfo& wt = f.t.at("wtscale");
@@ -305,11 +299,24 @@ Status convert_layer(const Found& f, const NunchakuImportOptions& opt, Quantized
         w = bits16_to_float(load16(wt.data.data(), 0), dtype_of(wt.dtype));
       }
     }
+    double c = 1.0;
+    if (has("wcscales")) {
+      const uint8_t* d = f.t.at("wcscales").data.data();
+      c = bits16_to_float(load16(d, vec_pos(0)), q.storage);
+      bool per_channel = false;
+      for (int64_t i = 1; i < n; ++i) per_channel |= load16(d, vec_pos(i)) != load16(d, vec_pos(0));
+      const float folded = static_cast<float>(c * w);
+      per_channel |= !(std::isfinite(folded) && folded > 0 && static_cast<double>(folded) == c * w);
+      if (per_channel) {  // QuantizedLinear::wcscales
+        q.wcscales.resize(static_cast<size_t>(n));
+        for (int64_t i = 0; i < n; ++i) q.wcscales[i] = load16(d, vec_pos(i));
+        c = 1.0;
+      }
+    }
     const double tw = c * w;
     const float twf = static_cast<float>(tw);
     if (!(std::isfinite(twf) && twf > 0 && static_cast<double>(twf) == tw)) {
-      skip = detail::cat("wcscales (", c, ") * wtscale (", w,
-                         ") is not an exact positive finite fp32 tensor scale");
+      skip = detail::cat("wtscale (", w, ") is not a positive finite fp32 tensor scale");
       return Status::Ok();
     }
     q.wtscale = twf;
@@ -436,6 +443,10 @@ Result<NunchakuImport> load_nunchaku(const std::string& path, std::vector<Safete
   return r;
 }
 
+bool nunchaku_unsigned_by_name(const std::string& layer, const std::vector<std::string>& names) {
+  return unsigned_by_name(layer, names);
+}
+
 std::string nunchaku_quantization_config(Format format, int rank) {
   // Spelled as Python's json.dumps writes it (", " and ": "), as merge_safetensors.py does.
   const bool fp4 = format == Format::kNvfp4;
@@ -463,6 +474,23 @@ Status add_nunchaku(SafetensorsWriter& writer, const std::string& layer, const Q
   if (q.format == Format::kNvfp4 && q.act_tensor_scale != 1.0f)
     return error(StatusCode::kErrorInvalidArgument, where, ": act_tensor_scale = ",
                  q.act_tensor_scale, "; Nunchaku has no static activation tensor scale (needs 1)");
+  // Nunchaku decides signed/unsigned activations by the layer's role (its name), not the file.
+  if (q.format == Format::kInt4 && !options.unsigned_layers.empty()) {
+    const bool by_name = unsigned_by_name(layer, options.unsigned_layers);
+    if (q.act_unsigned && !by_name)
+      return error(StatusCode::kErrorInvalidArgument, where,
+                   ": an act_unsigned layer must have a name Nunchaku runs with unsigned "
+                   "activations (last component mlp_fc2, mlp_context_fc2 or net.2); Nunchaku "
+                   "would run this one signed");
+    if (!q.act_unsigned && by_name)
+      return error(StatusCode::kErrorInvalidArgument, where,
+                   ": Nunchaku runs an int4 layer of this name with unsigned, shifted "
+                   "activations (GELU(x) + 0.171875, absmax / 15), but this layer is signed; "
+                   "export it under another name or as nvfp4");
+    if (q.act_unsigned && q.act_shift != kNunchakuGeluShift)
+      return error(StatusCode::kErrorInvalidArgument, where, ": act_shift (", q.act_shift,
+                   ") must be Nunchaku's ", kNunchakuGeluShift);
+  }
 
   std::vector<uint8_t> qw(static_cast<size_t>(np * kp / 2), 0);
   for (int64_t i = 0; i < n; ++i)
@@ -524,12 +552,14 @@ Status add_nunchaku(SafetensorsWriter& writer, const std::string& layer, const Q
   if (q.format == Format::kNvfp4) {
     // t_w as DeepCompressor writes a per-tensor scale: in every wcscales entry when the storage
     // dtype holds it exactly (padding 1), else wcscales = 1 and an F32 wtscale.
+    // A layer with per-channel wcscales writes them as they are (and t_w apart when not 1).
     const float tw = q.wtscale;
     const uint16_t twb = float_to_bits16(tw, t);
-    const bool in_wc = bits16_to_float(twb, t) == tw;
-    wc = vec(std::vector<uint16_t>(static_cast<size_t>(n), in_wc ? twb : one), n, np);
+    const bool in_wc = q.wcscales.empty() && bits16_to_float(twb, t) == tw;
+    wc = q.wcscales.empty() ? vec(std::vector<uint16_t>(static_cast<size_t>(n), in_wc ? twb : one), n, np)
+                            : vec(q.wcscales, n, np);
     out.emplace_back(p + "wcscales", st_name(t), std::vector<int64_t>{np}, &wc);
-    if (!in_wc) {
+    if (!in_wc && (q.wcscales.empty() || tw != 1.0f)) {
       std::memcpy(wt.data(), &tw, 4);
       out.emplace_back(p + "wtscale", "F32", std::vector<int64_t>{1}, &wt);
     }

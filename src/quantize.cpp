@@ -181,6 +181,7 @@ MatrixRM dequantize_weight(const QuantizedLinear& layer) {
     for (int64_t j = 0; j < k; ++j) {
       const float q = decode_code(layer.format, packed_nibble(layer.qweight.data() + i * (k / 2), j));
       out(i, j) = q * layer.wscale(i, j / gs) * layer.wtscale;
+      if (!layer.wcscales.empty()) out(i, j) *= bits16_to_float(layer.wcscales[i], layer.storage);
     }
   return out;
 }
@@ -206,7 +207,8 @@ QuantConfig recipe_config(Recipe r, QuantConfig base) noexcept {
 }
 
 int64_t QuantizedLinear::size_bytes() const noexcept {
-  return static_cast<int64_t>(2 * (smooth.size() + lora_down.size() + lora_up.size() + bias.size()) +
+  return static_cast<int64_t>(2 * (smooth.size() + lora_down.size() + lora_up.size() + bias.size() +
+                                   wcscales.size()) +
                               qweight.size() + wscales.size()) +
          (format == Format::kNvfp4 ? 8 : 0);  // wtscale + act_tensor_scale
 }
@@ -301,6 +303,31 @@ Status validate(const QuantizedLinear& l) {
       return error(StatusCode::kErrorInvalidArgument, kFn, ": wscales[", i, "] (", v,
                    ") must be >= 0 (a group scale is absmax / qmax)");
   }
+  // The Nunchaku-compatible variants (docs/formats.md, "Variants").
+  if (l.act_unsigned && l.format != Format::kInt4)
+    return error(StatusCode::kErrorInvalidArgument, kFn,
+                 ": act_unsigned is defined for int4 only (unsigned activation codes 0..15)");
+  if (!std::isfinite(l.act_shift))
+    return error(StatusCode::kErrorNonFinite, kFn, ": act_shift (", l.act_shift, ") must be finite");
+  if (l.act_shift != 0.0f && !l.act_unsigned)
+    return error(StatusCode::kErrorInvalidArgument, kFn, ": act_shift (", l.act_shift,
+                 ") must be 0 unless act_unsigned");
+  if (!l.wcscales.empty()) {
+    if (l.format != Format::kNvfp4)
+      return error(StatusCode::kErrorInvalidArgument, kFn,
+                   ": wcscales (per-channel weight scales) are defined for nvfp4 only");
+    if (static_cast<int64_t>(l.wcscales.size()) != n)
+      return error(StatusCode::kErrorShape, kFn, ": wcscales has ", l.wcscales.size(),
+                   " elements, expected 0 or out_features (", n, ")");
+    for (size_t i = 0; i < l.wcscales.size(); ++i) {
+      const float c = bits16_to_float(l.wcscales[i], l.storage);
+      if (!std::isfinite(c))
+        return error(StatusCode::kErrorNonFinite, kFn, ": wcscales[", i, "] (", c, ") must be finite");
+      if (!(c >= 0.0f))
+        return error(StatusCode::kErrorInvalidArgument, kFn, ": wcscales[", i, "] (", c,
+                     ") must be >= 0 (a weight scale)");
+    }
+  }
   const struct {
     const char* name;
     const std::vector<uint16_t>* v;
@@ -313,6 +340,40 @@ Status validate(const QuantizedLinear& l) {
                      ") must be finite");
     }
   return Status::Ok();
+}
+
+Result<QuantizedLinear> to_unsigned_activations(const QuantizedLinear& q, float shift) {
+  constexpr const char* kFn = "to_unsigned_activations";
+  using detail::error;
+  SVDQ_RETURN_IF_ERROR(validate(q));
+  if (q.format != Format::kInt4)
+    return error(StatusCode::kErrorInvalidArgument, kFn, ": the layer is ", format_name(q.format),
+                 "; unsigned activations are defined for int4 only");
+  if (q.act_unsigned)
+    return error(StatusCode::kErrorInvalidArgument, kFn, ": the layer is already act_unsigned");
+  if (!(std::isfinite(shift) && shift > 0.0f))
+    return error(StatusCode::kErrorInvalidArgument, kFn, ": shift (", shift,
+                 ") must be finite and > 0");
+  const int64_t n = q.out_features, k = q.in_features;
+  QuantizedLinear out = q;
+  out.act_unsigned = true;
+  out.act_shift = shift;
+  out.bias.resize(static_cast<size_t>(n), 0);  // +0 in both 16-bit dtypes when absent
+  for (int64_t i = 0; i < n; ++i) {
+    double sum = 0.0;  // sum_k Wq[n,k] / s_k, exact products of exact decodes, in float64
+    for (int64_t j = 0; j < k; ++j)
+      sum += static_cast<double>(decode_int4(packed_nibble(q.qweight.data() + i * (k / 2), j))) *
+             q.wscale(i, j / q.group) / bits16_to_float(q.smooth[j], q.storage);
+    const double b = q.bias.empty() ? 0.0 : bits16_to_float(q.bias[i], q.storage);
+    const double v = b - static_cast<double>(shift) * sum;
+    out.bias[i] = detail::double_to_bits16(v, q.storage);
+    if (!std::isfinite(bits16_to_float(out.bias[i], q.storage)))
+      return error(StatusCode::kErrorInvalidArgument, kFn, ": bias[", i, "] (", v,
+                   ") overflows ", dtype_name(q.storage));
+  }
+  out.info.notes += std::string(out.info.notes.empty() ? "" : "; ") +
+                    "unsigned activations (shift " + detail::cat(shift) + ", bias folded)";
+  return out;
 }
 
 }  // namespace svdq

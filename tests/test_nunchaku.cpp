@@ -33,6 +33,11 @@ const Case kCases[] = {
     {"int4_n64_k128_r0_f16", "transformer_blocks.2.out_proj_context"},
     {"nvfp4_n200_k256_r32_bf16", "transformer_blocks.0.qkv_proj"},
     {"nvfp4_n128_k384_r16_f16", "single_transformer_blocks.1.out_proj"},
+    // Format 2.0 variants: unsigned shifted activations (DeepCompressor's wrapper with shift),
+    // nvfp4 per-channel wcscales.
+    {"int4_n192_k256_r32_bf16_unsigned", "transformer_blocks.0.mlp_fc2"},
+    {"int4_n128_k320_r16_f16_unsigned_nobias", "single_transformer_blocks.2.mlp_context_fc2"},
+    {"nvfp4_n160_k256_r16_f16_wcscales", "transformer_blocks.1.qkv_proj"},
 };
 
 SafetensorsFile open_file(const std::string& path) {
@@ -56,6 +61,9 @@ void expect_same_data(const QuantizedLinear& a, const QuantizedLinear& b) {
   EXPECT_EQ(a.wtscale, b.wtscale);
   EXPECT_EQ(a.act_tensor_scale, b.act_tensor_scale);
   EXPECT_EQ(a.bias, b.bias);
+  EXPECT_EQ(a.act_unsigned, b.act_unsigned);
+  EXPECT_EQ(a.act_shift, b.act_shift);
+  EXPECT_EQ(a.wcscales, b.wcscales);
 }
 
 // A file holding the tensors of `src`, with edits: a tensor dropped, or replaced.
@@ -161,7 +169,7 @@ TEST(Nunchaku, SizesFromOptionsOrPadded) {
   EXPECT_FALSE(import_nunchaku({&nk}, o).ok());
 }
 
-TEST(Nunchaku, UnsignedLayersAreListedNotConverted) {
+TEST(Nunchaku, UnsignedLayersImportUnsignedByName) {
   const Case& c = kCases[0];
   SafetensorsFile nk = open_file(kData + c.name + ".nunchaku.safetensors");
   // Rename the layer to a FLUX mlp_fc2.
@@ -175,16 +183,52 @@ TEST(Nunchaku, UnsignedLayersAreListedNotConverted) {
   ASSERT_TRUE(f.ok());
   auto imp = import_nunchaku({&*f});
   ASSERT_TRUE(imp.ok()) << imp.status().to_string();
-  EXPECT_TRUE(imp->layers.empty());
-  ASSERT_EQ(imp->skipped.size(), 1u);
-  EXPECT_EQ(imp->skipped[0].layer, to);
-  EXPECT_NE(imp->skipped[0].reason.find("unsigned"), std::string::npos);
-  EXPECT_EQ(imp->other_tensors.size(), f->names().size());  // all copied through
+  ASSERT_EQ(imp->layers.size(), 1u);
+  EXPECT_TRUE(imp->skipped.empty());
+  EXPECT_EQ(imp->layers[0].first, to);
+  EXPECT_TRUE(imp->layers[0].second.act_unsigned);
+  EXPECT_EQ(imp->layers[0].second.act_shift, kNunchakuGeluShift);
+  EXPECT_NE(imp->layers[0].second.info.notes.find("unsigned"), std::string::npos);
   NunchakuImportOptions o;
-  o.unsigned_layers.clear();
+  o.unsigned_layers.clear();  // --signed-all
   imp = import_nunchaku({&*f}, o);
   ASSERT_TRUE(imp.ok());
-  EXPECT_EQ(imp->layers.size(), 1u);
+  ASSERT_EQ(imp->layers.size(), 1u);
+  EXPECT_FALSE(imp->layers[0].second.act_unsigned);
+  EXPECT_EQ(imp->layers[0].second.act_shift, 0.0f);
+}
+
+TEST(Nunchaku, ExportRefusesUnsignedSignednessNunchakuWouldNotRun) {
+  const Case& c = kCases[7];  // int4 unsigned, transformer_blocks.0.mlp_fc2
+  SafetensorsFile sv = open_file(kData + c.name + ".svdq.safetensors");
+  auto u = load_quantized(sv, c.layer);
+  ASSERT_TRUE(u.ok()) << u.status().to_string();
+  ASSERT_TRUE(u->act_unsigned);
+  SafetensorsWriter w;
+  // Unsigned under a name Nunchaku runs signed.
+  Status s = add_nunchaku(w, "transformer_blocks.0.mlp_fc1", *u);
+  EXPECT_EQ(s.code(), StatusCode::kErrorInvalidArgument);
+  EXPECT_NE(s.message().find("would run this one signed"), std::string::npos) << s.message();
+  // Signed under a name Nunchaku runs unsigned.
+  QuantizedLinear sg = *u;
+  sg.act_unsigned = false;
+  sg.act_shift = 0;
+  s = add_nunchaku(w, "ff.net.2", sg);
+  EXPECT_EQ(s.code(), StatusCode::kErrorInvalidArgument);
+  EXPECT_NE(s.message().find("unsigned, shifted"), std::string::npos) << s.message();
+  // Another shift.
+  QuantizedLinear sh = *u;
+  sh.act_shift = 0.25f;
+  s = add_nunchaku(w, c.layer, sh);
+  EXPECT_EQ(s.code(), StatusCode::kErrorInvalidArgument);
+  EXPECT_NE(s.message().find("act_shift"), std::string::npos) << s.message();
+  EXPECT_FALSE(w.contains("transformer_blocks.0.mlp_fc1.qweight"));  // nothing added
+  EXPECT_FALSE(w.contains("ff.net.2.qweight"));
+  EXPECT_FALSE(w.contains(std::string(c.layer) + ".qweight"));
+  // The check can be switched off (a runtime other than Nunchaku).
+  NunchakuExportOptions o;
+  o.unsigned_layers.clear();
+  EXPECT_TRUE(add_nunchaku(w, "ff.net.2", sg, o).ok());
 }
 
 TEST(Nunchaku, V2NamesImportTheSame) {
@@ -376,6 +420,8 @@ namespace {
 // mode 0: Nunchaku's arithmetic; mode 1: svdq's contract (DESIGN §2), which must reproduce
 // reference_forward (it checks this simulation); mode 2: no activation quantization at all
 // (float64 x / s times the dequantized weight: the W4A4 error's reference).
+// Unsigned layers: x + shift first (Nunchaku: a T addition, then h2div), scale amax * (1/15.f),
+// codes saturated to [0, 15]; the branch reads the raw x. wcscales: acc * t_w * c_n.
 std::vector<double> nunchaku_forward(const QuantizedLinear& q, const std::vector<float>& x, int64_t m,
                                      int mode = 0) {
   const int64_t k = q.in_features, n = q.out_features, r = q.rank, gs = q.group, groups = k / gs;
@@ -386,17 +432,31 @@ std::vector<double> nunchaku_forward(const QuantizedLinear& q, const std::vector
     const float* xr = x.data() + i * k;
     for (int64_t g = 0; g < groups; ++g) {
       float xh[64], amax = 0.0f;
+      const float sh = q.act_shift;
+      auto t16 = [&](float v) { return bits16_to_float(float_to_bits16(v, t), t); };
       for (int64_t j = 0; j < gs; ++j) {
         const float s = bits16_to_float(q.smooth[g * gs + j], t);
-        xh[j] = mode == 0 ? bits16_to_float(float_to_bits16(xr[g * gs + j] / s, t), t)
-                          : xr[g * gs + j] * (1.0f / s);
+        const float xv = xr[g * gs + j];
+        xh[j] = mode == 0 ? t16((q.act_unsigned ? t16(xv + sh) : xv) / s)
+                          : (q.act_unsigned ? xv + sh : xv) * (1.0f / s);
         amax = std::max(amax, std::fabs(xh[j]));
       }
       if (mode == 2) {
         as[g] = 1.0f;
         for (int64_t j = 0; j < gs; ++j)
-          xq[g * gs + j] = static_cast<float>(static_cast<double>(xr[g * gs + j]) /
+          xq[g * gs + j] = static_cast<float>((static_cast<double>(xr[g * gs + j]) + sh) /
                                               bits16_to_float(q.smooth[g * gs + j], t));
+      } else if (mode == 1 && q.act_unsigned) {
+        const float scale = amax / 15.0f, inv = 15.0f / amax;
+        as[g] = std::isfinite(inv) ? scale : 0.0f;
+        for (int64_t j = 0; j < gs; ++j)
+          xq[g * gs + j] = as[g] == 0 ? 0.0f : std::clamp(std::nearbyint(xh[j] * inv), 0.0f, 15.0f);
+      } else if (q.act_unsigned) {
+        const float scale = amax * (1.0f / 15.0f);
+        const float rscale = 1.0f / scale;
+        as[g] = t16(scale);
+        for (int64_t j = 0; j < gs; ++j)
+          xq[g * gs + j] = scale == 0 ? 0.0f : std::clamp(std::nearbyint(xh[j] * rscale), 0.0f, 15.0f);
       } else if (mode == 1 && q.format == Format::kInt4) {
         const float scale = amax / 7.0f, inv = 7.0f / amax;
         as[g] = std::isfinite(inv) ? scale : 0.0f;
@@ -436,6 +496,7 @@ std::vector<double> nunchaku_forward(const QuantizedLinear& q, const std::vector
         acc += p * as[g] * q.wscale(o, g);
       }
       acc *= q.wtscale;
+      if (!q.wcscales.empty()) acc *= bits16_to_float(q.wcscales[o], t);
       for (int64_t s = 0; s < r; ++s) acc += lora[s] * bits16_to_float(q.lora_up[o * r + s], t);
       if (!q.bias.empty()) acc += bits16_to_float(q.bias[o], t);
       y[i * n + o] = acc;
@@ -456,7 +517,8 @@ TEST(Nunchaku, RuntimeSemanticsGapIsSmall) {
     std::vector<float> x(static_cast<size_t>(m * k));
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < k; ++j) {
-        const float v = gauss(rng) * (j % 37 == 5 ? 20.0f : 1.0f);  // a few outlier channels
+        float v = gauss(rng) * (j % 37 == 5 ? 20.0f : 1.0f);  // a few outlier channels
+        if (q.act_unsigned) v = 0.5f * v * (1.0f + std::erf(v / std::sqrt(2.0f)));  // GELU's output
         x[i * k + j] = bits16_to_float(float_to_bits16(v, q.storage), q.storage);  // 16-bit input
       }
     std::vector<float> y(static_cast<size_t>(m * n));
@@ -498,17 +560,69 @@ std::vector<uint8_t> bytes_of(const SafetensorsFile& f, const std::string& name)
 }
 
 TEST(Nunchaku, NotRepresentableLayersAreListed) {
-  // nvfp4 with per-channel wcscales.
+  // nvfp4 with per-channel wcscales and a wtscale: kept per channel, t_w apart; the export
+  // writes the same tensors back.
   const Case& f4 = kCases[5];  // nvfp4_n200_k256_r32_bf16, t_w = 0.75 in wcscales
   SafetensorsFile nk = open_file(kData + f4.name + ".nunchaku.safetensors");
   const std::string L = f4.layer;
   std::vector<uint8_t> wc = bytes_of(nk, L + ".wcscales");
-  wc[2 * 5] ^= 0x01;  // the entry at position 5 (some channel other than position 0s) differs
-  SafetensorsFile a = edited(nk, {"", L + ".wcscales", "BF16", {256}, wc});
-  auto imp = import_nunchaku({&a});
+  wc[2 * 5] ^= 0x01;  // the entry at position 5 (channel 3: p(3) = 5, §5.3) differs
+  SafetensorsFile a0 = edited(nk, {"", L + ".wcscales", "BF16", {256}, wc});
+  const float half_f = 0.5f;
+  std::vector<uint8_t> wt(4);
+  std::memcpy(wt.data(), &half_f, 4);
+  SafetensorsWriter aw0;
+  for (const auto& name : a0.names()) {
+    auto info = a0.info(name);
+    ASSERT_TRUE(aw0.add(name, info->dtype, info->shape, info->data).ok());
+  }
+  ASSERT_TRUE(aw0.add(L + ".wtscale", "F32", {1}, ByteSpan(wt.data(), 4)).ok());
+  for (const auto& [k, v] : a0.metadata()) ASSERT_TRUE(aw0.set_metadata(k, v).ok());
+  auto a = SafetensorsFile::from_bytes(std::move(aw0.serialize()).value());
+  ASSERT_TRUE(a.ok());
+  auto imp = import_nunchaku({&*a});
   ASSERT_TRUE(imp.ok()) << imp.status().to_string();
-  ASSERT_EQ(imp->skipped.size(), 1u);
-  EXPECT_NE(imp->skipped[0].reason.find("per-channel wcscales"), std::string::npos);
+  ASSERT_TRUE(imp->skipped.empty());
+  ASSERT_EQ(imp->layers.size(), 1u);
+  const QuantizedLinear& pc = imp->layers[0].second;
+  ASSERT_EQ(pc.wcscales.size(), 200u);
+  EXPECT_EQ(pc.wtscale, 0.5f);
+  EXPECT_EQ(pc.wcscales[3], float_to_bf16_bits(0.75f) ^ 1);
+  EXPECT_EQ(pc.wcscales[0], float_to_bf16_bits(0.75f));
+  SafetensorsWriter back;
+  NunchakuExportOptions eo;
+  eo.shape_metadata = false;
+  ASSERT_TRUE(add_nunchaku(back, L, pc, eo).ok());
+  auto bb = SafetensorsFile::from_bytes(std::move(back.serialize()).value());
+  ASSERT_TRUE(bb.ok());
+  for (const char* t : {".wcscales", ".wtscale", ".qweight", ".wscales", ".bias", ".lora_down"}) {
+    SCOPED_TRACE(t);
+    EXPECT_EQ(bytes_of(*bb, L + t), bytes_of(*a, L + t));
+  }
+
+  // Equal wcscales (0.75) with a wtscale whose product with them is not an fp32 value: kept per
+  // channel too (nothing lost), not folded.
+  {
+    const float third = 1.0f / 3.0f;
+    ASSERT_NE(static_cast<double>(static_cast<float>(0.75 * third)), 0.75 * third);
+    std::vector<uint8_t> t3(4);
+    std::memcpy(t3.data(), &third, 4);
+    SafetensorsWriter ew;
+    for (const auto& name : nk.names()) {
+      auto info = nk.info(name);
+      ASSERT_TRUE(ew.add(name, info->dtype, info->shape, info->data).ok());
+    }
+    ASSERT_TRUE(ew.add(L + ".wtscale", "F32", {1}, ByteSpan(t3.data(), 4)).ok());
+    for (const auto& [k, v] : nk.metadata()) ASSERT_TRUE(ew.set_metadata(k, v).ok());
+    auto e = SafetensorsFile::from_bytes(std::move(ew.serialize()).value());
+    ASSERT_TRUE(e.ok());
+    auto ei = import_nunchaku({&*e});
+    ASSERT_TRUE(ei.ok()) << ei.status().to_string();
+    ASSERT_EQ(ei->layers.size(), 1u);
+    EXPECT_EQ(ei->layers[0].second.wtscale, third);
+    EXPECT_EQ(ei->layers[0].second.wcscales,
+              std::vector<uint16_t>(200, float_to_bf16_bits(0.75f)));
+  }
 
   // DeepCompressor's per-tensor variant: wcscales absent, wtscale BF16 [1] = 0.75: same layer.
   SafetensorsFile sv = open_file(kData + f4.name + ".svdq.safetensors");
@@ -557,6 +671,41 @@ TEST(Nunchaku, NotRepresentableLayersAreListed) {
   ASSERT_EQ(imp->skipped.size(), 1u);
   EXPECT_NE(imp->skipped[0].reason.find("AWQ"), std::string::npos);
   EXPECT_EQ(imp->other_tensors.size(), 2u);
+}
+
+TEST(Nunchaku, BadNvfp4ScaleTensorsNameLayerAndTensor) {
+  const Case& c = kCases[9];  // nvfp4_n160_k256_r16_f16_wcscales: Np = 256, F16
+  SafetensorsFile nk = open_file(kData + c.name + ".nunchaku.safetensors");
+  const std::string L = c.layer;
+  struct Bad {
+    const char* what;
+    Edit edit;
+    StatusCode code;
+    std::string tensor;
+  };
+  std::vector<uint8_t> nan_wc = bytes_of(nk, L + ".wcscales");
+  nan_wc[0] = 0x00;  // position 0 = channel 0: F16 NaN 0x7E00
+  nan_wc[1] = 0x7E;
+  const std::vector<Bad> bads = {
+      {"wcscales of the wrong dtype", {"", L + ".wcscales", "F32", {256}, std::vector<uint8_t>(1024)},
+       StatusCode::kErrorInvalidArgument, L + ".wcscales"},
+      {"wcscales of the wrong shape", {"", L + ".wcscales", "F16", {160}, std::vector<uint8_t>(320)},
+       StatusCode::kErrorShape, L + ".wcscales"},
+      {"wscales of the wrong dtype", {"", L + ".wscales", "U8", {16, 256}, std::vector<uint8_t>(4096)},
+       StatusCode::kErrorInvalidArgument, L + ".wscales"},
+      {"wcscales NaN", {"", L + ".wcscales", "F16", {256}, nan_wc}, StatusCode::kErrorNonFinite,
+       "wcscales[0]"},
+  };
+  for (const Bad& b : bads) {
+    SCOPED_TRACE(b.what);
+    SafetensorsFile f = edited(nk, b.edit);
+    auto imp = import_nunchaku({&f});
+    ASSERT_FALSE(imp.ok());
+    EXPECT_EQ(imp.status().code(), b.code) << imp.status().message();
+    EXPECT_NE(imp.status().message().find(b.tensor), std::string::npos) << imp.status().message();
+    EXPECT_NE(imp.status().message().find("layer '" + L + "'"), std::string::npos)
+        << imp.status().message();
+  }
 }
 
 TEST(Nunchaku, BothKeySpellingsInOneLayerIsAnError) {

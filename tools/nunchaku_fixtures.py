@@ -114,15 +114,28 @@ CASES = [
     # group_size == -1 branch), which is not Nunchaku's [Kp/64, Np]; svdq's importer refuses it.
     ("int4_n64_k64_r0_f16_quirk", "transformer_blocks.3.out_proj", 64, 64, 0, "f16", True, False),
 ]
+# Unsigned activations (svdq's act_unsigned, format 2.0): the second linear of a GELU MLP, whose
+# input Nunchaku quantizes as GELU(x) + 0.171875, unsigned. DeepCompressor's wrapper is called with
+# shift = 0.171875 and folds the shift's branch contribution into the bias.
+# (case, layer, N, K, r, storage, bias)
+UNSIGNED_CASES = [
+    ("int4_n192_k256_r32_bf16_unsigned", "transformer_blocks.0.mlp_fc2", 192, 256, 32, "bf16", True),
+    ("int4_n128_k320_r16_f16_unsigned_nobias", "single_transformer_blocks.2.mlp_context_fc2", 128, 320,
+     16, "f16", False),
+]
+SHIFT = 0.171875
 # nvfp4: (case, layer, N, K, r, storage, bias, t_w). K is a multiple of 128: for other K,
 # DeepCompressor pads the micro scales' group axis to 4 groups only (see README).
 NVFP4_CASES = [
     ("nvfp4_n200_k256_r32_bf16", "transformer_blocks.0.qkv_proj", 200, 256, 32, "bf16", True, 0.75),
     ("nvfp4_n128_k384_r16_f16", "single_transformer_blocks.1.out_proj", 128, 384, 16, "f16", False, 1.0),
+    # t_w None: per-channel scales c_n (svdq's wcscales, format 2.0), drawn from {1, 1.25, 1.5,
+    # 1.75} * 2^{-2..1}; F16 so that code * group scale * c_n is exact in the model dtype.
+    ("nvfp4_n160_k256_r16_f16_wcscales", "transformer_blocks.1.qkv_proj", 160, 256, 16, "f16", True, None),
 ]
 
 
-def make_case(u, outdir, case, layer, N, K, r, storage, has_bias, wrapper):
+def make_case(u, outdir, case, layer, N, K, r, storage, has_bias, wrapper, shift=None):
     import numpy as np
     import torch
     seed = int(hashlib.sha256(case.encode()).hexdigest()[:8], 16)
@@ -141,18 +154,34 @@ def make_case(u, outdir, case, layer, N, K, r, storage, has_bias, wrapper):
     down = torch.tensor(rng.standard_normal((K, r)) * 0.05, dtype=torch.float32).to(T)  # [K, r]
     up = torch.tensor(rng.standard_normal((N, r)) * 0.05, dtype=torch.float32).to(T)    # [N, r]
     bias = torch.tensor(rng.standard_normal(N), dtype=torch.float32).to(T) if has_bias else None
+    if shift is not None:
+        # DeepCompressor's input: lora_down *before* the division by the smoothing factors (its
+        # wrapper divides in float64, then rounds to T); svdq's lora_down is that quotient rounded.
+        # The canonical bias is the wrapper's fold, computed here independently in float64 (same
+        # association as the wrapper): bias + (lora_up @ (down / s)^T) @ shift, rounded once to T.
+        down_raw = torch.tensor(rng.standard_normal((K, r)) * 0.05, dtype=torch.float32).to(T)
+        div64 = down_raw.t().to(torch.float64) / smooth.to(torch.float64).unsqueeze(0)  # [r, K]
+        down = div64.t().to(T).contiguous()
+        b64 = torch.zeros(N, dtype=torch.float64) if bias is None else bias.to(torch.float64)
+        fold = (up.to(torch.float64) @ div64) @ torch.full((K, 1), shift, dtype=torch.float64)
+        bias_c = (b64 + fold.view(-1)).to(T)
+        has_bias_c = True
+    else:
+        bias_c, has_bias_c = bias, has_bias
 
     # --- canonical svdq file (docs/checkpoint.md §2) ---
     qw = ((codes[:, 1::2] & 0xF) << 4 | (codes[:, 0::2] & 0xF)).to(torch.uint8)
     meta = {"format": "int4", "group_size": 64, "rank": r, "in_features": K, "out_features": N,
-            "storage": storage, "bias": has_bias}
+            "storage": storage, "bias": has_bias_c}
+    if shift is not None:
+        meta.update({"act_unsigned": True, "act_shift": shift, "format_version": "2.0"})
     tens = [(layer + ".qweight", "U8", [N, K // 2], qw.numpy().tobytes()),
             (layer + ".wscales", "F16", [N, G], _bits16(sc.to(torch.float16))),
             (layer + ".smooth", _st_dtype(smooth), [K], _bits16(smooth)),
             (layer + ".lora_down", _st_dtype(down), [K, r], _bits16(down)),
             (layer + ".lora_up", _st_dtype(up), [N, r], _bits16(up))]
-    if has_bias:
-        tens.append((layer + ".bias", _st_dtype(bias), [N], _bits16(bias)))
+    if has_bias_c:
+        tens.append((layer + ".bias", _st_dtype(bias_c), [N], _bits16(bias_c)))
     write_safetensors(os.path.join(outdir, case + ".svdq.safetensors"), tens,
                       {"svdq.layer." + layer: json.dumps(meta, sort_keys=True)})
 
@@ -164,7 +193,19 @@ def make_case(u, outdir, case, layer, N, K, r, storage, has_bias, wrapper):
     assert torch.equal(back.view(N, K).to(torch.int32), codes)
     scale4 = sc.view(N, 1, G, 1)
     lora = (down.t().contiguous(), up) if r > 0 else None
-    if wrapper:
+    if shift is not None:
+        # The wrapper with the real smoothing factors and the shift: it divides lora_down by them
+        # and folds the shift into the bias itself.
+        import importlib.util
+        spec = importlib.util.spec_from_file_location(
+            "deepcompressor.backend.nunchaku.convert", os.path.join(os.path.dirname(u.__file__), "convert.py"))
+        conv = importlib.util.module_from_spec(spec)
+        sys.modules["tqdm"] = sys.modules.get("tqdm") or type(sys)("tqdm")
+        spec.loader.exec_module(conv)
+        sd = conv.convert_to_nunchaku_w4x4y16_linear_state_dict(
+            weight=w, scale=scale4, bias=bias, smooth=smooth, lora=(down_raw.t().contiguous(), up),
+            shift=torch.tensor(shift, dtype=T))
+    elif wrapper:
         # The real entry point, convert.convert_to_nunchaku_w4x4y16_linear_state_dict, with no
         # smoothing (so it does not re-divide lora_down). Imported by file: convert.py needs tqdm.
         import importlib.util
@@ -220,28 +261,37 @@ def make_nvfp4_case(u, outdir, case, layer, N, K, r, storage, has_bias, tw):
     down = torch.tensor(rng.standard_normal((K, r)) * 0.05, dtype=torch.float32).to(T)
     up = torch.tensor(rng.standard_normal((N, r)) * 0.05, dtype=torch.float32).to(T)
     bias = torch.tensor(rng.standard_normal(N), dtype=torch.float32).to(T) if has_bias else None
+    if tw is None:
+        mant = torch.tensor(rng.integers(0, 4, size=N), dtype=torch.float64) * 0.25 + 1.0
+        chan = (mant * torch.exp2(torch.tensor(rng.integers(-2, 2, size=N), dtype=torch.float64))).to(T)
+    else:
+        chan = torch.full((N,), tw, dtype=T)
 
     qw = ((codes[:, 1::2] & 0xF) << 4 | (codes[:, 0::2] & 0xF)).to(torch.uint8)
     meta = {"format": "nvfp4", "group_size": 16, "rank": r, "in_features": K, "out_features": N,
             "storage": storage, "bias": has_bias}
+    if tw is None:
+        meta["format_version"] = "2.0"
     tens = [(layer + ".qweight", "U8", [N, K // 2], qw.numpy().tobytes()),
             (layer + ".wscales", "F8_E4M3", [N, G], _raw(sub8)),
-            (layer + ".wtscale", "F32", [1], struct.pack("<f", tw)),
+            (layer + ".wtscale", "F32", [1], struct.pack("<f", 1.0 if tw is None else tw)),
             (layer + ".act_tscale", "F32", [1], struct.pack("<f", 1.0)),
             (layer + ".smooth", _st_dtype(smooth), [K], _bits16(smooth)),
             (layer + ".lora_down", _st_dtype(down), [K, r], _bits16(down)),
             (layer + ".lora_up", _st_dtype(up), [N, r], _bits16(up))]
     if has_bias:
         tens.append((layer + ".bias", _st_dtype(bias), [N], _bits16(bias)))
+    if tw is None:
+        tens.append((layer + ".wcscales", _st_dtype(chan), [N], _bits16(chan)))
     write_safetensors(os.path.join(outdir, case + ".svdq.safetensors"), tens,
                       {"svdq.layer." + layer: json.dumps(meta, sort_keys=True)})
 
     # W = code * group scale * t_w, exact in T (checked); DeepCompressor's nvfp4 inputs: the
     # per-channel scale (all t_w; it becomes wcscales) and the group-16 subscale (wscales).
-    wexact = (vals.view(N, G, 16) * sub.view(N, G, 1) * tw).view(N, K)
+    wexact = (vals.view(N, G, 16) * sub.view(N, G, 1) * chan.to(torch.float64).view(N, 1, 1)).view(N, K)
     w = wexact.to(T)
     assert torch.equal(w.to(torch.float64), wexact)
-    scale = torch.full((N, 1, 1, 1), tw, dtype=T)
+    scale = chan.view(N, 1, 1, 1)
     subscale = sub.to(T).view(N, 1, G, 1)
     lora = (down.t().contiguous(), up) if r > 0 else None
     qweight, wcscales, pbias, psmooth, plora, wscales = u.convert_to_nunchaku_w4x4y16_linear_weight(
@@ -271,6 +321,9 @@ def make(outdir):
     torch.manual_seed(0)
     for c in CASES:
         lines = make_case(u, outdir, *c)
+        print(c[0], "\n  " + "\n  ".join(lines))
+    for c in UNSIGNED_CASES:
+        lines = make_case(u, outdir, *c, wrapper=False, shift=SHIFT)
         print(c[0], "\n  " + "\n  ".join(lines))
     for c in NVFP4_CASES:
         lines = make_nvfp4_case(u, outdir, *c)

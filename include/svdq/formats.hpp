@@ -52,6 +52,9 @@ float decode_e4m3(uint8_t code) noexcept;
 uint8_t encode_int4(float x) noexcept;
 /// Value of a two's complement nibble, in [-8, 7] (only the low 4 bits are read).
 int decode_int4(uint8_t code) noexcept;
+/// Unsigned INT4 (activations of QuantizedLinear::act_unsigned layers): clamp(rint(x), 0, 15) as
+/// a nibble whose value is the nibble itself (no sign). NaN -> 0.
+uint8_t encode_uint4(float x) noexcept;
 
 /// Value of a nibble in the given format (int4 as an integer-valued float).
 inline float decode_code(Format f, uint8_t code) noexcept {
@@ -89,6 +92,8 @@ struct QuantizedActivations {
   int64_t rows = 0;        ///< M tokens
   int64_t cols = 0;        ///< K channels
   float tensor_scale = 1;  ///< t_act (nvfp4 only; 1 for int4)
+  /// int4 only: the codes are unsigned (value = nibble, 0..15; quantize_activations_unsigned).
+  bool unsigned_codes = false;
   std::vector<uint8_t> codes;  ///< uint8[M][K/2], packed nibbles
   /// int4: float[M][K/64] stored as little-endian fp32 bytes; nvfp4: E4M3 bytes [M][K/16].
   std::vector<uint8_t> scales;
@@ -98,7 +103,8 @@ struct QuantizedActivations {
   float scale(int64_t m, int64_t g) const noexcept;
   /// Decoded value of code (m, k) (int4 integer or E2M1 value).
   float code_value(int64_t m, int64_t k) const noexcept {
-    return decode_code(format, packed_nibble(codes.data() + m * (cols / 2), k));
+    const uint8_t c = packed_nibble(codes.data() + m * (cols / 2), k);
+    return unsigned_codes ? static_cast<float>(c) : decode_code(format, c);
   }
 };
 
@@ -107,5 +113,17 @@ struct QuantizedActivations {
 /// Errors: null out or x.data, K not a multiple of the group, ld < cols, bad tensor_scale.
 Status quantize_activations(Format format, ConstMatrixRef x, const float* inv_smooth,
                             float tensor_scale, QuantizedActivations* out);
+
+/// The unsigned int4 variant (QuantizedLinear::act_unsigned, docs/formats.md "Variants"): per
+/// token row, per group of 64, in IEEE fp32:
+///   u_k   = float(x_k) + shift                 (one rounding; then)
+///   xh_k  = u_k * inv_s_k                      (inv_s null: xh_k = u_k)
+///   a     = max_k |xh_k| ; scale = a / 15.0f ; inv = 15.0f / a ; q_k = clamp(rint(xh_k * inv), 0, 15)
+///   a == 0 or inv not finite: scale = 0, every q = 0; any element of the group not finite
+///   (x_k, u_k or xh_k): scale = NaN (0x7FC00000), every q = 0.
+/// out->format = kInt4, out->unsigned_codes = true, scales fp32 as for int4.
+/// Errors: as quantize_activations, and a non-finite shift.
+Status quantize_activations_unsigned(ConstMatrixRef x, const float* inv_smooth, float shift,
+                                     QuantizedActivations* out);
 
 }  // namespace svdq

@@ -145,6 +145,18 @@ struct QuantizedLinear {
   float act_tensor_scale = 1.0f;    ///< nvfp4 static t_act (1 = dynamic per group only)
   std::vector<uint16_t> bias;       ///< [N], or empty for no bias
 
+  // --- Nunchaku-compatible variants (docs/formats.md "Variants"; checkpoint format 2.0) ---
+  /// int4 only: quantize the activations as UNSIGNED 4-bit codes 0..15 (absmax / 15) of
+  /// (x + act_shift) / s, the way Nunchaku quantizes the input of a GELU MLP's second linear
+  /// (act_shift = 0.171875). The low-rank branch still reads the raw x; the shift's branch
+  /// contribution is part of `bias` (as DeepCompressor folds it). false: signed codes [-7, 7].
+  bool act_unsigned = false;
+  /// Added to x in fp32 before smoothing (act_unsigned only; must be 0 otherwise). Finite.
+  float act_shift = 0.0f;
+  /// nvfp4 only: per-output-channel weight scale c_n ([N], storage dtype bits; Nunchaku's
+  /// `wcscales`), multiplied into the main path after t_act * t_w; empty for none.
+  std::vector<uint16_t> wcscales;
+
   /// What produced it (for reports and checkpoint metadata).
   struct Info {
     float alpha = 0, beta = 0;
@@ -206,13 +218,27 @@ Result<LowRankFactors> factorize_low_rank(ConstMatrixRef W, const ActivationStat
 /// Checks that a QuantizedLinear is self-consistent (sizes of every field against K, N, r, group,
 /// with overflow-checked products) and holds only values a correct quantizer produces: smooth
 /// finite, > 0 with a finite reciprocal; wscales (decoded) finite and >= 0; lora_down, lora_up and
-/// bias finite; wtscale and act_tensor_scale finite in [2^-126, FLT_MAX / (6 * 448)]. Messages
-/// name the field and the index (docs/checkpoint.md, "Values").
+/// bias finite; wtscale and act_tensor_scale finite in [2^-126, FLT_MAX / (6 * 448)];
+/// act_unsigned only for int4, act_shift finite and 0 unless act_unsigned; wcscales empty or
+/// [N] (nvfp4 only), each finite and >= 0. Messages name the field and the index
+/// (docs/checkpoint.md, "Values").
 Status validate(const QuantizedLinear& layer);
 
+/// Turns a signed int4 layer into an act_unsigned one (docs/formats.md §6.1) for inputs known to
+/// be >= -shift (Nunchaku's GELU-fed layers: shift 0.171875, GELU(x) >= -0.1700). Weights,
+/// scales and the low-rank branch are unchanged; the bias absorbs the shift's main-path term,
+///   bias'[n] = bias[n] - shift * sum_k Wq[n,k] / s_k   (Wq = code * wscale; float64, rounded once
+///   to `storage`),
+/// so that the layer's output with unquantized activations is the same for every x. A layer
+/// without bias gets one. info.notes records the conversion. Errors (kErrorInvalidArgument): not
+/// int4, already unsigned, shift not finite and > 0, a layer that fails validate(), a bias that
+/// overflows the storage dtype.
+Result<QuantizedLinear> to_unsigned_activations(const QuantizedLinear& q, float shift);
+
 /// The CPU reference W4A4 forward, bit-exact to the activation-quantization contract:
+///   (act_unsigned: the activation codes are unsigned 0..15 of (x + act_shift) / s)
 ///   acc[m,n] = 0; for g in order: acc = fmaf(float(P_g[m,n]), sx[m,g] * sw[n,g], acc)
-///   nvfp4: acc *= t_act * t_w
+///   nvfp4: acc *= t_act * t_w; then, with wcscales, acc *= c[n]
 ///   lora[m,:] = sum_k x[m,k] lora_down[k,:]   (fp32)
 ///   y[m,n] = dtype_y(acc + sum_r lora[m,r] lora_up[n,r] + b[n])
 ///   x: M x K (fp32/fp16/bf16); y: M x N (fp32/fp16/bf16), must not alias x.

@@ -5,13 +5,13 @@
 // bias/smooth/wcscales permuted inside each 128-block. docs/checkpoint.md §5 gives the layout,
 // with the sources it was read from. This header converts both ways, losslessly, for the layers
 // svdq's format represents exactly:
-//   int4: signed activations, every group scale exactly representable in fp16 (Nunchaku's may be
-//         bf16; svdq's are fp16);
-//   nvfp4: all per-channel wcscales equal (folded into svdq's fp32 tensor scale t_w exactly).
-// Other layers are reported by name with the reason (NunchakuSkipped) and not converted: int4
-// layers whose activations Nunchaku quantizes unsigned with a shift (the second linear of a GELU
-// MLP, recognised by name), nvfp4 layers with per-channel scales, AWQ W4A16 layers, bf16 scales
-// that fp16 cannot hold.
+//   int4: every group scale exactly representable in fp16 (Nunchaku's may be bf16; svdq's are
+//         fp16). Layers Nunchaku feeds unsigned, shifted activations (the second linear of a
+//         GELU MLP, recognised by name) import with QuantizedLinear::act_unsigned;
+//   nvfp4: equal wcscales fold into svdq's fp32 tensor scale t_w when the product with wtscale
+//         is an exact fp32; otherwise (per-channel ones too) they become QuantizedLinear::wcscales.
+// Other layers are reported by name with the reason (NunchakuSkipped) and not converted: AWQ
+// W4A16 layers, bf16 scales that fp16 cannot hold, a wtscale that is not a positive finite fp32.
 //
 // Errors (a Status naming the file, the layer and the tensor; nothing is returned or written):
 //   kErrorInvalidArgument  a missing tensor, a tensor of the wrong dtype, bad metadata or
@@ -33,6 +33,10 @@
 
 namespace svdq {
 
+/// The shift Nunchaku adds to GELU(x) before quantizing it unsigned (SHIFT_GELU in
+/// src/kernels/zgemm/gemm_w4a4_launch_impl.cuh): 0.171875 = 11/64, exact in every dtype.
+inline constexpr float kNunchakuGeluShift = 0.171875f;
+
 /// True (unpadded) sizes of one layer. rank < 0: take the padded rank from the file.
 struct NunchakuLayerShape {
   int64_t in_features = 0;   ///< K
@@ -49,11 +53,13 @@ struct NunchakuImportOptions {
   /// True sizes per layer name; they win over the file's "svdq.nunchaku.<layer>" metadata. A
   /// layer with neither keeps its padded sizes (the padding then becomes part of the layer).
   std::map<std::string, NunchakuLayerShape> shapes;
-  /// int4 layers whose name's last component is one of these (or ends with ".net.2", the
-  /// diffusers name of the second linear of a feed-forward) get unsigned, shifted activations in
-  /// Nunchaku's runtime: they are reported as not representable. Empty the list to import them
-  /// anyway as signed layers (their arithmetic then differs from Nunchaku's).
+  /// int4 layers whose name ends with one of these (after a '.', or the whole name; "net.2" is
+  /// the diffusers name of a feed-forward's second linear) get unsigned, shifted activations in
+  /// Nunchaku's runtime: they import with act_unsigned = true and act_shift = unsigned_shift
+  /// (the file's bias already holds the shift's branch contribution). Empty the list to import
+  /// them as signed layers (their arithmetic then differs from Nunchaku's).
   std::vector<std::string> unsigned_layers = {"mlp_fc2", "mlp_context_fc2", "net.2"};
+  float unsigned_shift = kNunchakuGeluShift;
 };
 
 /// A layer of the file that import does not convert, with the reason.
@@ -92,16 +98,22 @@ struct NunchakuExportOptions {
   /// Write smooth_orig (= smooth; unused by Nunchaku's runtime). `svdq convert --to nunchaku`
   /// turns it off for a layer whose input file still carries the imported original.
   bool smooth_orig = true;
+  /// The names Nunchaku runs with unsigned activations (as NunchakuImportOptions). An int4
+  /// layer is refused when its act_unsigned disagrees with its name, or when an unsigned one's
+  /// act_shift is not kNunchakuGeluShift. Empty: no check.
+  std::vector<std::string> unsigned_layers = {"mlp_fc2", "mlp_context_fc2", "net.2"};
 };
 
 /// Adds the tensors of `layer` in Nunchaku's layout, dtypes and padding, byte for byte what
 /// DeepCompressor's packer writes for the same layer (with its padding values: codes 0, scales,
 /// smooth and bias 1, lora 0; a layer without bias gets zeros), plus smooth_orig = smooth and,
-/// for nvfp4, wcscales = t_w on every channel when the storage dtype holds t_w exactly (no
-/// wtscale tensor), else wcscales = 1 and an F32 wtscale = t_w. Every 16-bit tensor has the layer's storage
-/// dtype. Refuses (kErrorInvalidArgument, nothing added) a layer it cannot write exactly: an
-/// int4 fp16 scale that bf16 cannot hold when storage is bf16, an nvfp4 layer with
-/// act_tensor_scale != 1, a layer that fails validate(). Sets the "svdq.nunchaku.<layer>"
+/// for nvfp4, the layer's per-channel wcscales (and an F32 wtscale = t_w when t_w != 1), or
+/// without them wcscales = t_w on every channel when the storage dtype holds t_w exactly (no
+/// wtscale tensor), else wcscales = 1 and an F32 wtscale = t_w. Every 16-bit tensor has the
+/// layer's storage dtype. Refuses (kErrorInvalidArgument, nothing added) a layer it cannot write
+/// exactly: an int4 fp16 scale that bf16 cannot hold when storage is bf16, an nvfp4 layer with
+/// act_tensor_scale != 1, an int4 layer whose act_unsigned/act_shift disagree with what
+/// Nunchaku runs for its name (options.unsigned_layers), a layer that fails validate(). Sets the "svdq.nunchaku.<layer>"
 /// metadata when asked; not quantization_config (save_nunchaku does).
 Status add_nunchaku(SafetensorsWriter& writer, const std::string& layer, const QuantizedLinear& q,
                     const NunchakuExportOptions& options = {});
@@ -113,6 +125,12 @@ Status save_nunchaku(const std::string& path,
                      const std::vector<std::pair<std::string, const QuantizedLinear*>>& layers,
                      const NunchakuExportOptions& options = {},
                      const std::map<std::string, std::string>& extra_metadata = {});
+
+/// True when Nunchaku runs an int4 layer of this name with unsigned shifted activations: the name
+/// ends with one of `names` after a '.' (or is one of them).
+bool nunchaku_unsigned_by_name(const std::string& layer,
+                               const std::vector<std::string>& names = {"mlp_fc2", "mlp_context_fc2",
+                                                                        "net.2"});
 
 /// The quantization_config JSON string Nunchaku's loaders read (docs/checkpoint.md §5.2).
 std::string nunchaku_quantization_config(Format format, int rank);
