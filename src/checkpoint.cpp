@@ -40,6 +40,10 @@ using OrderedJson = nlohmann::ordered_json;
 
 constexpr const char* kMetadataKey = "__metadata__";
 constexpr const char* kVersionKey = "svdq.version";
+// Layers with a block-Hadamard rotation are written with this format major version (readers of
+// 1.x refuse them with kErrorNotSupported); it is also the newest major this svdq reads.
+constexpr int kRotatedFormatMajor = 2;
+static_assert(kRotatedFormatMajor > SVDQ_CHECKPOINT_FORMAT_MAJOR);
 constexpr const char* kLayerKeyPrefix = "svdq.layer.";
 /// Largest in_features / out_features load_quantized accepts: keeps every size product in int64.
 constexpr int64_t kMaxFeatures = (int64_t{1} << 31) - 1;
@@ -789,11 +793,17 @@ Status add_quantized(SafetensorsWriter& writer, const std::string& layer,
                        {"weight_norm", q.info.weight_norm},
                        {"residual_norm", q.info.residual_norm},
                        // The checkpoint format version; no wall-clock time (info.seconds) is
-                       // stored, so the same layer always gives the same bytes.
-                       {"format_version", std::to_string(SVDQ_CHECKPOINT_FORMAT_MAJOR) + "." +
-                                              std::to_string(SVDQ_CHECKPOINT_FORMAT_MINOR)}};
+                       // stored, so the same layer always gives the same bytes. A rotated layer
+                       // is written as 2.0, so a reader of 1.x refuses it instead of running it
+                       // without the rotation; every other layer stays 1.0.
+                       {"format_version",
+                        q.rotation != Rotation::kNone
+                            ? std::to_string(kRotatedFormatMajor) + ".0"
+                            : std::to_string(SVDQ_CHECKPOINT_FORMAT_MAJOR) + "." +
+                                  std::to_string(SVDQ_CHECKPOINT_FORMAT_MINOR)}};
     // Provenance of the recipe (issue 13): how the layer was made, read back by load_quantized.
     Json m = meta;
+    if (q.rotation != Rotation::kNone) m["rotation"] = rotation_name(q.rotation);
     m["recipe"] = q.info.recipe;
     m["score"] = q.info.score;
     m["candidates_scored"] = q.info.candidates_scored;
@@ -892,10 +902,24 @@ Status parse_layer_metadata(const std::string& where, const std::string& text, Q
     if (fv.empty() || fv[0] < '0' || fv[0] > '9')
       return error(kBad, where, ": metadata \"format_version\" (", quote(fv),
                    ") is not MAJOR.MINOR");
-    if (major > SVDQ_CHECKPOINT_FORMAT_MAJOR)
+    if (major > kRotatedFormatMajor)
       return error(StatusCode::kErrorNotSupported, where, ": checkpoint format version ", fv,
                    " is newer than this svdq ", version_string(), " reads (",
-                   SVDQ_CHECKPOINT_FORMAT_MAJOR, ".x); upgrade svdq to load it");
+                   kRotatedFormatMajor, ".x); upgrade svdq to load it");
+    // "rotation" (format 2.0): absent or "none" = no rotation.
+    std::string rot = "none";
+    SVDQ_RETURN_IF_ERROR(get_string("rotation", false, &rot));
+    if (rot == "none") {
+      q->rotation = Rotation::kNone;
+    } else if (rot == "block-hadamard") {
+      q->rotation = Rotation::kBlockHadamard;
+    } else {
+      return error(kBad, where, ": metadata \"rotation\" (", quote(rot),
+                   ") must be \"none\" or \"block-hadamard\"");
+    }
+    if (q->rotation != Rotation::kNone && major < kRotatedFormatMajor)
+      return error(kBad, where, ": metadata \"rotation\" (", quote(rot),
+                   ") needs format_version >= ", kRotatedFormatMajor, ".0, the file says ", fv);
   }
   std::string format, storage, svd = "randomized";
   SVDQ_RETURN_IF_ERROR(get_string("format", true, &format));

@@ -28,6 +28,7 @@ struct CpuLinear::Impl {
   int r = 0, gs = 64;
   int64_t groups = 0;
   float t_act = 1.0f, t_prod = 1.0f;
+  bool rotate = false;         // block-Hadamard rotation of each smoothed group (formats.hpp)
   std::vector<float> inv_s;    // [K]
   std::vector<int8_t> wq;      // [K][N]
   std::vector<float> sw;       // [groups][N]
@@ -89,6 +90,7 @@ void quantize_row(const CpuLinear::Impl& p, ConstMatrixRef x, int64_t i, const W
       const int64_t kk = g * gs + e;
       xh[e] = load_elem(x, i, kk) * p.inv_s[kk];
     }
+    if (p.rotate) hadamard_transform(xh, gs);
     if (p.format == Format::kInt4) {
       uint8_t sb[4];
       detail::quantize_act_group_int4(xh, gs, codes, sb);
@@ -227,6 +229,7 @@ Result<CpuLinear> CpuLinear::create(const QuantizedLinear& q) {
   p->groups = p->k / p->gs;
   p->t_act = q.act_tensor_scale;
   p->t_prod = q.act_tensor_scale * q.wtscale;
+  p->rotate = q.rotation == Rotation::kBlockHadamard;
   p->inv_s = q.inverse_smooth();
   const int64_t k = p->k, n = p->n, r = p->r;
   p->wq.resize(static_cast<size_t>(k * n));

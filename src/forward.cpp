@@ -70,7 +70,7 @@ Status reference_forward_impl(const QuantizedLinear& layer, ConstMatrixRef x, Ma
   QuantizedActivations& qa = act != nullptr ? *act : local;
   const std::vector<float> inv_s = layer.inverse_smooth();
   SVDQ_RETURN_IF_ERROR(
-      quantize_activations(layer.format, x, inv_s.data(), layer.act_tensor_scale, &qa));
+      quantize_activations(layer.format, x, inv_s.data(), layer.act_tensor_scale, &qa, layer.rotation));
   if (m_rows == 0) return Status::Ok();
 
   const std::vector<MatrixCM> wg = decode_weight_groups(layer);

@@ -237,6 +237,9 @@ Status validate(const QuantizedLinear& l) {
   if (l.storage != DType::kF16 && l.storage != DType::kBF16)
     return error(StatusCode::kErrorInvalidArgument, kFn, ": storage (", dtype_name(l.storage),
                  ") must be f16 or bf16");
+  if (l.rotation != Rotation::kNone && l.rotation != Rotation::kBlockHadamard)
+    return error(StatusCode::kErrorInvalidArgument, kFn, ": rotation (", static_cast<int>(l.rotation),
+                 ") is not none or block-hadamard");
   if (n <= 0 || k <= 0)
     return error(StatusCode::kErrorShape, kFn, ": in_features (", k, ") and out_features (", n,
                  ") must be > 0");
