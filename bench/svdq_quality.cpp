@@ -57,6 +57,9 @@ std::vector<Method> all_methods() {
       {"+rotate+clip-unw", [](QuantConfig c) { c.rotate = true; c.clip_search = true; c.clip_weighted = false; return c; }},
       {"plus-nosel+rot", [](QuantConfig c) { c = svdq::svdq_plus_config(c); c.selection.enabled = false; c.rotate = true; return c; }},
       {"plus+rotate", [](QuantConfig c) { c = svdq::svdq_plus_config(c); c.rotate = true; return c; }},
+      // The alternating whitened branch: L_k = whitened SVD_r(W_hat - Q(W_hat - L_{k-1})).
+      {"+whiten+refine", [](QuantConfig c) { c.whiten_lowrank = true; c.refine_iterations = 3; return c; }},
+      {"+rotate+whiten+refine", [](QuantConfig c) { c.rotate = true; c.whiten_lowrank = true; c.refine_iterations = 3; return c; }},
   };
 }
 
