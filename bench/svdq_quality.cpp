@@ -59,6 +59,7 @@ std::vector<Method> all_methods() {
       {"plus+rotate", [](QuantConfig c) { c = svdq::svdq_plus_config(c); c.rotate = true; return c; }},
       // The alternating whitened branch: L_k = whitened SVD_r(W_hat - Q(W_hat - L_{k-1})).
       {"+whiten+refine", [](QuantConfig c) { c.whiten_lowrank = true; c.refine_iterations = 3; return c; }},
+      {"plus+rot+whiten", [](QuantConfig c) { c = svdq::svdq_plus_config(c); c.rotate = true; c.whiten_lowrank = true; return c; }},
       {"+rotate+whiten+refine", [](QuantConfig c) { c.rotate = true; c.whiten_lowrank = true; c.refine_iterations = 3; return c; }},
   };
 }
