@@ -50,6 +50,17 @@ std::vector<Method> all_methods() {
       {"+t_act", [](QuantConfig c) { c.calibrate_act_tensor_scale = true; return c; }},
       {"svdq-plus", [](QuantConfig c) { return svdq::svdq_plus_config(c); }},
       {"plus+gptq", [](QuantConfig c) { c = svdq::svdq_plus_config(c); c.gptq.enabled = true; return c; }},
+      // Block-Hadamard rotation (qrot, issue 13 item 2): alone, with each start, and in svdq-plus.
+      {"df+rotate", [](QuantConfig c) { c.alpha = c.beta = 0.0f; c.rotate = true; return c; }},
+      {"+rotate", [](QuantConfig c) { c.rotate = true; return c; }},
+      {"+rotate+refine", [](QuantConfig c) { c.rotate = true; c.refine_iterations = 3; return c; }},
+      {"+rotate+clip-unw", [](QuantConfig c) { c.rotate = true; c.clip_search = true; c.clip_weighted = false; return c; }},
+      {"plus-nosel+rot", [](QuantConfig c) { c = svdq::svdq_plus_config(c); c.selection.enabled = false; c.rotate = true; return c; }},
+      {"plus+rotate", [](QuantConfig c) { c = svdq::svdq_plus_config(c); c.rotate = true; return c; }},
+      // The alternating whitened branch: L_k = whitened SVD_r(W_hat - Q(W_hat - L_{k-1})).
+      {"+whiten+refine", [](QuantConfig c) { c.whiten_lowrank = true; c.refine_iterations = 3; return c; }},
+      {"plus+rot+whiten", [](QuantConfig c) { c = svdq::svdq_plus_config(c); c.rotate = true; c.whiten_lowrank = true; return c; }},
+      {"+rotate+whiten+refine", [](QuantConfig c) { c.rotate = true; c.whiten_lowrank = true; c.refine_iterations = 3; return c; }},
   };
 }
 

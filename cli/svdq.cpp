@@ -217,6 +217,7 @@ struct QuantizeArgs {
   int rank = 32;
   int threads = 0;
   bool plus = false;
+  bool rotate = false;  // block-Hadamard rotation of the 4-bit path (CPU runtimes only for now)
 };
 
 // One weight to quantize: tensor "<layer>.weight" (or any matching name) and its optional bias.
@@ -424,6 +425,10 @@ int cmd_quantize(const QuantizeArgs& a) {
     } else if (a.plus) {
       cfg = svdq::svdq_plus_config(cfg);  // plan_jobs made sure the statistics hold rows
       method = "svdq-plus";
+    }
+    if (a.rotate) {
+      cfg.rotate = true;
+      method += "+rot";
     }
     // Sub-progress of the search and refinements (svdq-plus): "<layer> <step>/<steps> <what>".
     cfg.progress = [&](int done, int total, const std::string& what) {
@@ -659,6 +664,8 @@ int cmd_inspect(const std::string& path) {
                 (std::to_string(q->out_features) + "x" + std::to_string(q->in_features)).c_str(),
                 static_cast<long long>(q->size_bytes()), q->bits_per_weight(),
                 2.0 * static_cast<double>(weights) / static_cast<double>(q->size_bytes()));
+    if (q->rotation != svdq::Rotation::kNone)
+      std::printf("    rotation %s\n", svdq::rotation_name(q->rotation));
     print_recipe(q->info);
     if (q->act_unsigned)  // format 2.0 variants (docs/formats.md §6.1, §6.2)
       std::printf("    activations: unsigned 4-bit of (x + %g) / s (Nunchaku GELU-fed layer)\n",
@@ -913,6 +920,9 @@ int main(int argc, char** argv) {
                        "dtype of smooth, lora and bias: f16 or bf16 (default bf16; f16 for --layout "
                        "nunchaku --format int4)")
       ->check(CLI::IsMember({"f16", "bf16"}));
+  quantize->add_flag("--rotate", qa.rotate,
+                     "block-Hadamard rotation inside each quantization group (with --plus: compared "
+                     "with the unrotated recipes); the GPU kernels do not run rotated layers yet");
 
   std::vector<std::string> calib_inputs;
   std::string calib_out, calib_suffix = ".inputs";

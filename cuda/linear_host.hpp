@@ -37,6 +37,7 @@ struct LinearPlan {
   int rank = 0, group = 64;
   float t_act = 1.0f, t_prod = 1.0f;
   bool has_bias = false;
+  bool rotated = false;  // block-Hadamard layer: not implemented by the kernels yet (can_implement)
   GemmPath path = GemmPath::kDp4a;  // kernel 2 (the backend sets it from the device: use_gemm_path)
   std::vector<uint8_t> w_codes;   // dp4a: (N, K/2) canonical; mma: repack_codes_mma
   std::vector<uint8_t> w_scales;  // dp4a: (N, G) fp32 (exact decode); mma: repack_scales_mma
@@ -156,6 +157,7 @@ inline Result<LinearPlan> make_plan(const QuantizedLinear& q, DType act, const c
   p.t_act = q.format == Format::kNvfp4 ? q.act_tensor_scale : 1.0f;
   p.t_prod = q.act_tensor_scale * q.wtscale;
   p.has_bias = !q.bias.empty();
+  p.rotated = q.rotation != Rotation::kNone;
   const int64_t n = q.out_features, k = q.in_features, r = q.rank, groups = k / q.group;
   p.w_codes = q.qweight;
   p.w_scales.resize(static_cast<size_t>(n * groups) * 4);
@@ -188,6 +190,10 @@ inline void use_gemm_path(LinearPlan* p, GemmPath path) {
 
 inline Status can_implement(const LinearPlan* p, int64_t m, DType dtype, const char* fn) {
   if (p == nullptr) return Status(StatusCode::kErrorInvalidArgument, std::string(fn) + ": empty (moved-from) layer");
+  if (p->rotated)  // qrot (issue 13): the kernels do not rotate activations yet
+    return Status(StatusCode::kErrorNotSupported,
+                  std::string(fn) + ": the layer's rotation is block-hadamard; the GPU kernels "
+                                    "implement rotation none only (use CpuLinear or reference_forward)");
   if (m < 1 || m > kMaxGridX)
     return Status(StatusCode::kErrorShape, std::string(fn) + ": M (" + std::to_string(m) + ") must be in [1, 2^31)");
   if (dtype != p->act)

@@ -40,6 +40,10 @@ using OrderedJson = nlohmann::ordered_json;
 
 constexpr const char* kMetadataKey = "__metadata__";
 constexpr const char* kVersionKey = "svdq.version";
+// Layers with a block-Hadamard rotation need format 2.0 or later (readers of 1.x refuse them with
+// kErrorNotSupported); the newest major this svdq reads is SVDQ_CHECKPOINT_FORMAT_MAJOR.
+constexpr int kRotatedFormatMajor = 2;  // the first format version that holds a rotation
+static_assert(kRotatedFormatMajor <= SVDQ_CHECKPOINT_FORMAT_MAJOR);
 constexpr const char* kLayerKeyPrefix = "svdq.layer.";
 /// Largest in_features / out_features load_quantized accepts: keeps every size product in int64.
 constexpr int64_t kMaxFeatures = (int64_t{1} << 31) - 1;
@@ -780,7 +784,8 @@ Status add_quantized(SafetensorsWriter& writer, const std::string& layer,
     // A layer is written with the oldest format version that holds it: 2.0 only for the
     // Nunchaku variants (unsigned activations, per-channel wcscales), which a 1.x reader would
     // misread (it ignores unknown fields and tensors) and so must refuse.
-    const bool v2 = q.act_unsigned || !q.wcscales.empty();
+    // A rotated layer (issue 13) is 2.0 for the same reason: a 1.x reader would run it unrotated.
+    const bool v2 = q.act_unsigned || !q.wcscales.empty() || q.rotation != Rotation::kNone;
 
     const Json meta = {{"format", format_name(q.format)},
                        {"group_size", q.group},
@@ -799,6 +804,7 @@ Status add_quantized(SafetensorsWriter& writer, const std::string& layer,
                        {"format_version", v2 ? "2.0" : "1.0"}};
     // Provenance of the recipe (issue 13): how the layer was made, read back by load_quantized.
     Json m = meta;
+    if (q.rotation != Rotation::kNone) m["rotation"] = rotation_name(q.rotation);
     m["recipe"] = q.info.recipe;
     m["score"] = q.info.score;
     m["candidates_scored"] = q.info.candidates_scored;
@@ -906,6 +912,20 @@ Status parse_layer_metadata(const std::string& where, const std::string& text, Q
                    " is newer than this svdq ", version_string(), " reads (",
                    SVDQ_CHECKPOINT_FORMAT_MAJOR, ".x); upgrade svdq to load it");
     *format_major = major;
+    // "rotation" (format 2.0): absent or "none" = no rotation.
+    std::string rot = "none";
+    SVDQ_RETURN_IF_ERROR(get_string("rotation", false, &rot));
+    if (rot == "none") {
+      q->rotation = Rotation::kNone;
+    } else if (rot == "block-hadamard") {
+      q->rotation = Rotation::kBlockHadamard;
+    } else {
+      return error(kBad, where, ": metadata \"rotation\" (", quote(rot),
+                   ") must be \"none\" or \"block-hadamard\"");
+    }
+    if (q->rotation != Rotation::kNone && major < kRotatedFormatMajor)
+      return error(kBad, where, ": metadata \"rotation\" (", quote(rot),
+                   ") needs format_version >= ", kRotatedFormatMajor, ".0, the file says ", fv);
   }
   std::string format, storage, svd = "randomized";
   SVDQ_RETURN_IF_ERROR(get_string("format", true, &format));

@@ -31,6 +31,7 @@ struct CpuLinear::Impl {
   bool act_unsigned = false;   // unsigned int4 codes of (x + shift) / s
   float shift = 0.0f;
   std::vector<float> wc;       // [N] nvfp4 per-channel c_n, or empty
+  bool rotate = false;         // block-Hadamard rotation of each smoothed group (formats.hpp)
   std::vector<float> inv_s;    // [K]
   std::vector<int8_t> wq;      // [K][N]
   std::vector<float> sw;       // [groups][N]
@@ -93,6 +94,7 @@ void quantize_row(const CpuLinear::Impl& p, ConstMatrixRef x, int64_t i, const W
       xh[e] = p.act_unsigned ? (load_elem(x, i, kk) + p.shift) * p.inv_s[kk]
                              : load_elem(x, i, kk) * p.inv_s[kk];
     }
+    if (p.rotate) hadamard_transform(xh, gs);  // never with act_unsigned (validate)
     if (p.act_unsigned) {
       uint8_t sb[4];
       detail::quantize_act_group_uint4(xh, gs, codes, sb);
@@ -238,6 +240,7 @@ Result<CpuLinear> CpuLinear::create(const QuantizedLinear& q) {
   p->groups = p->k / p->gs;
   p->t_act = q.act_tensor_scale;
   p->t_prod = q.act_tensor_scale * q.wtscale;
+  p->rotate = q.rotation == Rotation::kBlockHadamard;
   p->inv_s = q.inverse_smooth();
   p->act_unsigned = q.act_unsigned;
   p->shift = q.act_shift;

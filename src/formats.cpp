@@ -130,6 +130,32 @@ void unpack_nibbles(const uint8_t* packed, int64_t n, uint8_t* codes) noexcept {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Block-Hadamard rotation (formats.hpp): the butterfly in the contract's fixed fp32 order.
+
+const char* rotation_name(Rotation r) noexcept {
+  switch (r) {
+    case Rotation::kNone: return "none";
+    case Rotation::kBlockHadamard: return "block-hadamard";
+  }
+  return "unknown rotation";
+}
+
+void hadamard_transform(float* v, int n) noexcept {
+  int log2n = 0;
+  while ((1 << log2n) < n) ++log2n;
+  if (n < 1 || (1 << log2n) != n || (log2n & 1) != 0) return;  // not a power of 4
+  for (int h = 1; h < n; h <<= 1)
+    for (int i = 0; i < n; ++i)
+      if ((i & h) == 0) {
+        const float a = v[i], b = v[i + h];
+        v[i] = a + b;
+        v[i + h] = a - b;
+      }
+  const float c = 1.0f / static_cast<float>(1 << (log2n / 2));  // 1/sqrt(n), a power of two
+  for (int i = 0; i < n; ++i) v[i] = v[i] * c;
+}
+
+// ---------------------------------------------------------------------------------------------
 // The activation-quantization contract.
 
 float QuantizedActivations::scale(int64_t m, int64_t g) const noexcept {
@@ -217,7 +243,7 @@ void quantize_act_group_nvfp4(const float* xh, int gs, float t_act, uint8_t* cod
 namespace {
 
 Status quantize_activations_impl(Format format, ConstMatrixRef x, const float* inv_smooth,
-                                 float tensor_scale, QuantizedActivations* out,
+                                 float tensor_scale, QuantizedActivations* out, Rotation rotation,
                                  bool uns = false, float shift = 0.0f) {
   const char* kFn = uns ? "quantize_activations_unsigned" : "quantize_activations";
   if (uns && !std::isfinite(shift))
@@ -232,6 +258,9 @@ Status quantize_activations_impl(Format format, ConstMatrixRef x, const float* i
   if (x.cols % gs != 0)
     return detail::error(StatusCode::kErrorShape, kFn, ": x.cols (", x.cols,
                          ") must be a multiple of the ", format_name(format), " group size ", gs);
+  if (rotation != Rotation::kNone && rotation != Rotation::kBlockHadamard)
+    return detail::error(StatusCode::kErrorInvalidArgument, kFn, ": rotation (",
+                         static_cast<int>(rotation), ") is not none or block-hadamard");
   if (format == Format::kNvfp4 && !(std::isfinite(tensor_scale) && tensor_scale > 0.0f))
     return detail::error(StatusCode::kErrorInvalidArgument, kFn, ": tensor_scale (",
                          tensor_scale, ") must be finite and > 0");
@@ -255,6 +284,8 @@ Status quantize_activations_impl(Format format, ConstMatrixRef x, const float* i
       for (int64_t j = 0; j < k; ++j) xh[j] = xh[j] + shift;
     if (inv_smooth != nullptr)
       for (int64_t j = 0; j < k; ++j) xh[j] = xh[j] * inv_smooth[j];
+    if (rotation == Rotation::kBlockHadamard)
+      for (int64_t g = 0; g < groups; ++g) hadamard_transform(xh.data() + g * gs, gs);
     uint8_t* srow = out->scales.data() + m * groups * scale_bytes;
     for (int64_t g = 0; g < groups; ++g) {
       if (uns)
@@ -274,16 +305,16 @@ Status quantize_activations_impl(Format format, ConstMatrixRef x, const float* i
 }  // namespace
 
 Status quantize_activations(Format format, ConstMatrixRef x, const float* inv_smooth,
-                            float tensor_scale, QuantizedActivations* out) {
+                            float tensor_scale, QuantizedActivations* out, Rotation rotation) {
   return detail::guard_allocation<Status>("quantize_activations", [&] {
-    return quantize_activations_impl(format, x, inv_smooth, tensor_scale, out);
+    return quantize_activations_impl(format, x, inv_smooth, tensor_scale, out, rotation);
   });
 }
 
 Status quantize_activations_unsigned(ConstMatrixRef x, const float* inv_smooth, float shift,
                                      QuantizedActivations* out) {
   return detail::guard_allocation<Status>("quantize_activations_unsigned", [&] {
-    return quantize_activations_impl(Format::kInt4, x, inv_smooth, 1.0f, out, true, shift);
+    return quantize_activations_impl(Format::kInt4, x, inv_smooth, 1.0f, out, Rotation::kNone, true, shift);
   });
 }
 

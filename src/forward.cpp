@@ -70,11 +70,11 @@ Status reference_forward_impl(const QuantizedLinear& layer, ConstMatrixRef x, Ma
   QuantizedActivations local;
   QuantizedActivations& qa = act != nullptr ? *act : local;
   const std::vector<float> inv_s = layer.inverse_smooth();
-  if (layer.act_unsigned)
+  if (layer.act_unsigned)  // validate() refuses unsigned activations with a rotation
     SVDQ_RETURN_IF_ERROR(quantize_activations_unsigned(x, inv_s.data(), layer.act_shift, &qa));
   else
-    SVDQ_RETURN_IF_ERROR(
-        quantize_activations(layer.format, x, inv_s.data(), layer.act_tensor_scale, &qa));
+    SVDQ_RETURN_IF_ERROR(quantize_activations(layer.format, x, inv_s.data(), layer.act_tensor_scale,
+                                              &qa, layer.rotation));
   if (m_rows == 0) return Status::Ok();
 
   const std::vector<MatrixCM> wg = decode_weight_groups(layer);

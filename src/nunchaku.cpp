@@ -471,6 +471,9 @@ Status add_nunchaku(SafetensorsWriter& writer, const std::string& layer, const Q
   const DType t = q.storage;
   const uint16_t one = float_to_bits16(1.0f, t);
   const bool v2 = options.names == NunchakuNames::kV2;
+  if (q.rotation != Rotation::kNone)
+    return error(StatusCode::kErrorNotSupported, where, ": rotation = ", rotation_name(q.rotation),
+                 "; Nunchaku's kernels do not rotate activations (needs none)");
   if (q.format == Format::kNvfp4 && q.act_tensor_scale != 1.0f)
     return error(StatusCode::kErrorInvalidArgument, where, ": act_tensor_scale = ",
                  q.act_tensor_scale, "; Nunchaku has no static activation tensor scale (needs 1)");

@@ -50,9 +50,11 @@ struct Plan {
   int refine = 0;
   bool clip = false, clip_weighted = true;
   bool gptq = false, whiten = false;
+  bool rotate = false;  // block-Hadamard rotation of the 4-bit path
   bool same_as(const Plan& o) const {
     return alpha == o.alpha && beta == o.beta && refine == o.refine && clip == o.clip &&
-           (!clip || clip_weighted == o.clip_weighted) && gptq == o.gptq && whiten == o.whiten;
+           (!clip || clip_weighted == o.clip_weighted) && gptq == o.gptq && whiten == o.whiten &&
+           rotate == o.rotate;
   }
 };
 
@@ -66,8 +68,25 @@ struct Candidate {
   std::vector<uint16_t> lora_up;    // (N, r) bits
   std::vector<uint16_t> lora_down;  // (K, r) bits
   MatrixRM residual;                // (N, K) W_hat - up (s . lora_down)^T
+  bool rotate = false;              // the 4-bit path is rotated: Q(residual H) is what is stored
   double score = INFINITY;
 };
+
+// Block-Hadamard rotation (formats.hpp) of every group of every row of m, in place.
+void rotate_groups(MatrixRM* m, int gs) {
+  const int64_t rows = m->rows(), cols = m->cols();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t g = 0; g < cols / gs; ++g) hadamard_transform(m->row(i).data() + g * gs, gs);
+}
+
+// What the 4-bit path quantizes for candidate c: m itself, or m rotated when c rotates. The
+// rotation is its own inverse, so the same call maps a dequantized rotated residual back.
+MatrixRM rotated_if(const Candidate& c, const MatrixRM& m, Format f) {
+  MatrixRM out = m;
+  if (c.rotate) rotate_groups(&out, group_size(f));
+  return out;
+}
 
 bool needs_rows(const QuantConfig& c) {
   return c.selection.enabled || c.smooth_search.enabled || c.refine_iterations > 0 || c.whiten_lowrank || c.gptq.enabled;
@@ -117,6 +136,10 @@ Status check_config(const QuantConfig& c, int64_t n, int64_t k) {
     return error(StatusCode::kErrorInvalidArgument, kFn,
                  ": config.gptq.damp and config.whiten_damp must be in (0, 1) and "
                  "config.gptq.block > 0");
+  if (c.rotate && c.gptq.enabled)
+    return error(StatusCode::kErrorNotSupported, kFn,
+                 ": config.rotate with config.gptq.enabled is not implemented (GPTQ's Hessian "
+                 "would have to be rotated too); use one of them");
   if (c.selection.holdout_stride < 2 || c.selection.holdout_stride > 1024)
     return error(StatusCode::kErrorInvalidArgument, kFn, ": config.selection.holdout_stride (",
                  c.selection.holdout_stride, ") must be in [2, 1024]");
@@ -229,6 +252,14 @@ struct ResidualOptions {
 ResidualOptions residual_options(const Problem& p, const Candidate& c, bool with_hessian) {
   ResidualOptions o;
   if (p.gram_diag.size() == 0) return o;
+  if (c.rotate) {
+    // diag of the rotated Hessian H^T Xh^T Xh H: sums of squares of the rotated smoothed rows
+    // (GPTQ is not combined with rotation, so the full matrix is never needed here).
+    MatrixRM xr = p.x * c.s.cwiseInverse().asDiagonal();
+    rotate_groups(&xr, group_size(p.cfg.format));
+    o.h_diag = xr.cast<double>().colwise().squaredNorm().transpose();
+    return o;
+  }
   const Eigen::VectorXd inv_s = c.s.cast<double>().cwiseInverse();
   o.h_diag = p.gram_diag.cwiseProduct(inv_s).cwiseProduct(inv_s);
   if (with_hessian && p.gram.size() > 0) o.hessian = inv_s.asDiagonal() * p.gram * inv_s.asDiagonal();
@@ -258,8 +289,9 @@ double score(const Problem& p, const Candidate& c, const detail::QuantizedWeight
   std::vector<float> inv_s(static_cast<size_t>(p.k));
   for (int64_t j = 0; j < p.k; ++j) inv_s[j] = 1.0f / c.s[j];
   QuantizedActivations qa;
-  const Status st = quantize_activations(
-      f, MatrixView<const float>(x.data(), s_rows, p.k), inv_s.data(), c.t_act, &qa);
+  const Status st = quantize_activations(f, MatrixView<const float>(x.data(), s_rows, p.k),
+                                         inv_s.data(), c.t_act, &qa,
+                                         c.rotate ? Rotation::kBlockHadamard : Rotation::kNone);
   if (!st.ok()) return INFINITY;
   MatrixRM a(s_rows, p.k);
   const int gs = group_size(f);
@@ -295,9 +327,10 @@ MatrixRM scored_rows(const Problem& p, const MatrixRM& m) {
 // on the fitting rows or (hold) the held-out rows.
 Result<double> score_rtn(const Problem& p, const Plan& plan, const Candidate& c, bool hold = false) {
   const ResidualOptions ro = residual_options(p, c, false);
-  const float t = p.cfg.format == Format::kNvfp4 ? detail::nvfp4_tensor_scale(c.residual) : 1.0f;
+  const MatrixRM rq = rotated_if(c, c.residual, p.cfg.format);
+  const float t = p.cfg.format == Format::kNvfp4 ? detail::nvfp4_tensor_scale(rq) : 1.0f;
   Result<detail::QuantizedWeight> q = detail::quantize_weight(
-      scored_rows(p, c.residual), p.cfg.format, t, weight_options(p, plan, ro, false));
+      scored_rows(p, rq), p.cfg.format, t, weight_options(p, plan, ro, false));
   if (!q.ok()) return q.status();
   return hold ? score(p, c, *q, p.x_hold, p.y_hold) : score(p, c, *q);
 }
@@ -417,6 +450,7 @@ Status build(const Problem& p, const Plan& plan, const std::vector<std::pair<flo
   Candidate& best = out->c;
   for (size_t i = 0; i < cands.size(); ++i) {
     Candidate c;
+    c.rotate = plan.rotate;
     set_smoothing(p, cands[i].first, cands[i].second, &c);
     SVDQ_RETURN_IF_ERROR(set_branch(p, plan.whiten, c.w_hat, &c));
     if (score_all && can_score) {
@@ -435,11 +469,14 @@ Status build(const Problem& p, const Plan& plan, const std::vector<std::pair<flo
   if (config.rank > 0 && plan.refine > 0 && can_score) {
     const ResidualOptions ro = residual_options(p, best, false);
     for (int it = 1; it <= plan.refine; ++it) {
-      const float t = config.format == Format::kNvfp4 ? detail::nvfp4_tensor_scale(best.residual) : 1.0f;
+      const MatrixRM rq = rotated_if(best, best.residual, config.format);
+      const float t = config.format == Format::kNvfp4 ? detail::nvfp4_tensor_scale(rq) : 1.0f;
       Result<detail::QuantizedWeight> q =
-          detail::quantize_weight(best.residual, config.format, t, weight_options(p, plan, ro, false));
+          detail::quantize_weight(rq, config.format, t, weight_options(p, plan, ro, false));
       if (!q.ok()) return q.status();
-      const MatrixRM target = best.w_hat - detail::dequantize(*q, config.format, n, k);
+      // Q(R) in the unrotated space: the rotation is its own inverse.
+      const MatrixRM target =
+          best.w_hat - rotated_if(best, detail::dequantize(*q, config.format, n, k), config.format);
       // The new branch replaces best's in place (smoothing and W_hat stay); the old one is kept
       // aside and put back if the iterate does not score better.
       std::vector<uint16_t> prev_up = std::move(best.lora_up), prev_down = std::move(best.lora_down);
@@ -483,9 +520,10 @@ Status build(const Problem& p, const Plan& plan, const std::vector<std::pair<flo
 // Output MSE of a built plan on the held-out rows (the fitting rows when none are held out).
 Result<double> holdout_score(const Problem& p, const Plan& plan, const Built& b) {
   const ResidualOptions ro = residual_options(p, b.c, b.use_gptq);
-  const float t = p.cfg.format == Format::kNvfp4 ? detail::nvfp4_tensor_scale(b.c.residual) : 1.0f;
+  const MatrixRM rq = rotated_if(b.c, b.c.residual, p.cfg.format);
+  const float t = p.cfg.format == Format::kNvfp4 ? detail::nvfp4_tensor_scale(rq) : 1.0f;
   Result<detail::QuantizedWeight> q = detail::quantize_weight(
-      scored_rows(p, b.c.residual), p.cfg.format, t, weight_options(p, plan, ro, b.use_gptq));
+      scored_rows(p, rq), p.cfg.format, t, weight_options(p, plan, ro, b.use_gptq));
   if (!q.ok()) return q.status();
   return p.x_hold.rows() > 0 ? score(p, b.c, *q, p.x_hold, p.y_hold) : score(p, b.c, *q);
 }
@@ -496,6 +534,7 @@ std::string config_recipe_name(const QuantConfig& c) {
                      : (c.alpha == 0.0f && c.beta == 0.0f) ? "data-free"
                                                              : "svdquant";
   if (c.rank == 0) name += "(rank 0)";
+  if (c.rotate) name += "+rotate";
   if (c.refine_iterations > 0 && c.rank > 0) name += "+refine";
   if (c.whiten_lowrank) name += "+whiten";
   if (c.clip_search) name += c.clip_weighted ? "+clip" : "+clip-unweighted";
@@ -575,6 +614,7 @@ Result<QuantizedLinear> quantize_linear_impl(ConstMatrixRef W, ConstMatrixRef bi
   full.clip_weighted = config.clip_weighted;
   full.gptq = config.gptq.enabled;
   full.whiten = config.whiten_lowrank;
+  full.rotate = config.rotate;
   std::vector<std::pair<float, float>> cands = {{config.alpha, config.beta}};
   if (search) cands = config.smooth_search.candidates.empty() ? default_candidates()
                                                               : config.smooth_search.candidates;
@@ -587,30 +627,36 @@ Result<QuantizedLinear> quantize_linear_impl(ConstMatrixRef W, ConstMatrixRef bi
     SVDQ_RETURN_IF_ERROR(build(p, full, cands, score_all, 0, &chosen));
   } else {
     // 1. The smoothing search on the fitting rows, once: its pick is the "search" part.
-    float sa = config.alpha, sb = config.beta;
+    // With config.rotate the search runs twice, unrotated and rotated: each plan starts from the
+    // pick made with its own 4-bit path.
+    float sa = config.alpha, sb = config.beta, sa_rot = sa, sb_rot = sb;
     int scored = 0;
     if (search) {
-      Built s;
-      Plan probe = full;
-      probe.refine = 0;
-      probe.gptq = false;
-      SVDQ_RETURN_IF_ERROR(build(p, probe, cands, true, 0, &s));
-      sa = s.c.alpha;
-      sb = s.c.beta;
-      scored = s.scored;
+      for (int rot = 0; rot < (config.rotate ? 2 : 1); ++rot) {
+        Built s;
+        Plan probe = full;
+        probe.refine = 0;
+        probe.gptq = false;
+        probe.rotate = rot == 1;
+        SVDQ_RETURN_IF_ERROR(build(p, probe, cands, true, 0, &s));
+        (rot == 1 ? sa_rot : sa) = s.c.alpha;
+        (rot == 1 ? sb_rot : sb) = s.c.beta;
+        scored += s.scored;
+      }
     }
     // 2. The plans, simplest first (ties keep the simpler): data-free, plain, each option alone,
     // then combinations; a plan equal to an earlier one is skipped.
     std::vector<Plan> plans;
     auto add = [&](Plan pl, bool from_search) {
       if (from_search) {
-        pl.alpha = sa;
-        pl.beta = sb;
+        pl.alpha = pl.rotate ? sa_rot : sa;
+        pl.beta = pl.rotate ? sb_rot : sb;
       }
       std::string name = from_search ? "search" : (pl.alpha == 0.0f && pl.beta == 0.0f &&
                                                    !(config.alpha == 0.0f && config.beta == 0.0f))
                                                       ? "data-free"
                                                       : "svdquant";
+      if (pl.rotate) name += "+rotate";
       if (pl.refine > 0) name += "+refine";
       if (pl.whiten) name += "+whiten";
       if (pl.clip) name += pl.clip_weighted ? "+clip" : "+clip-unweighted";
@@ -628,6 +674,13 @@ Result<QuantizedLinear> quantize_linear_impl(ConstMatrixRef W, ConstMatrixRef bi
     add(df, false);
     add(plain, false);
     if (search) add(plain, true);
+    if (config.rotate) {  // rotation alone, from each smoothing start
+      Plan d = df, pl = plain;
+      d.rotate = pl.rotate = true;
+      add(d, false);
+      add(pl, false);
+      if (search) add(pl, true);
+    }
     if (full.refine > 0) {
       Plan pl = plain;
       pl.refine = full.refine;
@@ -655,17 +708,20 @@ Result<QuantizedLinear> quantize_linear_impl(ConstMatrixRef W, ConstMatrixRef bi
       pl.gptq = true;
       add(pl, false);
     }
-    // Combinations: every option on, from each smoothing start, clipping weighted or not.
-    for (int start = 0; start < 3; ++start) {
-      if (start == 2 && !search) continue;
-      Plan pl = full;
-      pl.alpha = start == 0 ? 0.0f : config.alpha;
-      pl.beta = start == 0 ? 0.0f : config.beta;
-      for (int w = 0; w < (full.clip ? 2 : 1); ++w) {
-        pl.clip_weighted = full.clip ? w == 0 : full.clip_weighted;
-        add(pl, start == 2);
+    // Combinations: every option on, from each smoothing start, clipping weighted or not
+    // (with config.rotate: unrotated, then rotated).
+    for (int rot = 0; rot < (config.rotate ? 2 : 1); ++rot)
+      for (int start = 0; start < 3; ++start) {
+        if (start == 2 && !search) continue;
+        Plan pl = full;
+        pl.rotate = rot == 1;
+        pl.alpha = start == 0 ? 0.0f : config.alpha;
+        pl.beta = start == 0 ? 0.0f : config.beta;
+        for (int w = 0; w < (full.clip ? 2 : 1); ++w) {
+          pl.clip_weighted = full.clip ? w == 0 : full.clip_weighted;
+          add(pl, start == 2);
+        }
       }
-    }
     // 3. Each plan built on the fitting rows, scored on the held-out ones (or, with too few
     // sampled rows to split, on the same rows: said in the notes).
     const bool held = p.x_hold.rows() > 0;
@@ -698,9 +754,10 @@ Result<QuantizedLinear> quantize_linear_impl(ConstMatrixRef W, ConstMatrixRef bi
   // The chosen residual, quantized: GPTQ when the build kept it, else round-to-nearest.
   const bool use_gptq = chosen.use_gptq;
   const ResidualOptions ro = residual_options(p, chosen.c, use_gptq);
-  const float t_w = config.format == Format::kNvfp4 ? detail::nvfp4_tensor_scale(chosen.c.residual) : 1.0f;
+  const MatrixRM rq = rotated_if(chosen.c, chosen.c.residual, config.format);
+  const float t_w = config.format == Format::kNvfp4 ? detail::nvfp4_tensor_scale(rq) : 1.0f;
   Result<detail::QuantizedWeight> qw = detail::quantize_weight(
-      chosen.c.residual, config.format, t_w, weight_options(p, chosen_plan, ro, use_gptq));
+      rq, config.format, t_w, weight_options(p, chosen_plan, ro, use_gptq));
   if (!qw.ok()) return qw.status();
   if (config.progress) config.progress(1, 1, "residual quantized");
 
@@ -719,6 +776,7 @@ Result<QuantizedLinear> quantize_linear_impl(ConstMatrixRef W, ConstMatrixRef bi
   out.wscales = std::move(qw->scales);
   out.wtscale = qw->tensor_scale;
   out.act_tensor_scale = config.format == Format::kNvfp4 ? best.t_act : 1.0f;
+  out.rotation = best.rotate ? Rotation::kBlockHadamard : Rotation::kNone;
   if (has_bias) {
     out.bias.resize(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) out.bias[i] = float_to_bits16(b(0, i), config.storage);

@@ -239,6 +239,9 @@ Status validate(const QuantizedLinear& l) {
   if (l.storage != DType::kF16 && l.storage != DType::kBF16)
     return error(StatusCode::kErrorInvalidArgument, kFn, ": storage (", dtype_name(l.storage),
                  ") must be f16 or bf16");
+  if (l.rotation != Rotation::kNone && l.rotation != Rotation::kBlockHadamard)
+    return error(StatusCode::kErrorInvalidArgument, kFn, ": rotation (", static_cast<int>(l.rotation),
+                 ") is not none or block-hadamard");
   if (n <= 0 || k <= 0)
     return error(StatusCode::kErrorShape, kFn, ": in_features (", k, ") and out_features (", n,
                  ") must be > 0");
@@ -307,6 +310,9 @@ Status validate(const QuantizedLinear& l) {
   if (l.act_unsigned && l.format != Format::kInt4)
     return error(StatusCode::kErrorInvalidArgument, kFn,
                  ": act_unsigned is defined for int4 only (unsigned activation codes 0..15)");
+  if (l.act_unsigned && l.rotation != Rotation::kNone)
+    return error(StatusCode::kErrorInvalidArgument, kFn,
+                 ": act_unsigned cannot be combined with a rotation (a rotated group is signed)");
   if (!std::isfinite(l.act_shift))
     return error(StatusCode::kErrorNonFinite, kFn, ": act_shift (", l.act_shift, ") must be finite");
   if (l.act_shift != 0.0f && !l.act_unsigned)
@@ -351,6 +357,9 @@ Result<QuantizedLinear> to_unsigned_activations(const QuantizedLinear& q, float 
                  "; unsigned activations are defined for int4 only");
   if (q.act_unsigned)
     return error(StatusCode::kErrorInvalidArgument, kFn, ": the layer is already act_unsigned");
+  if (q.rotation != Rotation::kNone)
+    return error(StatusCode::kErrorInvalidArgument, kFn,
+                 ": the layer is rotated; unsigned activations are defined for unrotated layers only");
   if (!(std::isfinite(shift) && shift > 0.0f))
     return error(StatusCode::kErrorInvalidArgument, kFn, ": shift (", shift,
                  ") must be finite and > 0");

@@ -32,6 +32,13 @@ else
   ! grep -q "MLP block" gpu.log
 fi
 "$engine" run --model model.safetensors --quantized q_free.safetensors --budget 0.25
+# Block-Hadamard rotation (docs/formats.md 6.3): written as format 2.0, shown by inspect, run by
+# the engine's prepared CPU layers.
+"$svdq" quantize model.safetensors -o q_rot.safetensors --calib calib.safetensors --exclude '^embed' \
+        --rotate | tee rot.log
+grep -q "svdquant+rot" rot.log
+"$svdq" inspect q_rot.safetensors | grep -q "    rotation block-hadamard"
+"$engine" run --model model.safetensors --quantized q_rot.safetensors --budget 0.08
 
 # Errors are clear and exit non-zero: a missing file, a file that is not safetensors, a shape
 # that no group divides (skipped with a reason), an unknown format.

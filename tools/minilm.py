@@ -242,6 +242,8 @@ class QuantLayer:
 
     def __init__(self, t, meta, name, fallback_bias=None):
         f32, m = np.float32, json.loads(meta["svdq.layer." + name])
+        if m.get("rotation", "none") != "none":  # docs/formats.md 6.3: not simulated here
+            raise SystemExit(f"layer {name}: rotation {m['rotation']!r} is not simulated by minilm.py")
         self.fmt, self.group, self.rank = m["format"], m["group_size"], m["rank"]
         self.values = INT4 if self.fmt == "int4" else E2M1
         self.qw = self.values[unpack(t[name + ".qweight"])]

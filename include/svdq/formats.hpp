@@ -108,11 +108,39 @@ struct QuantizedActivations {
   }
 };
 
+// Block-Hadamard rotation of the 4-bit path (docs/formats.md, "Block-Hadamard rotation"). With
+// Rotation::kBlockHadamard each group of xh is rotated in place right after smoothing and before
+// the group's absmax:
+//
+//   for h = 1, 2, 4, ..., G/2 (log2 G stages, in this order):
+//     for every i in [0, G) with (i & h) == 0:  a = v[i]; b = v[i + h]; v[i] = a + b; v[i + h] = a - b
+//   v[i] = v[i] * c for every i, c = 1/sqrt(G) = 0.125f (int4, G = 64) or 0.25f (nvfp4, G = 16)
+//
+// every add, subtract and multiply one IEEE fp32 operation (c is a power of two: the multiply is
+// exact unless the result is subnormal). This is v <- v H_G with H_G the normalised Sylvester
+// Walsh-Hadamard matrix, H_G[i][j] = (-1)^popcount(i & j) / sqrt(G): symmetric and orthogonal,
+// so H_G^-1 = H_G. The stored weight residual is rotated the same way (R H per group), so
+// Q(xh H) Q(R H)^T ~ xh R^T; the low-rank branch still reads the raw, unrotated x.
+
+/// Rotation of the 4-bit path of a layer.
+enum class Rotation : uint8_t {
+  kNone = 0,           ///< no rotation (every layer before rotation existed)
+  kBlockHadamard = 1,  ///< normalised Walsh-Hadamard inside each quantization group
+};
+/// "none" or "block-hadamard".
+const char* rotation_name(Rotation r) noexcept;
+/// The contract's butterfly above on n floats in place; n must be a power of 4 (16 and 64 are
+/// the group sizes), else v is left unchanged.
+void hadamard_transform(float* v, int n) noexcept;
+
 /// Quantizes x (M x K, fp32/fp16/bf16) by the contract above. inv_smooth: K floats (1/s_k), or
 /// null for no smoothing. tensor_scale: t_act for nvfp4 (must be finite and > 0; ignored for int4).
 /// Errors: null out or x.data, K not a multiple of the group, ld < cols, bad tensor_scale.
+/// rotation: kBlockHadamard rotates each smoothed group (above) before quantizing it; the codes
+/// and scales are then those of the rotated values.
 Status quantize_activations(Format format, ConstMatrixRef x, const float* inv_smooth,
-                            float tensor_scale, QuantizedActivations* out);
+                            float tensor_scale, QuantizedActivations* out,
+                            Rotation rotation = Rotation::kNone);
 
 /// The unsigned int4 variant (QuantizedLinear::act_unsigned, docs/formats.md "Variants"): per
 /// token row, per group of 64, in IEEE fp32:

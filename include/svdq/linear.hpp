@@ -9,6 +9,7 @@
 //   Q(R)                                         (int4 group 64 or nvfp4 group 16)
 // Runtime (reference_forward, the GPU kernels):
 //   y = Q(x diag(1/s)) Q(R)^T + (x lora_down) lora_up^T + b
+//   (rotated layers: y = Q(x diag(1/s) H) Q(R H)^T + ..., H block-diagonal Walsh-Hadamard per group)
 // with lora_down = diag(1/s) V_r (K x r) reading the RAW x and lora_up = U_r Sigma_r (N x r),
 // Nunchaku's conventions (proj_down, proj_up).
 #pragma once
@@ -105,6 +106,13 @@ struct QuantConfig {
     bool enabled = false;
     int holdout_stride = 4;  ///< >= 2: rows i with i % stride == stride - 1 are held out
   } selection;
+  /// Block-Hadamard rotation of the 4-bit path (docs/formats.md): the residual is rotated by the
+  /// normalised Walsh-Hadamard matrix inside each quantization group before it is quantized, and
+  /// the runtime rotates the smoothed activations the same way. Spreads spiky channels over their
+  /// group. The layer gets rotation = kBlockHadamard (checkpoint format 2.0; the GPU kernels do
+  /// not implement it yet). With selection, rotated and unrotated recipes are both compared.
+  /// Not combined with GPTQ (kErrorNotSupported).
+  bool rotate = false;
   /// Called after each search step (optional).
   ProgressFn progress;
 };
@@ -144,6 +152,9 @@ struct QuantizedLinear {
   float wtscale = 1.0f;             ///< nvfp4 weight tensor scale t_w (1 for int4)
   float act_tensor_scale = 1.0f;    ///< nvfp4 static t_act (1 = dynamic per group only)
   std::vector<uint16_t> bias;       ///< [N], or empty for no bias
+  /// kBlockHadamard: qweight holds Q(R H) and the runtime rotates each smoothed activation group
+  /// before quantizing it (docs/formats.md, "Block-Hadamard rotation").
+  Rotation rotation = Rotation::kNone;
 
   // --- Nunchaku-compatible variants (docs/formats.md "Variants"; checkpoint format 2.0) ---
   /// int4 only: quantize the activations as UNSIGNED 4-bit codes 0..15 (absmax / 15) of
