@@ -42,7 +42,7 @@
 //   * the activations keep kernel 1's canonical layout, which is not 16-byte addressable in general
 //     (nvfp4 rows are K/2 bytes, a multiple of 8 only), and cp.async here has 16-byte copies only
 //     (cuda/arch/cp_async.cuh), so A could not be staged by cp.async for every shape anyway;
-//   * the per-stage state is small (int4: 22 registers; nvfp4: 26), so two buffers fit well inside
+//   * the per-stage state is small (int4: 18 registers; nvfp4: 22), so two buffers fit well inside
 //     the register budget of 256 threads per CTA (docs/gpu.md: registers, no spills).
 // Not measured (no GPU in the sessions that wrote this): a deeper pipeline (kStages 3) or a
 // cp.async variant may win on a device; kStages is the one constant to change.
@@ -97,7 +97,7 @@ struct MmaStage {
 /// Loads stage kt (nothing and zeros when !pred or past M / K: their results are never stored and
 /// padded groups are never promoted).
 template <int kKind>
-__device__ __forceinline__ void load_stage(const GemmParams& p, int64_t kt, bool pred, int64_t row0, int64_t kt_count,
+__device__ __forceinline__ void load_stage(const GemmParams& p, int64_t kt, bool pred, int64_t row0,
                                            const uint8_t* w_tile, const uint8_t* ws_tile, int lane, MmaStage& s) {
   const int tig = lane & 3;
   const int64_t groups = p.k / (kKind == 0 ? 64 : 16);
@@ -138,7 +138,6 @@ __device__ __forceinline__ void load_stage(const GemmParams& p, int64_t kt, bool
       s.sx[rh] = sx;
     }
   }
-  (void)kt_count;
 }
 
 /// The exact group sums of one stage, promoted into acc in group order.
@@ -291,14 +290,14 @@ __global__ void __launch_bounds__(kGemmThreads) gemm_w4a4_mma_kernel(GemmParams 
 
   MmaStage st[kStages];
 #pragma unroll
-  for (int k = 0; k < kStages - 1; ++k) load_stage<kKind>(p, k, k < kts, row0, kts, w_tile, ws_tile, lane, st[k]);
+  for (int k = 0; k < kStages - 1; ++k) load_stage<kKind>(p, k, k < kts, row0, w_tile, ws_tile, lane, st[k]);
   for (int64_t k1 = 0; k1 < kts; k1 += kStages) {
 #pragma unroll
     for (int k2 = 0; k2 < kStages; ++k2) {
       // Issue the loads of stage k1 + k2 + kStages - 1, then the mma of stage k1 + k2 (compile-
       // time buffer indices after unrolling: the stages stay in registers).
       const int64_t next = k1 + k2 + kStages - 1;
-      load_stage<kKind>(p, next, next < kts, row0, kts, w_tile, ws_tile, lane, st[(k2 + kStages - 1) % kStages]);
+      load_stage<kKind>(p, next, next < kts, row0, w_tile, ws_tile, lane, st[(k2 + kStages - 1) % kStages]);
       if (k1 + k2 < kts) compute_stage<kKind, kPath>(st[k2], k1 + k2, groups, acc);
     }
   }
