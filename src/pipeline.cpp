@@ -6,6 +6,9 @@
 // and round-to-nearest (+ clipping search) and scored on the sampled rows; the best candidate is
 // then refined (iterations), and its residual finally quantized with GPTQ when asked (kept only
 // if it scores better than round-to-nearest).
+//
+// With QuantConfig::selection (svdq-plus) the recipes of selection_plans() are compared by k-fold
+// cross-validation instead (Selector, below), and the winner is refitted on all sampled rows.
 #include <Eigen/Cholesky>
 #include <algorithm>
 #include <chrono>
@@ -663,17 +666,23 @@ struct Selector {
     return static_cast<int>(starts.size()) - 1;
   }
 
-  // The search's candidates on all sampled rows, each warm-started from the nearest earlier one.
+  // The search's candidates on all sampled rows, each warm-started from the nearest one built.
+  // Coarse to fine on a grid of alpha steps of 0.05 (DeepCompressor's 39): first alpha a multiple
+  // of 0.1, then the candidates within 0.1 (|d alpha| + |d beta|) of the two best of those; the
+  // others are never built (their score stays +Inf). `scored` counts the built ones.
+  int scored = 0;
   Status search(const std::vector<std::pair<float, float>>& cands, const Plan& probe) {
     cand = cands;
-    for (size_t i = 0; i < cands.size(); ++i) {
+    cand_light.assign(cands.size(), Candidate{});
+    cand_err.assign(cands.size(), std::vector<double>(static_cast<size_t>(folds), INFINITY));
+    auto build_one = [&](size_t i) -> Status {
       Candidate c;
       set_smoothing(p, cands[i].first, cands[i].second, &c);
       int near = -1;
       float dist = INFINITY;
-      for (size_t j = 0; j < i; ++j) {
+      for (size_t j = 0; j < cands.size(); ++j) {
         const float d = std::fabs(cands[j].first - cands[i].first) + std::fabs(cands[j].second - cands[i].second);
-        if (d < dist && cand_light[j].basis.size()) {
+        if (j != i && d < dist && cand_light[j].basis.size()) {
           dist = d;
           near = static_cast<int>(j);
         }
@@ -688,12 +697,45 @@ struct Selector {
                                       /*full_residual=*/false));
       Result<std::vector<double>> e = errors_of(rounding(clip_mode(probe)), c, weight_tensor_scale(p, c));
       if (!e.ok()) return e.status();
-      cand_err.push_back(*e);
+      cand_err[i] = *e;
       release(&c);
       c.res_sub.resize(0, 0);
-      cand_light.push_back(std::move(c));
+      cand_light[i] = std::move(c);
+      ++scored;
       if (p.cfg.progress)
-        p.cfg.progress(static_cast<int>(i) + 1, total_steps, detail::cat("smoothing (", cands[i].first, ", ", cands[i].second, ")"));
+        p.cfg.progress(scored, total_steps, detail::cat("smoothing (", cands[i].first, ", ", cands[i].second, ")"));
+      return Status::Ok();
+    };
+    std::vector<bool> coarse(cands.size(), true);
+    size_t n_coarse = cands.size();
+    if (cands.size() >= 16) {
+      n_coarse = 0;
+      for (size_t i = 0; i < cands.size(); ++i) {
+        const float a10 = cands[i].first * 10.0f;
+        coarse[i] = std::fabs(a10 - std::round(a10)) < 1e-3f;
+        n_coarse += coarse[i];
+      }
+      if (n_coarse * 3 < cands.size() || n_coarse == cands.size()) {
+        coarse.assign(cands.size(), true);
+        n_coarse = cands.size();
+      }
+    }
+    for (size_t i = 0; i < cands.size(); ++i)
+      if (coarse[i]) SVDQ_RETURN_IF_ERROR(build_one(i));
+    if (n_coarse == cands.size()) return Status::Ok();
+    std::vector<size_t> rank;
+    for (size_t i = 0; i < cands.size(); ++i)
+      if (coarse[i]) rank.push_back(i);
+    std::stable_sort(rank.begin(), rank.end(), [&](size_t a, size_t b) {
+      return sum_except(cand_err[a], -1) < sum_except(cand_err[b], -1);
+    });
+    for (size_t i = 0; i < cands.size(); ++i) {
+      if (coarse[i]) continue;
+      bool near_best = false;
+      for (size_t r = 0; r < std::min<size_t>(2, rank.size()); ++r)
+        near_best |= std::fabs(cands[i].first - cands[rank[r]].first) +
+                         std::fabs(cands[i].second - cands[rank[r]].second) <= 0.1f + 1e-3f;
+      if (near_best) SVDQ_RETURN_IF_ERROR(build_one(i));
     }
     return Status::Ok();
   }
@@ -730,13 +772,16 @@ struct Selector {
       ch.t_w.push_back(t);
     }
     const Plan rnd = rounding(mode);
+    Candidate next;  // the last iterate with W_hat and the full residual, while extending
     while (static_cast<int>(ch.it.size()) <= len) {
       bool active = false;  // some rule kept the last iterate: the next one may be kept too
       for (int f = -1; f < folds; ++f)
         if (kept_iterate(ch.err, f == -1 ? -1 : fit_skip(f)) == static_cast<int>(ch.err.size()) - 1) active = true;
       if (!active) break;
-      Candidate next = ch.it.back();
-      materialize(p, &next);
+      if (next.residual.size() == 0) {
+        next = ch.it.back();
+        materialize(p, &next);
+      }
       const ResidualOptions ro = residual_options(p, next, false);
       Result<detail::QuantizedWeight> q = detail::quantize_weight(
           next.residual, p.cfg.format, weight_tensor_scale(p, next), weight_options(p, rnd, ro, false));
@@ -747,8 +792,12 @@ struct Selector {
       const float t = weight_tensor_scale(p, next);
       Result<std::vector<double>> e = errors_of(rnd, next, t);
       if (!e.ok()) return e.status();
-      release(&next);
-      ch.it.push_back(std::move(next));
+      // Stored without W_hat and the residual (no copy of them); next keeps them.
+      MatrixRM w_hat = std::move(next.w_hat), residual = std::move(next.residual);
+      Candidate light = next;
+      next.w_hat = std::move(w_hat);
+      next.residual = std::move(residual);
+      ch.it.push_back(std::move(light));
       ch.err.push_back(*e);
       ch.t_w.push_back(t);
     }
@@ -977,7 +1026,7 @@ Result<QuantizedLinear> quantize_linear_impl(ConstMatrixRef W, ConstMatrixRef bi
       probe.refine = 0;
       probe.gptq = false;
       SVDQ_RETURN_IF_ERROR(sel.search(cands, probe));
-      step = static_cast<int>(cands.size());
+      step = sel.scored;
     }
     // 2. Plans without refinement, and the iterate-0 score of those with it.
     std::vector<double> cv(plans.size(), INFINITY), cv0(plans.size(), INFINITY);
@@ -1035,7 +1084,7 @@ Result<QuantizedLinear> quantize_linear_impl(ConstMatrixRef W, ConstMatrixRef bi
     chosen.c.score = cv[static_cast<size_t>(ci)];
     chosen.kept_iters = e.kept;
     chosen.use_gptq = plans[static_cast<size_t>(ci)].gptq;
-    chosen.scored = (search ? static_cast<int>(cands.size()) : 0) + static_cast<int>(plans.size());
+    chosen.scored = sel.scored + static_cast<int>(plans.size());
     chosen_plan = plans[static_cast<size_t>(ci)];
     info.holdout_rows = sel.folds > 1 ? p.x.rows() : 0;
     if (sel.folds > 1)
