@@ -21,6 +21,11 @@ double cpu_seconds() {
   return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
          1e-6 * static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
 }
+double peak_rss_gb() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_maxrss) / (1024.0 * 1024.0);  // ru_maxrss is in KiB on Linux
+}
 double load_average() {
   double l[1] = {0};
   return getloadavg(l, 1) == 1 ? l[0] : -1;
@@ -74,9 +79,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "%s\n", q.status().to_string().c_str());
     return 1;
   }
-  std::printf("%s %s %s: wall %.2f s, cpu %.2f s (user+sys), load average %.2f -> %.2f, recipe %s, "
-              "score %.4e\n",
+  std::printf("%s %s %s: wall %.2f s, cpu %.2f s (user+sys), load average %.2f -> %.2f, peak RSS "
+              "%.2f GB (whole process), recipe %s, score %.4e\n",
               shape.c_str(), format.c_str(), plain ? "plain" : "svdq-plus", wall, cpu, load0, load1,
-              q->info.recipe.c_str(), q->info.score);
+              peak_rss_gb(), q->info.recipe.c_str(), q->info.score);
   return 0;
 }
