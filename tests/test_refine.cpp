@@ -3,6 +3,7 @@
 
 #include <Eigen/Dense>
 #include <cmath>
+#include <cstring>
 
 #include "core.hpp"
 #include "svdq/svdq.hpp"
@@ -260,6 +261,61 @@ TEST(Refinement, ClipSearchNeverIncreasesGroupError) {
       }
     EXPECT_LT(tb, ta) << svdq::format_name(f);
   }
+}
+
+// The int4 clipping search's fused inner loop gives the same codes and scales as the plain
+// encode_with / decode_code loop, reimplemented here as the reference.
+TEST(Refinement, Int4ClipFastPathMatchesEncodeDecode) {
+  const svdq::Format f = svdq::Format::kInt4;
+  auto reference = [&](const float* w, const double* h, uint8_t* codes, uint8_t* sb) {
+    float amax = 0;
+    for (int e = 0; e < 64; ++e) amax = std::max(amax, std::fabs(w[e]));
+    float scale = svdq::detail::group_scale(f, amax, 1.0f, sb);
+    for (int e = 0; e < 64; ++e) codes[e] = svdq::detail::encode_with(f, w[e], scale);
+    if (scale == 0) return scale;
+    auto err_of = [&](const uint8_t* c, float sc) {
+      double err = 0;
+      for (int e = 0; e < 64; ++e) {
+        const double d = double(w[e]) - svdq::decode_code(f, c[e]) * double(sc);
+        err += (h ? h[e] : 1.0) * d * d;
+      }
+      return err;
+    };
+    double best = err_of(codes, scale);
+    uint8_t t[64], tb[2];
+    for (int s = 1; s <= 8; ++s) {
+      const float sc = svdq::detail::group_scale(f, amax * (1.0f - 0.05f * s), 1.0f, tb);
+      if (sc == 0) break;
+      for (int e = 0; e < 64; ++e) t[e] = svdq::detail::encode_with(f, w[e], sc);
+      const double err = err_of(t, sc);
+      if (err < best) {
+        best = err;
+        scale = sc;
+        std::memcpy(codes, t, 64);
+        std::memcpy(sb, tb, 2);
+      }
+    }
+    return scale;
+  };
+  uint64_t state = 0xc11bULL;
+  int differ = 0;
+  for (int it = 0; it < 20000; ++it) {
+    float w[64];
+    double h[64];
+    const float magnitude = std::pow(10.0f, static_cast<float>(it % 9 - 4));
+    for (int e = 0; e < 64; ++e) {
+      w[e] = static_cast<float>((svdq::detail_test_splitmix(state) >> 11) * 0x1.0p-53 - 0.5) * magnitude;
+      if (e == it % 64) w[e] *= 8.0f;
+      h[e] = (svdq::detail_test_splitmix(state) >> 11) * 0x1.0p-53 * 5.0;
+    }
+    for (int weighted = 0; weighted < 2; ++weighted) {
+      uint8_t c1[64], c2[64], b1[2], b2[2];
+      const float s1 = reference(w, weighted ? h : nullptr, c1, b1);
+      const float s2 = svdq::detail::quantize_group(f, w, 64, 1.0f, true, weighted ? h : nullptr, c2, b2);
+      differ += s1 != s2 || std::memcmp(c1, c2, 64) != 0 || std::memcmp(b1, b2, 2) != 0;
+    }
+  }
+  EXPECT_EQ(differ, 0);
 }
 
 TEST(Refinement, StaticActivationTensorScaleFromCalibration) {
