@@ -510,4 +510,40 @@ TEST(Selection, CrossValidatedScoreIsRebuiltFoldByFold) {
       << "the layer no longer tells out-of-fold from in-sample clipping";
 }
 
+// The same for a rotated recipe (config.rotate): its clipping weights are the rotated diag(H) of
+// the other folds' rows, and the rounding and the activations are rotated when scoring; each
+// fold is rebuilt here by the public rotated recipe fitted on the other folds.
+TEST(Selection, RotatedCrossValidatedScoreIsRebuiltFoldByFold) {
+  const SpikyLayer l = make_spiky();
+  svdq::ActivationStats st(l.k);
+  ASSERT_TRUE(st.observe(MatrixView<const float>(l.x.data(), l.rows, l.k)).ok());
+  for (const svdq::Format f : {svdq::Format::kInt4, svdq::Format::kNvfp4}) {
+    svdq::QuantConfig c = selection_base(f);
+    c.alpha = c.beta = 0.0f;
+    c.clip_search = true;
+    c.clip_weighted = true;
+    c.rotate = true;
+    svdq::QuantConfig sel = c;
+    sel.selection.enabled = true;
+    const svdq::QuantizedLinear chosen = run(l, st, sel);
+    const double cv = selection_score(chosen, "svdquant+rotate+clip");
+    const int folds = 4;
+    double total = 0;
+    for (int fo = 0; fo < folds; ++fo) {
+      std::vector<float> fit, held;
+      for (int64_t m = 0; m < l.rows; ++m)
+        (m % folds == fo ? held : fit).insert((m % folds == fo ? held : fit).end(), l.x.begin() + m * l.k,
+                                              l.x.begin() + (m + 1) * l.k);
+      svdq::ActivationStats sf(l.k);
+      ASSERT_TRUE(sf.observe(MatrixView<const float>(fit.data(), l.rows - l.rows / folds, l.k)).ok());
+      const svdq::QuantizedLinear q = run(l, sf, c);
+      EXPECT_EQ(q.rotation, svdq::Rotation::kBlockHadamard);
+      total += summed_error(q, l, held, l.rows / folds);
+    }
+    EXPECT_NEAR(cv, total / static_cast<double>(l.rows * l.n), 2e-3 * cv) << svdq::format_name(f);
+    // The unrotated recipe is compared too, and differs.
+    EXPECT_NE(selection_score(chosen, "svdquant+clip"), cv);
+  }
+}
+
 }  // namespace
