@@ -65,7 +65,7 @@ void print_recipe(const svdq::QuantizedLinear::Info& i) {
   if (i.score >= 0) std::snprintf(score, sizeof score, "score %.4e", i.score);
   std::printf("    recipe %s (alpha %.2f, beta %.2f), %s%s, refine iterations %d, candidates %d%s%s\n",
               i.recipe.c_str(), i.alpha, i.beta, score,
-              i.holdout_rows > 0 ? (" on " + std::to_string(i.holdout_rows) + " held-out rows").c_str() : "",
+              i.holdout_rows > 0 ? (" cross-validated on " + std::to_string(i.holdout_rows) + " rows").c_str() : "",
               i.refine_iterations, i.candidates_scored, i.notes.empty() ? "" : "; ", i.notes.c_str());
   if (!i.selection.empty()) {
     std::string line = "    compared:";

@@ -66,11 +66,16 @@ struct LowRank {
   MatrixRM up;    ///< (rows, r)
   MatrixRM down;  ///< (r, cols)
   std::vector<double> singular_values;  ///< the r leading singular values found
+  /// Randomized path: the sketch's right singular vectors (cols x l, l = r + oversample), a warm
+  /// start for a nearby matrix; empty on the exact path.
+  MatrixRM basis;
 };
 /// With `right` (cols x c) the SVD is of the product a * right, which the randomized path never
-/// forms (it multiplies by the factors in turn).
+/// forms (it multiplies by the factors in turn). With `start` (cols x l, e.g. a nearby matrix's
+/// `basis`) the randomized range finder starts from it instead of a Gaussian test matrix (a warm
+/// start: fewer power iterations reach the same accuracy); ignored when its shape does not fit.
 LowRank truncated_svd(const MatrixRM& a, int rank, const SvdOptions& options,
-                      const MatrixRM* right = nullptr);
+                      const MatrixRM* right = nullptr, const MatrixRM* start = nullptr);
 
 /// Weight groups quantized in place of a residual R (N x K): codes packed [N][K/2], scales as in
 /// QuantizedLinear::wscales, and the tensor scale (nvfp4).

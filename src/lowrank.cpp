@@ -39,7 +39,7 @@ LowRank exact_svd(const MatrixRM& a, int r) {
 }  // namespace
 
 LowRank truncated_svd(const MatrixRM& a, int rank, const SvdOptions& options,
-                      const MatrixRM* right) {
+                      const MatrixRM* right, const MatrixRM* start) {
   if (right != nullptr && (options.method == SvdMethod::kExact ||
                            rank + std::max(options.oversample, 0) >= std::min(a.rows(), right->cols()))) {
     MatrixRM prod;
@@ -57,11 +57,17 @@ LowRank truncated_svd(const MatrixRM& a, int rank, const SvdOptions& options,
   // When the sketch would be as wide as the matrix, the randomized path saves nothing.
   if (options.method == SvdMethod::kExact || l >= std::min(n, k)) return exact_svd(a, rank);
 
-  // Gaussian test matrix (k, l), drawn column by column from the seed: same seed, same bits.
-  Rng rng(options.seed);
-  MatrixRM omega(k, l);
-  for (int64_t j = 0; j < l; ++j)
-    for (int64_t i = 0; i < k; ++i) omega(i, j) = static_cast<float>(rng.normal());
+  // Gaussian test matrix (k, l), drawn column by column from the seed: same seed, same bits;
+  // or the caller's warm start.
+  MatrixRM omega;
+  if (start != nullptr && start->rows() == k && start->cols() == l) {
+    omega = *start;
+  } else {
+    Rng rng(options.seed);
+    omega.resize(k, l);
+    for (int64_t j = 0; j < l; ++j)
+      for (int64_t i = 0; i < k; ++i) omega(i, j) = static_cast<float>(rng.normal());
+  }
 
   // A = a (* right): products with A and A^T, applied factor by factor.
   // Every product goes through gemm_rows: fixed row blocks, the same bits for any thread count.
@@ -94,7 +100,9 @@ LowRank truncated_svd(const MatrixRM& a, int rank, const SvdOptions& options,
   Eigen::BDCSVD<MatrixCMd> svd(b, Eigen::ComputeThinU | Eigen::ComputeThinV);
   MatrixRMd u;  // (n, l)
   gemm_rows(q.cast<double>(), svd.matrixU(), &u);
-  return from_svd(u, svd.singularValues(), svd.matrixV(), rank);
+  LowRank out = from_svd(u, svd.singularValues(), svd.matrixV(), rank);
+  out.basis = svd.matrixV().cast<float>();
+  return out;
 }
 
 }  // namespace svdq::detail

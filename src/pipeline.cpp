@@ -6,11 +6,20 @@
 // and round-to-nearest (+ clipping search) and scored on the sampled rows; the best candidate is
 // then refined (iterations), and its residual finally quantized with GPTQ when asked (kept only
 // if it scores better than round-to-nearest).
+//
+// With QuantConfig::selection (svdq-plus) the recipes of selection_plans() are compared by k-fold
+// cross-validation instead (Selector, below), and the winner is refitted on all sampled rows.
+// With QuantConfig::rotate the rotated recipes (docs/formats.md §6.3) are compared next to the
+// unrotated ones: rotation alone from each start and the full combinations rotated; the search
+// scores each built branch with both 4-bit paths (the branch does not depend on the rotation),
+// so each path gets its own pick without extra SVDs.
 #include <Eigen/Cholesky>
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <map>
 #include <numeric>
+#include <tuple>
 
 #include "check.hpp"
 #include "core.hpp"
@@ -36,9 +45,10 @@ struct Problem {
   MatrixRM chol;                // (K, K) lower Cholesky factor of gram + damping (whitening)
   std::vector<int64_t> scored;  // output channels scored
   MatrixRM y_ref;               // (S, |scored|) = x W[scored]^T
-  // Recipe selection: the sampled rows held out from fitting (every holdout_stride-th); x and
-  // y_ref above then hold the other rows only.
-  MatrixRM x_hold, y_hold;
+  // Recipe selection by cross-validation: sampled row i is in fold i % folds (0: no selection).
+  int folds = 0;
+  std::vector<MatrixRM> x_fold, y_fold;   // each fold's rows and their reference
+  std::vector<Eigen::VectorXd> diag_out;  // diag(X^T X) without fold f's rows (weighted clipping)
 };
 
 // One recipe: which of the config's options are on. quantize_linear runs the config's own plan,
@@ -67,7 +77,9 @@ struct Candidate {
   MatrixRM w_hat;                   // (N, K) W diag(s)
   std::vector<uint16_t> lora_up;    // (N, r) bits
   std::vector<uint16_t> lora_down;  // (K, r) bits
-  MatrixRM residual;                // (N, K) W_hat - up (s . lora_down)^T
+  MatrixRM residual;                // (N, K) W_hat - up (s . lora_down)^T; empty when not needed
+  MatrixRM res_sub;                 // (|scored|, K) the scored rows of the residual
+  MatrixRM basis;                   // the SVD's right basis: a warm start for a nearby matrix
   bool rotate = false;              // the 4-bit path is rotated: Q(residual H) is what is stored
   double score = INFINITY;
 };
@@ -82,10 +94,12 @@ void rotate_groups(MatrixRM* m, int gs) {
 
 // What the 4-bit path quantizes for candidate c: m itself, or m rotated when c rotates. The
 // rotation is its own inverse, so the same call maps a dequantized rotated residual back.
-MatrixRM rotated_if(const Candidate& c, const MatrixRM& m, Format f) {
-  MatrixRM out = m;
-  if (c.rotate) rotate_groups(&out, group_size(f));
-  return out;
+// Unrotated, m is returned as is (no copy).
+const MatrixRM& rotated_if(const Candidate& c, const MatrixRM& m, Format f, MatrixRM* storage) {
+  if (!c.rotate) return m;
+  *storage = m;
+  rotate_groups(storage, group_size(f));
+  return *storage;
 }
 
 bool needs_rows(const QuantConfig& c) {
@@ -140,12 +154,12 @@ Status check_config(const QuantConfig& c, int64_t n, int64_t k) {
     return error(StatusCode::kErrorNotSupported, kFn,
                  ": config.rotate with config.gptq.enabled is not implemented (GPTQ's Hessian "
                  "would have to be rotated too); use one of them");
-  if (c.selection.holdout_stride < 2 || c.selection.holdout_stride > 1024)
-    return error(StatusCode::kErrorInvalidArgument, kFn, ": config.selection.holdout_stride (",
-                 c.selection.holdout_stride, ") must be in [2, 1024]");
-  if (c.smooth_search.max_scored_outputs < 0)
+  if (c.selection.folds < 2 || c.selection.folds > 64)
+    return error(StatusCode::kErrorInvalidArgument, kFn, ": config.selection.folds (",
+                 c.selection.folds, ") must be in [2, 64]");
+  if (c.smooth_search.max_scored_outputs < 0 || c.smooth_search.max_scored_weights < 0)
     return error(StatusCode::kErrorInvalidArgument, kFn,
-                 ": config.smooth_search.max_scored_outputs must be >= 0");
+                 ": config.smooth_search.max_scored_outputs and max_scored_weights must be >= 0");
   return Status::Ok();
 }
 
@@ -196,19 +210,27 @@ void set_smoothing(const Problem& p, float alpha, float beta, Candidate* c) {
 // ||(T_raw - L_raw) C||_F with T_raw = target diag(1/s) and C C^T = X^T X + damping, i.e.
 // L_raw = SVD_r(T_raw C) C^-1; smoothing cancels (chol(D G D) = D chol(G)), so one factor serves
 // every candidate.
-Status set_branch(const Problem& p, bool whiten, const MatrixRM& target, Candidate* c) {
+// With `warm` (a nearby matrix's basis) the SVD starts from it with `power` iterations. The
+// full residual is formed only with full_residual; res_sub (the scored rows) always.
+MatrixRM scored_rows(const Problem& p, const MatrixRM& m);
+Status set_branch(const Problem& p, bool whiten, const MatrixRM& target, Candidate* c,
+                  const MatrixRM* warm = nullptr, int power = 1, bool full_residual = true) {
   const int r = p.cfg.rank;
   const DType st = p.cfg.storage;
   if (r == 0) {
     c->lora_up.clear();
     c->lora_down.clear();
     c->residual = c->w_hat;
+    if (!p.scored.empty()) c->res_sub = scored_rows(p, c->w_hat);
     return Status::Ok();
   }
+  SvdOptions svd = p.cfg.svd;
+  if (warm != nullptr) svd.power_iterations = power;
   MatrixRM up, down_raw;  // (N, r), (r, K): branch = x down_raw^T up^T on the raw x
   if (whiten) {
     const MatrixRM t_raw = target * c->s.cwiseInverse().asDiagonal();
-    const detail::LowRank lr = detail::truncated_svd(t_raw, r, p.cfg.svd, &p.chol);
+    const detail::LowRank lr = detail::truncated_svd(t_raw, r, svd, &p.chol, warm);
+    c->basis = lr.basis;
     up = lr.up;
     // down_raw = V_r^T C^-1: solve C^T Z = V_r (Z = down_raw^T) with the triangular factor.
     const Eigen::MatrixXd v = lr.down.transpose().cast<double>();
@@ -216,7 +238,8 @@ Status set_branch(const Problem& p, bool whiten, const MatrixRM& target, Candida
         p.chol.cast<double>().transpose().triangularView<Eigen::Upper>().solve(v);
     down_raw = z.transpose().cast<float>();
   } else {
-    const detail::LowRank lr = detail::truncated_svd(target, r, p.cfg.svd);
+    const detail::LowRank lr = detail::truncated_svd(target, r, svd, nullptr, warm);
+    c->basis = lr.basis;
     up = lr.up;
     down_raw = lr.down * c->s.cwiseInverse().asDiagonal();
   }
@@ -239,8 +262,15 @@ Status set_branch(const Problem& p, bool whiten, const MatrixRM& target, Candida
     return error(StatusCode::kErrorInvalidArgument, "quantize_linear: the low-rank branch (",
                  up_q.allFinite() ? "lora_down" : "lora_up", ") overflows config.storage (",
                  dtype_name(st), "); use bf16 storage or scale the weights");
-  c->residual = c->w_hat;
-  detail::gemm_rows(up_q, down_eff, &c->residual, /*subtract=*/true);
+  if (full_residual) {
+    c->residual = c->w_hat;
+    detail::gemm_rows(up_q, down_eff, &c->residual, /*subtract=*/true);
+    if (!p.scored.empty()) c->res_sub = scored_rows(p, c->residual);
+  } else {
+    c->residual.resize(0, 0);
+    c->res_sub = scored_rows(p, c->w_hat);
+    detail::gemm_rows(scored_rows(p, up_q), down_eff, &c->res_sub, /*subtract=*/true);
+  }
   return Status::Ok();
 }
 
@@ -249,15 +279,27 @@ struct ResidualOptions {
   Eigen::MatrixXd hessian;  // Xh^T Xh, empty unless GPTQ
 };
 
+// diag of the rotated Hessian H^T Xh^T Xh H for a rotated candidate: sums of squares of the
+// rotated smoothed sampled rows, all of them (skip = -1) or without fold `skip`'s.
+Eigen::VectorXd rotated_h_diag(const Problem& p, const Candidate& c, int skip) {
+  auto part = [&](const MatrixRM& x) {
+    MatrixRM xr = x * c.s.cwiseInverse().asDiagonal();
+    rotate_groups(&xr, group_size(p.cfg.format));
+    return Eigen::VectorXd(xr.cast<double>().colwise().squaredNorm().transpose());
+  };
+  if (skip < 0 || p.folds < 2) return part(p.x);
+  Eigen::VectorXd d = Eigen::VectorXd::Zero(p.k);
+  for (int f = 0; f < p.folds; ++f)
+    if (f != skip) d += part(p.x_fold[static_cast<size_t>(f)]);
+  return d;
+}
+
 ResidualOptions residual_options(const Problem& p, const Candidate& c, bool with_hessian) {
   ResidualOptions o;
   if (p.gram_diag.size() == 0) return o;
   if (c.rotate) {
-    // diag of the rotated Hessian H^T Xh^T Xh H: sums of squares of the rotated smoothed rows
-    // (GPTQ is not combined with rotation, so the full matrix is never needed here).
-    MatrixRM xr = p.x * c.s.cwiseInverse().asDiagonal();
-    rotate_groups(&xr, group_size(p.cfg.format));
-    o.h_diag = xr.cast<double>().colwise().squaredNorm().transpose();
+    // GPTQ is not combined with rotation, so the full matrix is never needed here.
+    o.h_diag = rotated_h_diag(p, c, -1);
     return o;
   }
   const Eigen::VectorXd inv_s = c.s.cast<double>().cwiseInverse();
@@ -280,8 +322,11 @@ detail::WeightQuantOptions weight_options(const Problem& p, const Plan& plan,
 
 // Output MSE on rows x (reference y_ref) over the scored output channels, for the candidate's
 // branch and a quantized residual of those channels.
-double score(const Problem& p, const Candidate& c, const detail::QuantizedWeight& qsub,
-             const MatrixRM& x, const MatrixRM& y_ref) {
+// Per row: the summed squared error over the scored channels (empty when the activations do not
+// quantize).
+std::vector<double> row_errors(const Problem& p, const Candidate& c,
+                               const detail::QuantizedWeight& qsub, const MatrixRM& x,
+                               const MatrixRM& y_ref) {
   const int64_t s_rows = x.rows(), ns = static_cast<int64_t>(p.scored.size());
   const int r = p.cfg.rank;
   const Format f = p.cfg.format;
@@ -292,7 +337,7 @@ double score(const Problem& p, const Candidate& c, const detail::QuantizedWeight
   const Status st = quantize_activations(f, MatrixView<const float>(x.data(), s_rows, p.k),
                                          inv_s.data(), c.t_act, &qa,
                                          c.rotate ? Rotation::kBlockHadamard : Rotation::kNone);
-  if (!st.ok()) return INFINITY;
+  if (!st.ok()) return {};
   MatrixRM a(s_rows, p.k);
   const int gs = group_size(f);
   const float t = f == Format::kNvfp4 ? c.t_act : 1.0f;
@@ -311,7 +356,17 @@ double score(const Problem& p, const Candidate& c, const detail::QuantizedWeight
     detail::gemm_rows(lora, up.transpose(), &branch);
     y += branch;
   }
-  return (y - y_ref).cast<double>().squaredNorm() / static_cast<double>(y.size());
+  std::vector<double> err(static_cast<size_t>(s_rows));
+  for (int64_t m = 0; m < s_rows; ++m) err[m] = (y.row(m) - y_ref.row(m)).cast<double>().squaredNorm();
+  return err;
+}
+double score(const Problem& p, const Candidate& c, const detail::QuantizedWeight& qsub,
+             const MatrixRM& x, const MatrixRM& y_ref) {
+  const std::vector<double> e = row_errors(p, c, qsub, x, y_ref);
+  if (e.empty()) return INFINITY;
+  double sum = 0;
+  for (double v : e) sum += v;
+  return sum / static_cast<double>(x.rows() * static_cast<int64_t>(p.scored.size()));
 }
 double score(const Problem& p, const Candidate& c, const detail::QuantizedWeight& qsub) {
   return score(p, c, qsub, p.x, p.y_ref);
@@ -323,16 +378,19 @@ MatrixRM scored_rows(const Problem& p, const MatrixRM& m) {
   return out;
 }
 
-// Scores a built candidate with round-to-nearest (+ the plan's clipping) on the scored channels,
-// on the fitting rows or (hold) the held-out rows.
-Result<double> score_rtn(const Problem& p, const Plan& plan, const Candidate& c, bool hold = false) {
+// Scores a built candidate with round-to-nearest (+ the plan's clipping) on the scored channels
+// and the sampled rows.
+Result<double> score_rtn(const Problem& p, const Plan& plan, const Candidate& c) {
   const ResidualOptions ro = residual_options(p, c, false);
-  const MatrixRM rq = rotated_if(c, c.residual, p.cfg.format);
-  const float t = p.cfg.format == Format::kNvfp4 ? detail::nvfp4_tensor_scale(rq) : 1.0f;
+  MatrixRM rot_full, rot_sub;
+  const float t = p.cfg.format == Format::kNvfp4
+                      ? detail::nvfp4_tensor_scale(rotated_if(c, c.residual, p.cfg.format, &rot_full))
+                      : 1.0f;
   Result<detail::QuantizedWeight> q = detail::quantize_weight(
-      scored_rows(p, rq), p.cfg.format, t, weight_options(p, plan, ro, false));
+      rotated_if(c, c.res_sub.size() ? c.res_sub : scored_rows(p, c.residual), p.cfg.format, &rot_sub),
+      p.cfg.format, t, weight_options(p, plan, ro, false));
   if (!q.ok()) return q.status();
-  return hold ? score(p, c, *q, p.x_hold, p.y_hold) : score(p, c, *q);
+  return score(p, c, *q);
 }
 
 Status build_problem(ConstMatrixRef W, const ActivationStats* stats, const QuantConfig& cfg,
@@ -351,8 +409,13 @@ Status build_problem(ConstMatrixRef W, const ActivationStats* stats, const Quant
                  "(CalibrationOptions::max_rows > 0)");
   if (has_rows) {
     p->x = Eigen::Map<const MatrixRM>(stats->samples().data(), stats->sampled_rows(), p->k);
-    // Scored output channels: all, or a seeded subset (sorted) of max_scored_outputs.
-    const int64_t cap = cfg.smooth_search.max_scored_outputs;
+    // Scored output channels: all, or a seeded subset (sorted) of max_scored_outputs, and of at
+    // most max_scored_weights / K.
+    int64_t cap = cfg.smooth_search.max_scored_outputs;
+    if (cfg.smooth_search.max_scored_weights > 0) {
+      const int64_t by_weights = std::max<int64_t>(1, cfg.smooth_search.max_scored_weights / p->k);
+      cap = cap > 0 ? std::min(cap, by_weights) : by_weights;
+    }
     p->scored.resize(static_cast<size_t>(p->n));
     std::iota(p->scored.begin(), p->scored.end(), 0);
     if (cap > 0 && cap < p->n) {
@@ -364,29 +427,26 @@ Status build_problem(ConstMatrixRef W, const ActivationStats* stats, const Quant
       p->scored.resize(static_cast<size_t>(cap));
       std::sort(p->scored.begin(), p->scored.end());
     }
-    const int64_t stride = cfg.selection.holdout_stride, rows = p->x.rows();
-    if (cfg.selection.enabled && rows / stride >= 1 && rows - rows / stride >= 1) {
-      // Deterministic split: sampled row i is held out when i % stride == stride - 1.
-      const int64_t hold = rows / stride;
-      MatrixRM fit(rows - hold, p->k);
-      p->x_hold.resize(hold, p->k);
-      for (int64_t i = 0, f = 0, h = 0; i < rows; ++i) {
-        if (i % stride == stride - 1) {
-          p->x_hold.row(h++) = p->x.row(i);
-        } else {
-          fit.row(f++) = p->x.row(i);
-        }
-      }
-      p->x = std::move(fit);
-    }
     const MatrixRM w_scored_t = scored_rows(*p, p->w).transpose();
     detail::gemm_rows(p->x, w_scored_t, &p->y_ref);
-    if (p->x_hold.rows() > 0) detail::gemm_rows(p->x_hold, w_scored_t, &p->y_hold);
+    const int64_t rows = p->x.rows();
+    if (cfg.selection.enabled) {
+      // Cross-validation folds: sampled row i is in fold i % folds (one row per fold when fewer).
+      p->folds = static_cast<int>(std::min<int64_t>(cfg.selection.folds, rows));
+      for (int f = 0; f < p->folds; ++f) {
+        const int64_t m = (rows - f + p->folds - 1) / p->folds;
+        MatrixRM xf(m, p->k), yf(m, p->y_ref.cols());
+        for (int64_t i = f, j = 0; i < rows; i += p->folds, ++j) {
+          xf.row(j) = p->x.row(i);
+          yf.row(j) = p->y_ref.row(i);
+        }
+        p->x_fold.push_back(std::move(xf));
+        p->y_fold.push_back(std::move(yf));
+      }
+    }
   }
   if (needs_gram_diag(cfg) && has_rows) {
-    // With held-out rows the statistics come from the fitting rows only.
-    static const std::vector<double> kNone;
-    const std::vector<double>& g = p->x_hold.rows() > 0 ? kNone : stats->gram();
+    const std::vector<double>& g = stats->gram();
     if (needs_gram(cfg)) {
       if (!g.empty()) {
         p->gram = Eigen::Map<const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
@@ -414,6 +474,19 @@ Status build_problem(ConstMatrixRef W, const ActivationStats* stats, const Quant
         }
         p->gram_diag[j] = acc;
       }
+    }
+    // Without each fold's rows: the clipping weights a fold is scored with.
+    for (int f = 0; f < p->folds; ++f) {
+      Eigen::VectorXd d = p->gram_diag;
+      for (int64_t j = 0; j < p->k; ++j) {
+        double acc = 0;
+        for (int64_t m = 0; m < p->x_fold[f].rows(); ++m) {
+          const double v = p->x_fold[f](m, j);
+          acc += v * v;
+        }
+        d[j] = std::max(0.0, d[j] - acc);
+      }
+      p->diag_out.push_back(std::move(d));
     }
   }
   if (cfg.whiten_lowrank && cfg.rank > 0) {
@@ -469,14 +542,16 @@ Status build(const Problem& p, const Plan& plan, const std::vector<std::pair<flo
   if (config.rank > 0 && plan.refine > 0 && can_score) {
     const ResidualOptions ro = residual_options(p, best, false);
     for (int it = 1; it <= plan.refine; ++it) {
-      const MatrixRM rq = rotated_if(best, best.residual, config.format);
+      MatrixRM rot;
+      const MatrixRM& rq = rotated_if(best, best.residual, config.format, &rot);
       const float t = config.format == Format::kNvfp4 ? detail::nvfp4_tensor_scale(rq) : 1.0f;
       Result<detail::QuantizedWeight> q =
           detail::quantize_weight(rq, config.format, t, weight_options(p, plan, ro, false));
       if (!q.ok()) return q.status();
       // Q(R) in the unrotated space: the rotation is its own inverse.
-      const MatrixRM target =
-          best.w_hat - rotated_if(best, detail::dequantize(*q, config.format, n, k), config.format);
+      MatrixRM deq = detail::dequantize(*q, config.format, n, k);
+      if (best.rotate) rotate_groups(&deq, group_size(config.format));
+      const MatrixRM target = best.w_hat - deq;
       // The new branch replaces best's in place (smoothing and W_hat stay); the old one is kept
       // aside and put back if the iterate does not score better.
       std::vector<uint16_t> prev_up = std::move(best.lora_up), prev_down = std::move(best.lora_down);
@@ -517,15 +592,427 @@ Status build(const Problem& p, const Plan& plan, const std::vector<std::pair<flo
   return Status::Ok();
 }
 
-// Output MSE of a built plan on the held-out rows (the fitting rows when none are held out).
-Result<double> holdout_score(const Problem& p, const Plan& plan, const Built& b) {
-  const ResidualOptions ro = residual_options(p, b.c, b.use_gptq);
-  const MatrixRM rq = rotated_if(b.c, b.c.residual, p.cfg.format);
-  const float t = p.cfg.format == Format::kNvfp4 ? detail::nvfp4_tensor_scale(rq) : 1.0f;
-  Result<detail::QuantizedWeight> q = detail::quantize_weight(
-      scored_rows(p, rq), p.cfg.format, t, weight_options(p, plan, ro, b.use_gptq));
-  if (!q.ok()) return q.status();
-  return p.x_hold.rows() > 0 ? score(p, b.c, *q, p.x_hold, p.y_hold) : score(p, b.c, *q);
+// ---------------------------------------------------------------------------------------------
+// Recipe selection by k-fold cross-validation (QuantConfig::selection).
+//
+// Work is shared: every plan's models come from a few starts (data-free, the config's alpha/beta,
+// the search's picks) and refinement chains keyed by (start, clipping mode); a fold's model only
+// differs in discrete decisions made on the other folds (the search's pick, the refinement's kept
+// iterate) and in the clipping weights / GPTQ Hessian, which come from the other folds' rows.
+
+// Sum of per-fold values without fold `skip` (-1: all folds).
+double sum_except(const std::vector<double>& e, int skip) {
+  double s = 0;
+  for (size_t f = 0; f < e.size(); ++f)
+    if (static_cast<int>(f) != skip) s += e[f];
+  return s;
+}
+
+std::vector<double> fold_sums(const std::vector<double>& rows, int folds) {
+  std::vector<double> out(static_cast<size_t>(folds), 0.0);
+  if (rows.empty()) return std::vector<double>(static_cast<size_t>(folds), INFINITY);
+  for (size_t i = 0; i < rows.size(); ++i) out[i % static_cast<size_t>(folds)] += rows[i];
+  return out;
+}
+
+// The refinement's rule fitted without fold `skip`: the last iterate of the prefix that keeps
+// improving (QuantConfig::refine_iterations).
+int kept_iterate(const std::vector<std::vector<double>>& err, int skip) {
+  size_t kept = 0;
+  for (size_t it = 1; it < err.size(); ++it) {
+    if (!(sum_except(err[it], skip) < sum_except(err[kept], skip))) break;
+    kept = it;
+  }
+  return static_cast<int>(kept);
+}
+
+// W_hat and the full residual of a light candidate, recomputed from its stored bits.
+void materialize(const Problem& p, Candidate* c) {
+  if (c->w_hat.size() == 0)
+    c->w_hat = (c->alpha != 0.0f || c->beta != 0.0f) ? MatrixRM(p.w * c->s.asDiagonal()) : p.w;
+  if (c->residual.size() != 0) return;
+  const int r = p.cfg.rank;
+  c->residual = c->w_hat;
+  if (r == 0) return;
+  MatrixRM up_q(p.n, r), down_eff(r, p.k);
+  for (int64_t i = 0; i < p.n; ++i)
+    for (int j = 0; j < r; ++j) up_q(i, j) = bits16_to_float(c->lora_up[i * r + j], p.cfg.storage);
+  for (int64_t kk = 0; kk < p.k; ++kk)
+    for (int j = 0; j < r; ++j)
+      down_eff(j, kk) = bits16_to_float(c->lora_down[kk * r + j], p.cfg.storage) * c->s[kk];
+  detail::gemm_rows(up_q, down_eff, &c->residual, /*subtract=*/true);
+}
+void release(Candidate* c) {
+  c->w_hat.resize(0, 0);
+  c->residual.resize(0, 0);
+}
+
+float weight_tensor_scale(const Problem& p, const Candidate& c) {
+  if (p.cfg.format != Format::kNvfp4) return 1.0f;
+  MatrixRM rot;
+  return detail::nvfp4_tensor_scale(
+      rotated_if(c, c.residual.size() ? c.residual : c.res_sub, p.cfg.format, &rot));
+}
+
+// The scored rows of a candidate's residual quantized the plan's way, with clipping weights from
+// `raw_diag` and GPTQ's Hessian from `raw_gram` (both of raw x, null when unused). A rotated
+// candidate's clipping weights are the rotated diag(H) of the rows raw_diag comes from: all
+// sampled rows (skip = -1) or all but fold skip's.
+Result<detail::QuantizedWeight> quantize_scored(const Problem& p, const Plan& plan, const Candidate& c,
+                                                float t_w, const Eigen::VectorXd* raw_diag,
+                                                const Eigen::MatrixXd* raw_gram, int skip = -1) {
+  ResidualOptions ro;
+  const Eigen::VectorXd inv_s = c.s.cast<double>().cwiseInverse();
+  if (raw_diag != nullptr && raw_diag->size() > 0)
+    ro.h_diag = c.rotate ? rotated_h_diag(p, c, skip) : raw_diag->cwiseProduct(inv_s).cwiseProduct(inv_s);
+  if (plan.gptq && raw_gram != nullptr && raw_gram->size() > 0)
+    ro.hessian = inv_s.asDiagonal() * (*raw_gram) * inv_s.asDiagonal();
+  MatrixRM rot;
+  return detail::quantize_weight(rotated_if(c, c.res_sub, p.cfg.format, &rot), p.cfg.format, t_w,
+                                 weight_options(p, plan, ro, plan.gptq));
+}
+
+// A refinement chain: iterates of L_k = SVD_r(W_hat - Q(W_hat - L_{k-1})) from one start with one
+// way of rounding (clipping or not, weighted by the all-rows diag(H)); per iterate, the error
+// sums per fold of that rounding on the scored channels.
+struct Chain {
+  std::vector<Candidate> it;
+  std::vector<std::vector<double>> err;
+  float t_w0 = 1.0f;  // weight tensor scale per iterate (nvfp4)
+  std::vector<float> t_w;
+};
+
+struct Selector {
+  const Problem& p;
+  int folds;
+  std::vector<Candidate> starts;  // light: bits, s, res_sub, basis (unrotated: a start's branch
+                                  // does not depend on the rotation, only its rounding does)
+  std::map<std::tuple<int, bool>, int> start_index;          // (start id, whiten) -> starts[]
+  std::map<std::tuple<int, int, bool, bool>, Chain> chains;  // (start id, clip mode, whiten, rotate)
+  // The search: (alpha, beta), per-fold errors (unrotated [0], rotated [1] with config.rotate)
+  // and warm-start bases of every candidate. Both roundings score the same built branches.
+  std::vector<std::pair<float, float>> cand;
+  std::vector<Candidate> cand_light;
+  std::vector<std::vector<double>> cand_err, cand_err_rot;
+  int total_steps = 0;
+
+  Selector(const Problem& problem, int n_folds) : p(problem), folds(n_folds) {}
+  int fit_skip(int f) const { return folds > 1 ? f : -1; }
+
+  static int clip_mode(const Plan& pl) { return !pl.clip ? 0 : pl.clip_weighted ? 1 : 2; }
+  static Plan rounding(int mode) {
+    Plan pl;
+    pl.clip = mode != 0;
+    pl.clip_weighted = mode == 1;
+    return pl;
+  }
+
+  Result<std::vector<double>> errors_of(const Plan& rnd, const Candidate& c, float t_w) {
+    Result<detail::QuantizedWeight> q =
+        quantize_scored(p, rnd, c, t_w, rnd.clip && rnd.clip_weighted ? &p.gram_diag : nullptr, nullptr);
+    if (!q.ok()) return q.status();
+    return fold_sums(row_errors(p, c, *q, p.x, p.y_ref), folds);
+  }
+
+  // Start `id` (0 data-free, 1 the config's alpha/beta, 2 + i search candidate i), built once.
+  Result<int> start(int id, bool whiten) {
+    const auto key = std::make_tuple(id, whiten);
+    if (auto it = start_index.find(key); it != start_index.end()) return it->second;
+    Candidate c;
+    if (id >= 2) {
+      const auto [a, b] = cand[static_cast<size_t>(id - 2)];
+      set_smoothing(p, a, b, &c);
+      const Candidate& sc = cand_light[static_cast<size_t>(id - 2)];
+      SVDQ_RETURN_IF_ERROR(set_branch(p, whiten, c.w_hat, &c, sc.basis.size() ? &sc.basis : nullptr, 1));
+    } else {
+      set_smoothing(p, id == 0 ? 0.0f : p.cfg.alpha, id == 0 ? 0.0f : p.cfg.beta, &c);
+      SVDQ_RETURN_IF_ERROR(set_branch(p, whiten, c.w_hat, &c));  // cold: the public recipe's bits
+    }
+    release(&c);
+    starts.push_back(std::move(c));
+    start_index[key] = static_cast<int>(starts.size()) - 1;
+    return static_cast<int>(starts.size()) - 1;
+  }
+
+  // The search's candidates on all sampled rows, each warm-started from the nearest one built.
+  // Coarse to fine on a grid of alpha steps of 0.05 (DeepCompressor's 39): first alpha a multiple
+  // of 0.1, then the candidates within 0.1 (|d alpha| + |d beta|) of the two best of those; the
+  // others are never built (their score stays +Inf). `scored` counts the built ones.
+  int scored = 0;
+  Status search(const std::vector<std::pair<float, float>>& cands, const Plan& probe) {
+    cand = cands;
+    cand_light.assign(cands.size(), Candidate{});
+    cand_err.assign(cands.size(), std::vector<double>(static_cast<size_t>(folds), INFINITY));
+    const bool rot = p.cfg.rotate;
+    if (rot) cand_err_rot = cand_err;
+    auto build_one = [&](size_t i) -> Status {
+      Candidate c;
+      set_smoothing(p, cands[i].first, cands[i].second, &c);
+      int near = -1;
+      float dist = INFINITY;
+      for (size_t j = 0; j < cands.size(); ++j) {
+        const float d = std::fabs(cands[j].first - cands[i].first) + std::fabs(cands[j].second - cands[i].second);
+        if (j != i && d < dist && cand_light[j].basis.size()) {
+          dist = d;
+          near = static_cast<int>(j);
+        }
+      }
+      MatrixRM warm;
+      if (near >= 0) {  // the neighbour's row space moved to this smoothing: diag(s_i / s_j) V_j
+        warm = (c.s.cwiseQuotient(cand_light[static_cast<size_t>(near)].s)).asDiagonal() *
+               cand_light[static_cast<size_t>(near)].basis;
+      }
+      // Search candidates: a warm start without power iterations, only the scored residual rows.
+      SVDQ_RETURN_IF_ERROR(set_branch(p, probe.whiten, c.w_hat, &c, near >= 0 ? &warm : nullptr, 0,
+                                      /*full_residual=*/false));
+      Result<std::vector<double>> e = errors_of(rounding(clip_mode(probe)), c, weight_tensor_scale(p, c));
+      if (!e.ok()) return e.status();
+      cand_err[i] = *e;
+      if (rot) {  // the same branch with the rotated 4-bit path: the rotated search's score
+        c.rotate = true;
+        Result<std::vector<double>> er = errors_of(rounding(clip_mode(probe)), c, weight_tensor_scale(p, c));
+        if (!er.ok()) return er.status();
+        cand_err_rot[i] = *er;
+        c.rotate = false;
+      }
+      release(&c);
+      c.res_sub.resize(0, 0);
+      cand_light[i] = std::move(c);
+      ++scored;
+      if (p.cfg.progress)
+        p.cfg.progress(scored, total_steps, detail::cat("smoothing (", cands[i].first, ", ", cands[i].second, ")"));
+      return Status::Ok();
+    };
+    std::vector<bool> coarse(cands.size(), true);
+    size_t n_coarse = cands.size();
+    if (cands.size() >= 16) {
+      n_coarse = 0;
+      for (size_t i = 0; i < cands.size(); ++i) {
+        const float a10 = cands[i].first * 10.0f;
+        coarse[i] = std::fabs(a10 - std::round(a10)) < 1e-3f;
+        n_coarse += coarse[i];
+      }
+      if (n_coarse * 3 < cands.size() || n_coarse == cands.size()) {
+        coarse.assign(cands.size(), true);
+        n_coarse = cands.size();
+      }
+    }
+    for (size_t i = 0; i < cands.size(); ++i)
+      if (coarse[i]) SVDQ_RETURN_IF_ERROR(build_one(i));
+    if (n_coarse == cands.size()) return Status::Ok();
+    // The two best coarse candidates of each search (unrotated; rotated with config.rotate).
+    std::vector<size_t> rank, rank_rot;
+    for (size_t i = 0; i < cands.size(); ++i)
+      if (coarse[i]) rank.push_back(i);
+    if (rot) rank_rot = rank;
+    std::stable_sort(rank.begin(), rank.end(), [&](size_t a, size_t b) {
+      return sum_except(cand_err[a], -1) < sum_except(cand_err[b], -1);
+    });
+    if (rot)
+      std::stable_sort(rank_rot.begin(), rank_rot.end(), [&](size_t a, size_t b) {
+        return sum_except(cand_err_rot[a], -1) < sum_except(cand_err_rot[b], -1);
+      });
+    rank.resize(std::min<size_t>(2, rank.size()));
+    for (size_t r = 0; r < std::min<size_t>(2, rank_rot.size()); ++r) rank.push_back(rank_rot[r]);
+    for (size_t i = 0; i < cands.size(); ++i) {
+      if (coarse[i]) continue;
+      bool near_best = false;
+      for (size_t r = 0; r < rank.size(); ++r)
+        near_best |= std::fabs(cands[i].first - cands[rank[r]].first) +
+                         std::fabs(cands[i].second - cands[rank[r]].second) <= 0.1f + 1e-3f;
+      if (near_best) SVDQ_RETURN_IF_ERROR(build_one(i));
+    }
+    return Status::Ok();
+  }
+  int pick(int skip, bool rotate) const {
+    const std::vector<std::vector<double>>& err = rotate ? cand_err_rot : cand_err;
+    int best = 0;
+    for (size_t i = 1; i < err.size(); ++i)
+      if (sum_except(err[i], skip) < sum_except(err[static_cast<size_t>(best)], skip))
+        best = static_cast<int>(i);
+    return best;
+  }
+  // A search pick equal to a fixed start reuses it.
+  int search_start_id(int skip, bool rotate) const {
+    const int i = pick(skip, rotate);
+    const auto [a, b] = cand[static_cast<size_t>(i)];
+    if (a == 0.0f && b == 0.0f) return 0;
+    if (a == p.cfg.alpha && b == p.cfg.beta) return 1;
+    return 2 + i;
+  }
+
+  // The chain of (start, rounding), extended to `len` iterates + 1 while any fold's rule (or the
+  // all-rows rule) still improves.
+  Result<Chain*> chain(int id, int mode, bool whiten, bool rotate, int len) {
+    Result<int> si = start(id, whiten);
+    if (!si.ok()) return si.status();
+    Chain& ch = chains[std::make_tuple(id, mode, whiten, rotate)];
+    if (ch.it.empty()) {
+      Candidate c = starts[static_cast<size_t>(*si)];
+      c.rotate = rotate;
+      materialize(p, &c);
+      const float t = weight_tensor_scale(p, c);
+      Result<std::vector<double>> e = errors_of(rounding(mode), c, t);
+      if (!e.ok()) return e.status();
+      release(&c);
+      ch.it.push_back(std::move(c));
+      ch.err.push_back(*e);
+      ch.t_w.push_back(t);
+    }
+    const Plan rnd = rounding(mode);
+    Candidate next;  // the last iterate with W_hat and the full residual, while extending
+    while (static_cast<int>(ch.it.size()) <= len) {
+      bool active = false;  // some rule kept the last iterate: the next one may be kept too
+      for (int f = -1; f < folds; ++f)
+        if (kept_iterate(ch.err, f == -1 ? -1 : fit_skip(f)) == static_cast<int>(ch.err.size()) - 1) active = true;
+      if (!active) break;
+      if (next.residual.size() == 0) {
+        next = ch.it.back();
+        materialize(p, &next);
+      }
+      const ResidualOptions ro = residual_options(p, next, false);
+      MatrixRM rot;
+      Result<detail::QuantizedWeight> q = detail::quantize_weight(
+          rotated_if(next, next.residual, p.cfg.format, &rot), p.cfg.format,
+          weight_tensor_scale(p, next), weight_options(p, rnd, ro, false));
+      if (!q.ok()) return q.status();
+      // Q(R) in the unrotated space: the rotation is its own inverse.
+      MatrixRM deq = detail::dequantize(*q, p.cfg.format, p.n, p.k);
+      if (next.rotate) rotate_groups(&deq, group_size(p.cfg.format));
+      const MatrixRM target = next.w_hat - deq;
+      const MatrixRM warm = next.basis;
+      SVDQ_RETURN_IF_ERROR(set_branch(p, whiten, target, &next, warm.size() ? &warm : nullptr, 1));
+      const float t = weight_tensor_scale(p, next);
+      Result<std::vector<double>> e = errors_of(rnd, next, t);
+      if (!e.ok()) return e.status();
+      // Stored without W_hat and the residual (no copy of them); next keeps them.
+      MatrixRM w_hat = std::move(next.w_hat), residual = std::move(next.residual);
+      Candidate light = next;
+      next.w_hat = std::move(w_hat);
+      next.residual = std::move(residual);
+      ch.it.push_back(std::move(light));
+      ch.err.push_back(*e);
+      ch.t_w.push_back(t);
+    }
+    return &ch;
+  }
+
+  // A plan's cross-validated output MSE, and its all-rows model (chain, iterate).
+  struct Eval {
+    double cv = INFINITY;
+    Chain* chain = nullptr;
+    int kept = 0;
+  };
+  Result<Eval> evaluate(const Plan& pl, int refine) {
+    const int mode = clip_mode(pl);
+    const bool fold_rounding = (pl.clip && pl.clip_weighted && p.gram_diag.size() > 0) || pl.gptq;
+    double total = 0;
+    for (int f = 0; f < folds; ++f) {
+      const int skip = fit_skip(f);
+      const int id = pl.search ? search_start_id(skip, pl.rotate) : (pl.alpha == 0.0f && pl.beta == 0.0f ? 0 : 1);
+      Result<Chain*> ch = chain(id, mode, pl.whiten, pl.rotate, refine);
+      if (!ch.ok()) return ch.status();
+      const int kept = refine > 0 ? kept_iterate((*ch)->err, skip) : 0;
+      if (!fold_rounding) {
+        total += (*ch)->err[static_cast<size_t>(kept)][static_cast<size_t>(f)];
+        continue;
+      }
+      // Clipping weights (and GPTQ's Hessian) without this fold's rows, scored on its rows.
+      const Candidate& c = (*ch)->it[static_cast<size_t>(kept)];
+      Eigen::MatrixXd h;
+      if (pl.gptq) {
+        h = p.gram;
+        if (folds > 1) {
+          const Eigen::MatrixXd xf = p.x_fold[static_cast<size_t>(f)].cast<double>();
+          Eigen::MatrixXd hf;
+          detail::gemm_rows(xf.transpose(), xf, &hf);
+          h -= hf;
+        }
+      }
+      const Eigen::VectorXd* diag = pl.clip && pl.clip_weighted && p.gram_diag.size()
+                                        ? (folds > 1 ? &p.diag_out[static_cast<size_t>(f)] : &p.gram_diag)
+                                        : nullptr;
+      Result<detail::QuantizedWeight> q = quantize_scored(p, pl, c, (*ch)->t_w[static_cast<size_t>(kept)],
+                                                          diag, pl.gptq ? &h : nullptr, folds > 1 ? f : -1);
+      if (!q.ok()) return q.status();
+      const MatrixRM& xf = folds > 1 ? p.x_fold[static_cast<size_t>(f)] : p.x;
+      const MatrixRM& yf = folds > 1 ? p.y_fold[static_cast<size_t>(f)] : p.y_ref;
+      const std::vector<double> e = row_errors(p, c, *q, xf, yf);
+      if (e.empty()) return Eval{};
+      for (double v : e) total += v;
+    }
+    Eval out;
+    out.cv = total / static_cast<double>(p.x.rows() * static_cast<int64_t>(p.scored.size()));
+    const int id = pl.search ? search_start_id(-1, pl.rotate) : (pl.alpha == 0.0f && pl.beta == 0.0f ? 0 : 1);
+    Result<Chain*> ch = chain(id, mode, pl.whiten, pl.rotate, refine);
+    if (!ch.ok()) return ch.status();
+    out.chain = *ch;
+    out.kept = refine > 0 ? kept_iterate((*ch)->err, -1) : 0;
+    return out;
+  }
+};
+
+// The plans compared by the selection, simplest first (ties keep the simpler); a plan equal to
+// an earlier one is skipped. Adding a candidate is one `add` line: a Plan with the option on.
+std::vector<Plan> selection_plans(const QuantConfig& config, const Plan& full) {
+  const bool search = config.smooth_search.enabled;
+  std::vector<Plan> plans;
+  auto add = [&](Plan pl) {
+    std::string name = pl.search ? "search" : (pl.alpha == 0.0f && pl.beta == 0.0f &&
+                                               !(config.alpha == 0.0f && config.beta == 0.0f))
+                                                  ? "data-free"
+                                                  : "svdquant";
+    if (pl.rotate) name += "+rotate";
+    if (pl.refine > 0) name += "+refine";
+    if (pl.whiten) name += "+whiten";
+    if (pl.clip) name += pl.clip_weighted ? "+clip" : "+clip-unweighted";
+    if (pl.gptq) name += "+gptq";
+    pl.name = name;
+    for (const Plan& q : plans)
+      if (q.same_as(pl) && q.search == pl.search) return;
+    plans.push_back(pl);
+  };
+  Plan plain;  // the config's alpha/beta, no option
+  plain.alpha = config.alpha;
+  plain.beta = config.beta;
+  Plan df;  // data-free: no smoothing
+  Plan srch = plain;  // the smoothing search's pick
+  srch.search = true;
+  auto with = [](Plan pl, auto&& set) {
+    set(pl);
+    return pl;
+  };
+  add(df);
+  add(plain);
+  if (search) add(srch);
+  if (config.rotate) {  // rotation alone, from each smoothing start
+    for (const Plan& s : {df, plain, srch})
+      if (!s.search || search) add(with(s, [](Plan& q) { q.rotate = true; }));
+  }
+  if (full.refine > 0) add(with(plain, [&](Plan& q) { q.refine = full.refine; }));
+  if (full.whiten) add(with(plain, [](Plan& q) { q.whiten = true; }));
+  if (full.clip) {
+    add(with(plain, [](Plan& q) { q.clip = true; q.clip_weighted = true; }));
+    add(with(plain, [](Plan& q) { q.clip = true; q.clip_weighted = false; }));
+    add(with(df, [](Plan& q) { q.clip = true; q.clip_weighted = false; }));
+  }
+  if (full.gptq) add(with(plain, [](Plan& q) { q.gptq = true; }));
+  // Combinations: every option on, from each smoothing start, clipping weighted or not (with
+  // config.rotate: unrotated, then rotated).
+  for (int rot = 0; rot < (config.rotate ? 2 : 1); ++rot)
+    for (const Plan& s : {df, plain, srch}) {
+      if (s.search && !search) continue;
+      for (int w = 0; w < (full.clip ? 2 : 1); ++w) {
+        Plan pl = full;
+        pl.alpha = s.alpha;
+        pl.beta = s.beta;
+        pl.search = s.search;
+        pl.rotate = rot == 1;
+        pl.clip_weighted = full.clip ? w == 0 : full.clip_weighted;
+        add(pl);
+      }
+    }
+  return plans;
 }
 
 // A name for a config's options (no selection): "svdquant", "data-free+clip", "search+refine+clip".
@@ -626,135 +1113,99 @@ Result<QuantizedLinear> quantize_linear_impl(ConstMatrixRef W, ConstMatrixRef bi
   if (!config.selection.enabled) {
     SVDQ_RETURN_IF_ERROR(build(p, full, cands, score_all, 0, &chosen));
   } else {
-    // 1. The smoothing search on the fitting rows, once: its pick is the "search" part.
-    // With config.rotate the search runs twice, unrotated and rotated: each plan starts from the
-    // pick made with its own 4-bit path.
-    float sa = config.alpha, sb = config.beta, sa_rot = sa, sb_rot = sb;
-    int scored = 0;
-    if (search) {
-      for (int rot = 0; rot < (config.rotate ? 2 : 1); ++rot) {
-        Built s;
-        Plan probe = full;
-        probe.refine = 0;
-        probe.gptq = false;
-        probe.rotate = rot == 1;
-        SVDQ_RETURN_IF_ERROR(build(p, probe, cands, true, 0, &s));
-        (rot == 1 ? sa_rot : sa) = s.c.alpha;
-        (rot == 1 ? sb_rot : sb) = s.c.beta;
-        scored += s.scored;
-      }
-    }
-    // 2. The plans, simplest first (ties keep the simpler): data-free, plain, each option alone,
-    // then combinations; a plan equal to an earlier one is skipped.
-    std::vector<Plan> plans;
-    auto add = [&](Plan pl, bool from_search) {
-      if (from_search) {
-        pl.alpha = pl.rotate ? sa_rot : sa;
-        pl.beta = pl.rotate ? sb_rot : sb;
-      }
-      std::string name = from_search ? "search" : (pl.alpha == 0.0f && pl.beta == 0.0f &&
-                                                   !(config.alpha == 0.0f && config.beta == 0.0f))
-                                                      ? "data-free"
-                                                      : "svdquant";
-      if (pl.rotate) name += "+rotate";
-      if (pl.refine > 0) name += "+refine";
-      if (pl.whiten) name += "+whiten";
-      if (pl.clip) name += pl.clip_weighted ? "+clip" : "+clip-unweighted";
-      if (pl.gptq) name += "+gptq";
-      pl.name = name;
-      pl.search = from_search;
-      for (const Plan& q : plans)
-        if (q.same_as(pl)) return;
-      plans.push_back(pl);
+    Selector sel(p, std::max(p.folds, 1));
+    const std::vector<Plan> plans = selection_plans(config, full);
+    const int total = (search ? static_cast<int>(cands.size()) : 0) + static_cast<int>(plans.size()) + 1;
+    sel.total_steps = total;
+    int step = 0;
+    auto progress = [&](const std::string& what) {
+      ++step;
+      if (config.progress) config.progress(step, total, what);
     };
-    Plan plain;
-    plain.alpha = config.alpha;
-    plain.beta = config.beta;
-    Plan df;  // data-free: no smoothing
-    add(df, false);
-    add(plain, false);
-    if (search) add(plain, true);
-    if (config.rotate) {  // rotation alone, from each smoothing start
-      Plan d = df, pl = plain;
-      d.rotate = pl.rotate = true;
-      add(d, false);
-      add(pl, false);
-      if (search) add(pl, true);
+    // 1. The smoothing search's candidates, scored per fold (each fold's pick is made on the
+    // other folds).
+    if (search) {
+      Plan probe = full;
+      probe.refine = 0;
+      probe.gptq = false;
+      SVDQ_RETURN_IF_ERROR(sel.search(cands, probe));
+      step = sel.scored;
     }
-    if (full.refine > 0) {
-      Plan pl = plain;
-      pl.refine = full.refine;
-      add(pl, false);
-    }
-    if (full.whiten) {
-      Plan pl = plain;
-      pl.whiten = true;
-      add(pl, false);
-    }
-    if (full.clip) {
-      Plan pl = plain;
-      pl.clip = true;
-      pl.clip_weighted = true;
-      add(pl, false);
-      pl.clip_weighted = false;
-      add(pl, false);
-      Plan d = df;
-      d.clip = true;
-      d.clip_weighted = false;
-      add(d, false);
-    }
-    if (full.gptq) {
-      Plan pl = plain;
-      pl.gptq = true;
-      add(pl, false);
-    }
-    // Combinations: every option on, from each smoothing start, clipping weighted or not
-    // (with config.rotate: unrotated, then rotated).
-    for (int rot = 0; rot < (config.rotate ? 2 : 1); ++rot)
-      for (int start = 0; start < 3; ++start) {
-        if (start == 2 && !search) continue;
-        Plan pl = full;
-        pl.rotate = rot == 1;
-        pl.alpha = start == 0 ? 0.0f : config.alpha;
-        pl.beta = start == 0 ? 0.0f : config.beta;
-        for (int w = 0; w < (full.clip ? 2 : 1); ++w) {
-          pl.clip_weighted = full.clip ? w == 0 : full.clip_weighted;
-          add(pl, start == 2);
-        }
-      }
-    // 3. Each plan built on the fitting rows, scored on the held-out ones (or, with too few
-    // sampled rows to split, on the same rows: said in the notes).
-    const bool held = p.x_hold.rows() > 0;
-    double best = INFINITY;
+    // 2. Plans without refinement, and the iterate-0 score of those with it.
+    std::vector<double> cv(plans.size(), INFINITY), cv0(plans.size(), INFINITY);
+    std::vector<Selector::Eval> ev(plans.size());
+    std::vector<int> refined;
+    double best_cv = INFINITY;
     for (size_t i = 0; i < plans.size(); ++i) {
-      Built b;
-      SVDQ_RETURN_IF_ERROR(build(p, plans[i], {{plans[i].alpha, plans[i].beta}},
-                                 plans[i].refine > 0 || plans[i].gptq, -1, &b));
-      Result<double> hs = holdout_score(p, plans[i], b);
-      if (!hs.ok()) return hs.status();
-      const double v = std::isfinite(*hs) ? *hs : -1.0;
-      info.selection.push_back({plans[i].name, v});
-      if (i == 0 || (std::isfinite(*hs) && *hs < best)) {
-        best = *hs;
-        chosen = std::move(b);
-        chosen_plan = plans[i];
+      Result<Selector::Eval> e = sel.evaluate(plans[i], 0);
+      if (!e.ok()) return e.status();
+      if (plans[i].refine == 0) {
+        ev[i] = *e;
+        cv[i] = e->cv;
+        best_cv = std::min(best_cv, cv[i]);
+        progress(detail::cat("recipe ", plans[i].name));
+      } else {
+        cv0[i] = e->cv;
+        refined.push_back(static_cast<int>(i));
       }
-      if (config.progress)
-        config.progress(static_cast<int>(i) + 1, static_cast<int>(plans.size()) + 1,
-                        detail::cat("recipe ", plans[i].name));
     }
-    chosen.c.score = best;
-    chosen.scored = scored + static_cast<int>(plans.size());
-    info.holdout_rows = held ? p.x_hold.rows() : 0;
-    if (!held)
+    // 3. Refinement, the single option first, then by iterate-0 score; a combination is pruned
+    // when even 1.5 x the largest relative gain refinement gave so far cannot beat the best.
+    auto single = [&](const Plan& pl) {
+      return !pl.clip && !pl.whiten && !pl.gptq && !pl.search && !pl.rotate;
+    };
+    std::stable_sort(refined.begin(), refined.end(), [&](int a, int b) {
+      if (single(plans[a]) != single(plans[b])) return single(plans[a]);
+      return cv0[a] < cv0[b];
+    });
+    double gain = 0;
+    bool ran = false;
+    std::string pruned;
+    for (const int i : refined) {
+      if (!single(plans[i]) && ran && cv0[i] * (1.0 - 1.5 * gain) >= best_cv) {
+        pruned += detail::cat(plans[i].name, " (iterate 0 scored ", cv0[i], "), ");
+        progress(detail::cat("recipe ", plans[i].name, " pruned"));
+        continue;
+      }
+      Result<Selector::Eval> e = sel.evaluate(plans[i], plans[i].refine);
+      if (!e.ok()) return e.status();
+      ev[i] = *e;
+      cv[i] = e->cv;
+      if (std::isfinite(cv[i]) && cv0[i] > 0) gain = std::max(gain, 1.0 - cv[i] / cv0[i]);
+      best_cv = std::min(best_cv, cv[i]);
+      ran = true;
+      progress(detail::cat("recipe ", plans[i].name));
+    }
+    // 4. The least cross-validated error, simpler first on ties; refitted on all sampled rows.
+    int ci = -1;
+    for (size_t i = 0; i < plans.size(); ++i) {
+      if (ev[i].chain == nullptr) continue;  // pruned
+      info.selection.push_back({plans[i].name, std::isfinite(cv[i]) ? cv[i] : -1.0});
+      if (ci < 0 || cv[i] < cv[static_cast<size_t>(ci)]) ci = static_cast<int>(i);
+    }
+    const Selector::Eval& e = ev[static_cast<size_t>(ci)];
+    chosen.c = e.chain->it[static_cast<size_t>(e.kept)];
+    materialize(p, &chosen.c);
+    chosen.c.score = cv[static_cast<size_t>(ci)];
+    chosen.kept_iters = e.kept;
+    chosen.use_gptq = plans[static_cast<size_t>(ci)].gptq;
+    chosen.scored = sel.scored + static_cast<int>(plans.size());
+    chosen_plan = plans[static_cast<size_t>(ci)];
+    info.holdout_rows = sel.folds > 1 ? p.x.rows() : 0;
+    if (sel.folds > 1)
+      chosen.notes += detail::cat("selection: ", sel.folds, "-fold cross-validation on ", p.x.rows(),
+                                  " rows, refitted on all; ");
+    else
       chosen.notes += detail::cat("selection: only ", p.x.rows(),
-                                  " sampled rows, too few to hold any out: scored on the fitting rows; ");
+                                  " sampled row, too few for cross-validation: scored on it; ");
+    if (!pruned.empty()) chosen.notes += "pruned: " + pruned.substr(0, pruned.size() - 2) + "; ";
   }
 
   // The chosen residual, quantized: GPTQ when the build kept it, else round-to-nearest.
   const bool use_gptq = chosen.use_gptq;
   const ResidualOptions ro = residual_options(p, chosen.c, use_gptq);
-  const MatrixRM rq = rotated_if(chosen.c, chosen.c.residual, config.format);
+  MatrixRM rot;
+  const MatrixRM& rq = rotated_if(chosen.c, chosen.c.residual, config.format, &rot);
   const float t_w = config.format == Format::kNvfp4 ? detail::nvfp4_tensor_scale(rq) : 1.0f;
   Result<detail::QuantizedWeight> qw = detail::quantize_weight(
       rq, config.format, t_w, weight_options(p, chosen_plan, ro, use_gptq));

@@ -74,6 +74,17 @@ float group_scale(Format f, float amax, float t, uint8_t* bytes) {
   return stored_scale_value(f, bytes, t);
 }
 
+namespace {
+// clamp(rint(v), -7, 7) as a float, exactly encode_int4's value for a finite or infinite v (the
+// clipping search's inner loop, without the two calls per element): after the clamp to [-8, 8]
+// adding and subtracting 1.5 * 2^23 rounds to the nearest integer, ties to even, as rint does.
+inline float int4_value(float v) {
+  v = std::clamp(v, -8.0f, 8.0f);
+  v = (v + 12582912.0f) - 12582912.0f;
+  return std::clamp(v, -7.0f, 7.0f);
+}
+}  // namespace
+
 float quantize_group(Format f, const float* w, int gs, float t, bool clip_search, const double* h,
                      uint8_t* codes, uint8_t* scale_bytes) {
   float amax = 0.0f;
@@ -90,14 +101,30 @@ float quantize_group(Format f, const float* w, int gs, float t, bool clip_search
     }
     return err;
   };
+  // int4: codes and error in one pass, the same arithmetic as encode_with + error_of.
+  auto encode_int4_error = [&](float sc, uint8_t* c) {
+    double err = 0;
+    for (int e = 0; e < gs; ++e) {
+      const float q = int4_value(w[e] / sc);
+      c[e] = static_cast<uint8_t>(static_cast<int>(q) & 0xF);
+      const double d = static_cast<double>(w[e]) - static_cast<double>(q) * static_cast<double>(sc);
+      err += (h ? h[e] : 1.0) * d * d;
+    }
+    return err;
+  };
   double best = error_of(codes, scale);
   uint8_t trial[64], trial_bytes[2];
   for (int step = 1; step <= 8; ++step) {  // clip ratios .95, .90, ..., .60
     const float c = 1.0f - 0.05f * static_cast<float>(step);
     const float sc = group_scale(f, amax * c, t, trial_bytes);
     if (sc == 0.0f) break;
-    for (int e = 0; e < gs; ++e) trial[e] = encode_with(f, w[e], sc);
-    const double err = error_of(trial, sc);
+    double err;
+    if (f == Format::kInt4) {
+      err = encode_int4_error(sc, trial);
+    } else {
+      for (int e = 0; e < gs; ++e) trial[e] = encode_with(f, w[e], sc);
+      err = error_of(trial, sc);
+    }
     if (err < best) {
       best = err;
       scale = sc;

@@ -10,7 +10,7 @@ rm -rf "$work" && mkdir -p "$work" && cd "$work"
 "$svdq" quantize model.safetensors -o q_plus.safetensors --calib calib.safetensors \
         --exclude '^embed' --plus | tee quantize.log
 grep -q "svdq-plus" quantize.log
-grep -q "    recipe .* held-out rows" quantize.log
+grep -q "    recipe .* cross-validated on" quantize.log
 "$svdq" quantize model.safetensors -o q_free.safetensors --exclude '^embed' --format nvfp4 | tee free.log
 grep -q "data-free" free.log
 "$svdq" inspect q_plus.safetensors | tee inspect.log

@@ -3,6 +3,7 @@
 
 #include <Eigen/Dense>
 #include <cmath>
+#include <cstring>
 
 #include "core.hpp"
 #include "svdq/svdq.hpp"
@@ -262,6 +263,61 @@ TEST(Refinement, ClipSearchNeverIncreasesGroupError) {
   }
 }
 
+// The int4 clipping search's fused inner loop gives the same codes and scales as the plain
+// encode_with / decode_code loop, reimplemented here as the reference.
+TEST(Refinement, Int4ClipFastPathMatchesEncodeDecode) {
+  const svdq::Format f = svdq::Format::kInt4;
+  auto reference = [&](const float* w, const double* h, uint8_t* codes, uint8_t* sb) {
+    float amax = 0;
+    for (int e = 0; e < 64; ++e) amax = std::max(amax, std::fabs(w[e]));
+    float scale = svdq::detail::group_scale(f, amax, 1.0f, sb);
+    for (int e = 0; e < 64; ++e) codes[e] = svdq::detail::encode_with(f, w[e], scale);
+    if (scale == 0) return scale;
+    auto err_of = [&](const uint8_t* c, float sc) {
+      double err = 0;
+      for (int e = 0; e < 64; ++e) {
+        const double d = double(w[e]) - svdq::decode_code(f, c[e]) * double(sc);
+        err += (h ? h[e] : 1.0) * d * d;
+      }
+      return err;
+    };
+    double best = err_of(codes, scale);
+    uint8_t t[64], tb[2];
+    for (int s = 1; s <= 8; ++s) {
+      const float sc = svdq::detail::group_scale(f, amax * (1.0f - 0.05f * s), 1.0f, tb);
+      if (sc == 0) break;
+      for (int e = 0; e < 64; ++e) t[e] = svdq::detail::encode_with(f, w[e], sc);
+      const double err = err_of(t, sc);
+      if (err < best) {
+        best = err;
+        scale = sc;
+        std::memcpy(codes, t, 64);
+        std::memcpy(sb, tb, 2);
+      }
+    }
+    return scale;
+  };
+  uint64_t state = 0xc11bULL;
+  int differ = 0;
+  for (int it = 0; it < 20000; ++it) {
+    float w[64];
+    double h[64];
+    const float magnitude = std::pow(10.0f, static_cast<float>(it % 9 - 4));
+    for (int e = 0; e < 64; ++e) {
+      w[e] = static_cast<float>((svdq::detail_test_splitmix(state) >> 11) * 0x1.0p-53 - 0.5) * magnitude;
+      if (e == it % 64) w[e] *= 8.0f;
+      h[e] = (svdq::detail_test_splitmix(state) >> 11) * 0x1.0p-53 * 5.0;
+    }
+    for (int weighted = 0; weighted < 2; ++weighted) {
+      uint8_t c1[64], c2[64], b1[2], b2[2];
+      const float s1 = reference(w, weighted ? h : nullptr, c1, b1);
+      const float s2 = svdq::detail::quantize_group(f, w, 64, 1.0f, true, weighted ? h : nullptr, c2, b2);
+      differ += s1 != s2 || std::memcmp(c1, c2, 64) != 0 || std::memcmp(b1, b2, 2) != 0;
+    }
+  }
+  EXPECT_EQ(differ, 0);
+}
+
 TEST(Refinement, StaticActivationTensorScaleFromCalibration) {
   const Layer l = make();
   const auto st = stats_of(l, 256);
@@ -324,77 +380,74 @@ SpikyLayer make_spiky() {
   return l;
 }
 
-// Relative output MSE (bias-free) of a quantized layer on rows x (M x K), against x W^T in double.
-double held_out_error(const svdq::QuantizedLinear& q, const SpikyLayer& l, const std::vector<float>& x,
-                      int64_t m) {
+// Output MSE (bias-free) of a quantized layer on rows x (M x K), against x W^T in double, summed
+// (not averaged) so that folds add up.
+double summed_error(const svdq::QuantizedLinear& q, const SpikyLayer& l, const std::vector<float>& x,
+                    int64_t m) {
   std::vector<float> y(static_cast<size_t>(m * l.n));
   std::vector<double> ref;
   const MatrixView<const float> xv(x.data(), m, l.k);
   EXPECT_TRUE(svdq::reference_forward(q, xv, MatrixView<float>(y.data(), m, l.n)).ok());
   EXPECT_TRUE(svdq::dense_forward(xv, MatrixView<const float>(l.w.data(), l.n, l.k),
                                   svdq::ConstMatrixRef(), &ref).ok());
-  double e = 0, r = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    e += (y[i] - ref[i]) * (y[i] - ref[i]);
-    r += ref[i] * ref[i];
-  }
-  return e / r;
+  double e = 0;
+  for (size_t i = 0; i < ref.size(); ++i) e += (y[i] - ref[i]) * (y[i] - ref[i]);
+  return e;
 }
 
-TEST(Selection, ChosenRecipeIsNeverWorseOnHeldOutRowsThanASimplerOne) {
+svdq::QuantizedLinear run(const SpikyLayer& l, const svdq::ActivationStats& st,
+                          const svdq::QuantConfig& cfg) {
+  auto q = svdq::quantize_linear(MatrixView<const float>(l.w.data(), l.n, l.k),
+                                 svdq::ConstMatrixRef(), &st, cfg);
+  EXPECT_TRUE(q.ok()) << q.status().to_string();
+  return q.ok() ? *q : svdq::QuantizedLinear{};
+}
+
+svdq::QuantConfig selection_base(svdq::Format f) {
+  svdq::QuantConfig c;
+  c.format = f;
+  c.rank = 16;
+  c.smooth_search.max_scored_outputs = 0;  // score every output: info.score is the whole layer's
+  c.smooth_search.max_scored_weights = 0;
+  c.smooth_search.candidates = {{0.0f, 0.0f}, {0.25f, 0.75f}, {0.5f, 0.5f}, {0.75f, 0.25f}, {0.5f, 0.0f}};
+  return c;
+}
+
+double selection_score(const svdq::QuantizedLinear& q, const std::string& recipe) {
+  for (const auto& s : q.info.selection)
+    if (s.recipe == recipe) return s.score;
+  ADD_FAILURE() << recipe << " was not compared";
+  return -1;
+}
+
+// The guarantee: the chosen recipe's cross-validated error is never above a simpler recipe's.
+// For the recipes that fit nothing on the rows, the cross-validated error is their error on all
+// sampled rows, recomputed here through the public API and the reference forward.
+TEST(Selection, ChosenRecipeIsNeverWorseOutOfFoldThanASimplerOne) {
   const SpikyLayer l = make_spiky();
   svdq::ActivationStats st(l.k);
   ASSERT_TRUE(st.observe(MatrixView<const float>(l.x.data(), l.rows, l.k)).ok());
   ASSERT_EQ(st.sampled_rows(), l.rows);
-  // The held-out rows, picked here independently of the library: every 4th sampled row.
-  std::vector<float> hold;
-  for (int64_t m = 3; m < l.rows; m += 4)
-    hold.insert(hold.end(), l.x.begin() + m * l.k, l.x.begin() + (m + 1) * l.k);
-  const int64_t mh = l.rows / 4;
   int refinement_hurt = 0;
 
   for (svdq::Format f : {svdq::Format::kInt4, svdq::Format::kNvfp4}) {
-    svdq::QuantConfig c;
-    c.format = f;
-    c.rank = 16;
-    c.smooth_search.max_scored_outputs = 0;  // score every output: info.score is the whole layer's
-    c.smooth_search.candidates = {{0.0f, 0.0f}, {0.25f, 0.75f}, {0.5f, 0.5f}, {0.75f, 0.25f}, {0.5f, 0.0f}};
-    const svdq::QuantConfig plus = svdq::svdq_plus_config(c);
-    auto run = [&](const svdq::QuantConfig& cfg) {
-      auto q = svdq::quantize_linear(MatrixView<const float>(l.w.data(), l.n, l.k),
-                                     svdq::ConstMatrixRef(), &st, cfg);
-      EXPECT_TRUE(q.ok()) << q.status().to_string();
-      return *q;
-    };
-    const svdq::QuantizedLinear chosen = run(plus);
-    EXPECT_EQ(chosen.info.holdout_rows, mh);
+    const svdq::QuantConfig c = selection_base(f);
+    const svdq::QuantizedLinear chosen = run(l, st, svdq::svdq_plus_config(c));
+    EXPECT_EQ(chosen.info.holdout_rows, l.rows);
     EXPECT_FALSE(chosen.info.recipe.empty());
     ASSERT_GE(chosen.info.selection.size(), 8u);
     std::string report;
-    double min_score = INFINITY, plain_score = -1, clip_score = -1;
+    double min_score = INFINITY;
     for (const auto& s : chosen.info.selection) {
       min_score = std::min(min_score, s.score);
       report += s.recipe + "=" + std::to_string(s.score) + " ";
-      if (s.recipe == "svdquant") plain_score = s.score;
-      if (s.recipe == "svdquant+clip") clip_score = s.score;
     }
     EXPECT_EQ(chosen.info.selection[0].recipe, "data-free") << report;
     EXPECT_EQ(chosen.info.selection[1].recipe, "svdquant") << report;
     EXPECT_EQ(chosen.info.score, min_score) << report;
-    // info.score (library, Eigen in float) agrees with the reference forward on the held-out rows.
-    const double mine = held_out_error(chosen, l, hold, mh);
-    double ref2 = 0;
-    {
-      std::vector<double> ref;
-      ASSERT_TRUE(svdq::dense_forward(MatrixView<const float>(hold.data(), mh, l.k),
-                                      MatrixView<const float>(l.w.data(), l.n, l.k),
-                                      svdq::ConstMatrixRef(), &ref).ok());
-      for (double v : ref) ref2 += v * v;
-      ref2 /= static_cast<double>(ref.size());
-    }
-    EXPECT_NEAR(mine, chosen.info.score / ref2, 1e-3 * mine) << report;
+    EXPECT_EQ(chosen.info.score, selection_score(chosen, chosen.info.recipe)) << report;
     // Every simpler recipe that does not fit on rows, quantized on its own through the public
-    // API and evaluated with the reference forward: the chosen one is never worse.
+    // API and evaluated with the reference forward on all sampled rows.
     std::vector<std::pair<std::string, svdq::QuantConfig>> simpler;
     svdq::QuantConfig df = c;
     df.alpha = df.beta = 0.0f;
@@ -406,18 +459,91 @@ TEST(Selection, ChosenRecipeIsNeverWorseOnHeldOutRowsThanASimplerOne) {
     simpler.push_back({"svdquant+clip-unweighted", cu});
     cu.alpha = cu.beta = 0.0f;
     simpler.push_back({"data-free+clip-unweighted", cu});
+    const double elements = static_cast<double>(l.rows * l.n);
     for (const auto& [name, cfg] : simpler) {
-      const double e = held_out_error(run(cfg), l, hold, mh);
-      EXPECT_LE(mine, e * (1 + 1e-9)) << svdq::format_name(f) << " chosen " << chosen.info.recipe
+      const double e = summed_error(run(l, st, cfg), l, l.x, l.rows) / elements;
+      const double s = selection_score(chosen, name);
+      EXPECT_NEAR(s, e, 1e-3 * e) << svdq::format_name(f) << " " << name << ": " << report;
+      EXPECT_LE(chosen.info.score, s) << svdq::format_name(f) << " chosen " << chosen.info.recipe
                                       << " vs " << name << ": " << report;
     }
-    // On this layer an option fitted on the other rows (the diag(H)-weighted clipping) makes
-    // plain SVDQuant worse on the held-out rows (the case selection exists for).
-    if (clip_score > plain_score) ++refinement_hurt;
-    std::printf("%s: chosen %s; %s\n", svdq::format_name(f), chosen.info.recipe.c_str(),
-                report.c_str());
+    // On this layer an option fitted on the rows (the diag(H)-weighted clipping) makes plain
+    // SVDQuant worse out of fold (the case selection exists for).
+    if (selection_score(chosen, "svdquant+clip") > selection_score(chosen, "svdquant")) ++refinement_hurt;
+    std::printf("%s: chosen %s; %s\n", svdq::format_name(f), chosen.info.recipe.c_str(), report.c_str());
   }
   EXPECT_EQ(refinement_hurt, 2) << "the layer no longer exercises an option that hurts";
+}
+
+// Out of fold means out of fold: the weighted clipping's cross-validated score equals the one
+// rebuilt here fold by fold, each fold's layer quantized through the public API from statistics
+// of the OTHER folds' rows only and evaluated on the fold's rows with the reference forward.
+// (alpha = beta = 0 so that the smoothing, which reads every observed row's absmax, is the same.)
+TEST(Selection, CrossValidatedScoreIsRebuiltFoldByFold) {
+  const SpikyLayer l = make_spiky();
+  svdq::ActivationStats st(l.k);
+  ASSERT_TRUE(st.observe(MatrixView<const float>(l.x.data(), l.rows, l.k)).ok());
+  svdq::QuantConfig c = selection_base(svdq::Format::kInt4);
+  c.alpha = c.beta = 0.0f;
+  c.smooth_search.candidates = {{0.0f, 0.0f}, {0.5f, 0.5f}};
+  const svdq::QuantizedLinear chosen = run(l, st, svdq::svdq_plus_config(c));
+  const double cv = selection_score(chosen, "svdquant+clip");  // data-free + weighted clipping
+  const int folds = 4;
+  double total = 0, in_sample = 0;
+  svdq::QuantConfig clip = c;
+  clip.clip_search = true;
+  clip.clip_weighted = true;
+  for (int f = 0; f < folds; ++f) {
+    std::vector<float> fit, held;
+    for (int64_t m = 0; m < l.rows; ++m)
+      (m % folds == f ? held : fit).insert((m % folds == f ? held : fit).end(), l.x.begin() + m * l.k,
+                                           l.x.begin() + (m + 1) * l.k);
+    svdq::ActivationStats sf(l.k);
+    ASSERT_TRUE(sf.observe(MatrixView<const float>(fit.data(), l.rows - l.rows / folds, l.k)).ok());
+    total += summed_error(run(l, sf, clip), l, held, l.rows / folds);
+  }
+  in_sample = summed_error(run(l, st, clip), l, l.x, l.rows);
+  const double elements = static_cast<double>(l.rows * l.n);
+  EXPECT_NEAR(cv, total / elements, 2e-3 * cv);
+  // ... and differs from the in-sample error of the layer fitted on all rows (what a leak gives).
+  EXPECT_GT(std::fabs(total - in_sample), 0.02 * in_sample)
+      << "the layer no longer tells out-of-fold from in-sample clipping";
+}
+
+// The same for a rotated recipe (config.rotate): its clipping weights are the rotated diag(H) of
+// the other folds' rows, and the rounding and the activations are rotated when scoring; each
+// fold is rebuilt here by the public rotated recipe fitted on the other folds.
+TEST(Selection, RotatedCrossValidatedScoreIsRebuiltFoldByFold) {
+  const SpikyLayer l = make_spiky();
+  svdq::ActivationStats st(l.k);
+  ASSERT_TRUE(st.observe(MatrixView<const float>(l.x.data(), l.rows, l.k)).ok());
+  for (const svdq::Format f : {svdq::Format::kInt4, svdq::Format::kNvfp4}) {
+    svdq::QuantConfig c = selection_base(f);
+    c.alpha = c.beta = 0.0f;
+    c.clip_search = true;
+    c.clip_weighted = true;
+    c.rotate = true;
+    svdq::QuantConfig sel = c;
+    sel.selection.enabled = true;
+    const svdq::QuantizedLinear chosen = run(l, st, sel);
+    const double cv = selection_score(chosen, "svdquant+rotate+clip");
+    const int folds = 4;
+    double total = 0;
+    for (int fo = 0; fo < folds; ++fo) {
+      std::vector<float> fit, held;
+      for (int64_t m = 0; m < l.rows; ++m)
+        (m % folds == fo ? held : fit).insert((m % folds == fo ? held : fit).end(), l.x.begin() + m * l.k,
+                                              l.x.begin() + (m + 1) * l.k);
+      svdq::ActivationStats sf(l.k);
+      ASSERT_TRUE(sf.observe(MatrixView<const float>(fit.data(), l.rows - l.rows / folds, l.k)).ok());
+      const svdq::QuantizedLinear q = run(l, sf, c);
+      EXPECT_EQ(q.rotation, svdq::Rotation::kBlockHadamard);
+      total += summed_error(q, l, held, l.rows / folds);
+    }
+    EXPECT_NEAR(cv, total / static_cast<double>(l.rows * l.n), 2e-3 * cv) << svdq::format_name(f);
+    // The unrotated recipe is compared too, and differs.
+    EXPECT_NE(selection_score(chosen, "svdquant+clip"), cv);
+  }
 }
 
 }  // namespace

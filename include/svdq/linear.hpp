@@ -50,6 +50,9 @@ struct SmoothSearch {
   /// Score on a fixed, seeded subset of this many output channels (0 = all): the weight
   /// quantization is per output row, so a subset is an unbiased, much cheaper estimate.
   int64_t max_scored_outputs = 1024;
+  /// ... and at most this many scored weights (outputs x K; 0 = no cap): a wide layer (K = 12288)
+  /// is scored on 256 outputs, the cost of scoring 1024 outputs of K = 3072.
+  int64_t max_scored_weights = 1024 * 3072;
 };
 
 /// GPTQ (Frantar et al. 2023) on the residual R with H = Xh^T Xh from smoothed calibration rows.
@@ -96,15 +99,19 @@ struct QuantConfig {
   bool clip_weighted = true;
   /// nvfp4: set act_tensor_scale from calibration, t_act = max_j amax_x[j] / s_j / (6 * 448).
   bool calibrate_act_tensor_scale = false;
-  /// Recipe selection (svdq-plus): the sampled calibration rows are split deterministically;
-  /// every holdout_stride-th row is held out and the rest fit (smoothing search, refinement,
-  /// diag(H), GPTQ's Hessian). Every simpler recipe built from this config's options (data-free,
-  /// plain alpha/beta, each enabled option alone, a few combinations, the full combination, and
-  /// clipping weighted or not) is then scored on the held-out rows and the best is kept, simpler
-  /// first on ties. Info::recipe names it; Info::selection lists every score.
+  /// Recipe selection (svdq-plus) by k-fold cross-validation on the sampled calibration rows:
+  /// sampled row i belongs to fold i % folds. Every simpler recipe built from this config's
+  /// options (data-free, plain alpha/beta, the search's pick, each enabled option alone, and the
+  /// full combination from each smoothing start with clipping weighted or not) is scored out of
+  /// fold: fold f's rows are scored by the recipe fitted without them (its smoothing-search pick,
+  /// refinement iterate count, diag(H) clipping weights and GPTQ Hessian from the other folds).
+  /// The recipe with the least summed error over all sampled rows is kept (simpler first on
+  /// ties) and refitted on ALL sampled rows. Info::recipe names it, Info::score is its
+  /// cross-validated output MSE, Info::selection lists every score. docs/quality.md says what is
+  /// shared between folds (the SVDs of the refinement run with all-rows clipping weights).
   struct Selection {
     bool enabled = false;
-    int holdout_stride = 4;  ///< >= 2: rows i with i % stride == stride - 1 are held out
+    int folds = 4;  ///< in [2, 64]; fewer sampled rows than folds: one fold per row
   } selection;
   /// Block-Hadamard rotation of the 4-bit path (docs/formats.md): the residual is rotated by the
   /// normalised Walsh-Hadamard matrix inside each quantization group before it is quantized, and
@@ -183,10 +190,10 @@ struct QuantizedLinear {
     /// The recipe kept, e.g. "svdquant", "data-free+clip-unweighted", "search+refine+clip"
     /// (empty when not recorded: older checkpoints).
     std::string recipe;
-    /// Recipe selection (QuantConfig::select): calibration rows held out from fitting and used
-    /// only to choose, 0 when there was no selection.
+    /// Recipe selection (QuantConfig::selection): calibration rows scored out of fold (each by
+    /// the recipe fitted without it), 0 when there was no selection.
     int64_t holdout_rows = 0;
-    /// Every recipe compared by the selection, with its output MSE on the held-out rows.
+    /// Every recipe compared by the selection, with its cross-validated output MSE.
     struct Scored {
       std::string recipe;
       double score = 0;
