@@ -168,8 +168,13 @@ float QuantizedActivations::scale(int64_t m, int64_t g) const noexcept {
 
 namespace detail {
 
-// One group of `gs` smoothed values -> codes (unpacked) and the stored scale bytes.
-void quantize_act_group_int4(const float* xh, int gs, uint8_t* codes, uint8_t* scale_bytes) {
+namespace {
+// The integer activation contract for one group, with qmax 7 (signed) or 15 (unsigned): absmax,
+// scale a / qmax, codes encode(x * (qmax / a)); a non-finite group gets a NaN scale, a zero group
+// (or one whose inverse overflows, a < qmax / FLT_MAX) scale 0; codes 0 in both.
+template <typename Encode>
+void quantize_act_group_fixed(const float* xh, int gs, float qmax, Encode encode, uint8_t* codes,
+                              uint8_t* scale_bytes) {
   float a = 0.0f;
   bool finite = true;
   for (int i = 0; i < gs; ++i) {
@@ -180,38 +185,25 @@ void quantize_act_group_int4(const float* xh, int gs, uint8_t* codes, uint8_t* s
   if (!finite) {
     scale = std::numeric_limits<float>::quiet_NaN();
     std::fill(codes, codes + gs, uint8_t{0});
-  } else if (a == 0.0f || !std::isfinite(7.0f / a)) {
-    // a == 0, or a so small (< 7 / FLT_MAX) that the inverse overflows: a zero group.
+  } else if (a == 0.0f || !std::isfinite(qmax / a)) {
     scale = 0.0f;
     std::fill(codes, codes + gs, uint8_t{0});
   } else {
-    scale = a / 7.0f;
-    const float inv = 7.0f / a;
-    for (int i = 0; i < gs; ++i) codes[i] = encode_int4(xh[i] * inv);
+    scale = a / qmax;
+    const float inv = qmax / a;
+    for (int i = 0; i < gs; ++i) codes[i] = encode(xh[i] * inv);
   }
   std::memcpy(scale_bytes, &scale, 4);
 }
+}  // namespace
+
+// One group of `gs` smoothed values -> codes (unpacked) and the stored scale bytes.
+void quantize_act_group_int4(const float* xh, int gs, uint8_t* codes, uint8_t* scale_bytes) {
+  quantize_act_group_fixed(xh, gs, 7.0f, [](float v) { return encode_int4(v); }, codes, scale_bytes);
+}
 
 void quantize_act_group_uint4(const float* xh, int gs, uint8_t* codes, uint8_t* scale_bytes) {
-  float a = 0.0f;
-  bool finite = true;
-  for (int i = 0; i < gs; ++i) {
-    finite &= std::isfinite(xh[i]);
-    a = std::max(a, std::fabs(xh[i]));
-  }
-  float scale;
-  if (!finite) {
-    scale = std::numeric_limits<float>::quiet_NaN();
-    std::fill(codes, codes + gs, uint8_t{0});
-  } else if (a == 0.0f || !std::isfinite(15.0f / a)) {
-    scale = 0.0f;
-    std::fill(codes, codes + gs, uint8_t{0});
-  } else {
-    scale = a / 15.0f;
-    const float inv = 15.0f / a;
-    for (int i = 0; i < gs; ++i) codes[i] = encode_uint4(xh[i] * inv);
-  }
-  std::memcpy(scale_bytes, &scale, 4);
+  quantize_act_group_fixed(xh, gs, 15.0f, [](float v) { return encode_uint4(v); }, codes, scale_bytes);
 }
 
 void quantize_act_group_nvfp4(const float* xh, int gs, float t_act, uint8_t* codes,
