@@ -217,7 +217,7 @@ struct QuantizeArgs {
   int rank = 32;
   int threads = 0;
   bool plus = false;
-  bool rotate = false;  // block-Hadamard rotation of the 4-bit path (CPU runtimes only for now)
+  bool rotate = false;  // block-Hadamard rotation of the 4-bit path
 };
 
 // One weight to quantize: tensor "<layer>.weight" (or any matching name) and its optional bias.
@@ -922,7 +922,7 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"f16", "bf16"}));
   quantize->add_flag("--rotate", qa.rotate,
                      "block-Hadamard rotation inside each quantization group (with --plus: compared "
-                     "with the unrotated recipes); the GPU kernels do not run rotated layers yet");
+                     "with the unrotated recipes)");
 
   std::vector<std::string> calib_inputs;
   std::string calib_out, calib_suffix = ".inputs";

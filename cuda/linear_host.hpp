@@ -37,7 +37,7 @@ struct LinearPlan {
   int rank = 0, group = 64;
   float t_act = 1.0f, t_prod = 1.0f;
   bool has_bias = false;
-  bool rotated = false;  // block-Hadamard layer: not implemented by the kernels yet (can_implement)
+  bool rotated = false;  // block-Hadamard layer: kernel 1 rotates each smoothed group (QuantizeParams::rotate)
   GemmPath path = GemmPath::kDp4a;  // kernel 2 (the backend sets it from the device: use_gemm_path)
   std::vector<uint8_t> w_codes;   // dp4a: (N, K/2) canonical; mma: repack_codes_mma
   std::vector<uint8_t> w_scales;  // dp4a: (N, G) fp32 (exact decode); mma: repack_scales_mma
@@ -190,10 +190,6 @@ inline void use_gemm_path(LinearPlan* p, GemmPath path) {
 
 inline Status can_implement(const LinearPlan* p, int64_t m, DType dtype, const char* fn) {
   if (p == nullptr) return Status(StatusCode::kErrorInvalidArgument, std::string(fn) + ": empty (moved-from) layer");
-  if (p->rotated)  // qrot (issue 13): the kernels do not rotate activations yet
-    return Status(StatusCode::kErrorNotSupported,
-                  std::string(fn) + ": the layer's rotation is block-hadamard; the GPU kernels "
-                                    "implement rotation none only (use CpuLinear or reference_forward)");
   if (m < 1 || m > kMaxGridX)
     return Status(StatusCode::kErrorShape, std::string(fn) + ": M (" + std::to_string(m) + ") must be in [1, 2^31)");
   if (dtype != p->act)
@@ -253,6 +249,7 @@ inline Status plan_forward(const LinearPlan* p, const DeviceWeights& w, const vo
   float* lora = reinterpret_cast<float*>(scales + L.scales_bytes(m));
   out->qp = QuantizeParams{d_x, m, L.k, w.inv_s, L.t_act, codes, scales, w.down, L.rank, L.down.rank_pad,
                            L.down.has_lo ? 1 : 0, L.down.lora_scale, lora};
+  out->qp.rotate = L.rotated ? 1 : 0;
   out->gp = GemmParams{m, L.n, L.k, codes, scales, w.w_codes, w.w_scales, L.t_prod, lora, w.up, L.rank,
                        L.has_bias ? w.bias : nullptr, d_y};
   grids(L, m, &out->qgrid, &out->ggrid);

@@ -79,6 +79,7 @@ struct QuantizeParams {
   int has_lo;               // 1: a second (lo) operand follows the first
   float lora_scale;         // a power of two, applied to each lora element once
   float* lora;              // (M, r) fp32
+  int rotate = 0;           // 1: block-Hadamard layer, rotate each smoothed group (hadamard_group)
 };
 
 struct QuantSmem {
@@ -96,6 +97,53 @@ template <typename T>
 SVDQ_DEV void mma16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
   if constexpr (std::is_same_v<T, __nv_bfloat16>) arch::mma_m16n8k16_bf16bf16f32(d, a, b, d);
   else arch::mma_m16n8k16_f16f16f32(d, a, b, d);
+}
+
+// Block-Hadamard rotation of the smoothed group (docs/formats.md §6.3), in registers, for a layer
+// with rotation = block-hadamard: stages h = 1, 2, 4, ..., G/2 in this order, each pair
+// (v[i], v[i + h]) with (i & h) == 0 becoming (v[i] + v[i + h], v[i] - v[i + h]), then every
+// value times c = 1/sqrt(G) (0.125 int4, 0.25 nvfp4); one IEEE fp32 operation each (fadd_rn /
+// fmul_rn: nvcc never contracts them into an FMA with the smoothing multiply before them).
+// nvfp4: the group (16) is this thread's chunk, all 4 stages in the thread. int4: the group (64)
+// is the chunks of lanes 4j .. 4j + 3 (chunk qc = lane % 16, group element 16 (lane & 3) + i), so
+// stages 1..8 are in the thread and stage 16 (32) pairs lane bit 0 (bit 1): the lane whose bit is
+// clear holds v[i] and keeps mine + other, the other holds v[i + h] and keeps other - mine (the
+// same operands as the CPU's a + b and a - b). Called by all 32 lanes (inactive ones hold zeros).
+// Then recomputes the rotated values' absmax and finiteness flag (a finite group whose butterfly
+// overflows becomes non-finite, as on the CPU); the int4 lanes reduce them afterwards as before.
+template <int kKind>
+SVDQ_DEV void hadamard_group(float (&v)[kChunk], int lane, float* a, bool* finite) {
+#pragma unroll
+  for (int h = 1; h < kChunk; h <<= 1)
+#pragma unroll
+    for (int i = 0; i < kChunk; ++i)
+      if ((i & h) == 0) {
+        const float x0 = v[i], x1 = v[i + h];
+        v[i] = arch::fadd_rn(x0, x1);
+        v[i + h] = arch::fadd_rn(x0, -x1);
+      }
+  if constexpr (kKind == 0) {
+#pragma unroll
+    for (int off = 1; off <= 2; off <<= 1) {  // h = 16: lane ^ 1; h = 32: lane ^ 2
+      const bool upper = (lane & off) != 0;
+#pragma unroll
+      for (int i = 0; i < kChunk; ++i) {
+        const float other = arch::shfl_xor(arch::kFullMask, v[i], off);
+        v[i] = upper ? arch::fadd_rn(other, -v[i]) : arch::fadd_rn(v[i], other);
+      }
+    }
+  }
+  constexpr float c = kKind == 0 ? 0.125f : 0.25f;
+  float m = 0.0f;
+  bool fin = true;
+#pragma unroll
+  for (int i = 0; i < kChunk; ++i) {
+    v[i] = arch::fmul_rn(v[i], c);
+    fin &= is_finite(v[i]);
+    m = fmaxf(m, fabsf(v[i]));
+  }
+  *a = m;
+  *finite = fin;
 }
 
 // kKind: 0 = int4 (group 64), 1 = nvfp4 (group 16).
@@ -157,7 +205,7 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_lora_down_kernel(Quant
 
       if (pass == 0) {
         const bool active = qrow < p.m && kChunk * qc < len;
-        float xh[kChunk];
+        float xh[kChunk] = {};  // zeros in inactive lanes (they still take part in the shuffles)
         float a = 0.0f;
         bool finite = true;
         if (active) {
@@ -174,6 +222,7 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_lora_down_kernel(Quant
             }
           }
         }
+        if (p.rotate) hadamard_group<kKind>(xh, lane, &a, &finite);  // CTA-uniform: all lanes shuffle
         if (kKind == 0) {  // int4: the 4 lanes of a group agree on a and the flag (all lanes shuffle)
           int fin = finite ? 1 : 0;
 #pragma unroll

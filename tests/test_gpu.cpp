@@ -638,4 +638,45 @@ TEST(GpuLayerLaunch, BadInputIsAStatus) {
   }
 }
 
+// ---- Rotated layers (block-Hadamard, docs/formats.md §6.3; kernel 1 rotates each smoothed group,
+// kernel 2 is unchanged) on every kernel-2 path: codes and scales byte-equal to the CPU reference,
+// rank 0 bit-equal, a branch within the budget. tests/test_gpu_k1.cpp has the rest (K tails,
+// non-finite and overflowing groups).
+TEST(GpuLayerRotation, EveryPathMatchesTheCpuReference) {
+  SKIP_WITHOUT_GPU();
+  const Fixture& f = fixture();
+  struct RotCase {
+    svdq::Format format;
+    svdq::DType dtype;
+    int rank;
+    int64_t m;
+  };
+  const RotCase rot_cases[] = {{svdq::Format::kInt4, svdq::DType::kBF16, 0, 7},
+                               {svdq::Format::kNvfp4, svdq::DType::kF16, 0, 7},
+                               {svdq::Format::kInt4, svdq::DType::kF16, 16, 17},
+                               {svdq::Format::kNvfp4, svdq::DType::kBF16, 16, 17}};
+  for (int sm : arch_params())
+    for (const RotCase& c : rot_cases) {
+      SCOPED_TRACE("sm " + std::to_string(sm) + " " + svdq::format_name(c.format) + " " + svdq::dtype_name(c.dtype) +
+                   " r" + std::to_string(c.rank) + " m" + std::to_string(c.m));
+      svdq::QuantizedLinear q = f.quantize(c.format, c.rank);
+      q.rotation = svdq::Rotation::kBlockHadamard;  // same operands, rotated activation path
+      auto g = make_linear(q, c.dtype, sm);
+      ASSERT_TRUE(g.ok()) << g.status().to_string();
+      const auto x = f.activations(c.m, c.dtype);
+      std::vector<uint16_t> y_gpu;
+      svdq::QuantizedActivations act_gpu;
+      ASSERT_NO_FATAL_FAILURE(run_gpu(*g, x, c.m, nullptr, &y_gpu, &act_gpu));
+      std::vector<uint16_t> y_ref(static_cast<size_t>(c.m * f.n));
+      svdq::QuantizedActivations act_ref;
+      ASSERT_TRUE(svdq::test_support::reference_forward_with_activations(
+                      q, view16(x, c.dtype, c.m, f.k), svdq::MatrixRef(y_ref.data(), c.dtype, c.m, f.n, f.n), &act_ref)
+                      .ok());
+      EXPECT_EQ(act_gpu.codes, act_ref.codes) << "activation codes differ";
+      EXPECT_EQ(act_gpu.scales, act_ref.scales) << "activation scales differ";
+      if (c.rank == 0) EXPECT_EQ(count_differences(y_gpu, y_ref, c.dtype), 0u);
+      else EXPECT_LE(rel_err(y_gpu, y_ref, c.dtype, c.m, f.n), kKernelVsReference);
+    }
+}
+
 }  // namespace

@@ -21,7 +21,11 @@
 #include "svdq/testing.hpp"
 
 #if defined(SVDQ_TEST_BACKEND_EMU)
+#include <random>
+
 #include "emu/emu_linear.hpp"
+#include "emu/runtime.hpp"
+#include "quantize_lora_down.cuh"  // hadamard_group, run in an emulated warp below
 #else
 #include <cuda_runtime.h>
 #endif
@@ -208,7 +212,17 @@ struct Case {
   int rank;
   int64_t m;
   svdq::DType storage = svdq::DType::kBF16;
+  bool rotated = false;  // the layer with rotation = block-hadamard (kernel 1 rotates each group)
 };
+
+// The layer `q` with rotation = block-hadamard: a valid layer (its weights are whatever they are;
+// the kernels are compared with the reference on the same operands), without a second quantization.
+svdq::QuantizedLinear rotated_copy(const svdq::QuantizedLinear& q) {
+  svdq::QuantizedLinear r = q;
+  r.rotation = svdq::Rotation::kBlockHadamard;
+  EXPECT_TRUE(svdq::validate(r).ok());
+  return r;
+}
 
 class Kernel1 : public ::testing::TestWithParam<Case> {};
 
@@ -216,7 +230,9 @@ TEST_P(Kernel1, CodesScalesLoraAndOutput) {
   SKIP_WITHOUT_GPU();
   const Case c = GetParam();
   const Fixture& f = fixture();
-  const svdq::QuantizedLinear& q = f.quantize(c.format, c.rank, c.storage);
+  const svdq::QuantizedLinear& q0 = f.quantize(c.format, c.rank, c.storage);
+  const svdq::QuantizedLinear rot = c.rotated ? rotated_copy(q0) : svdq::QuantizedLinear{};
+  const svdq::QuantizedLinear& q = c.rotated ? rot : q0;
   auto g = make_linear(q, c.dtype);
   ASSERT_TRUE(g.ok()) << g.status().to_string();
   const auto x = f.activations(c.m, c.dtype);
@@ -255,6 +271,15 @@ std::vector<Case> cases() {
        {i4, hf, 0, 1},        {i4, hf, 32, 7},  {i4, hf, 128, 129},   {i4, hf, 5, 17},     {i4, hf, 128, 7, hf},
        {f4, bf, 0, 7},        {f4, bf, 64, 1},  {f4, bf, 128, 7, hf}, {f4, bf, 32, 33},   {f4, bf, 5, 17},
        {f4, hf, 16, 1},       {f4, hf, 128, 7}, {f4, hf, 133, 17},    {f4, hf, 64, 7, hf}};
+  // Rotated layers (block-Hadamard, docs/formats.md §6.3): both formats and dtypes, rank 0 (output
+  // bit-equal) and a branch, both storage dtypes, M with a partial CTA; K = 320 has a partial slice.
+  for (const Case& c : std::vector<Case>{{i4, bf, 0, 17, bf, true},
+                                          {i4, hf, 16, 7, bf, true},
+                                          {i4, bf, 32, 1, hf, true},
+                                          {f4, bf, 0, 17, bf, true},
+                                          {f4, hf, 16, 7, bf, true},
+                                          {f4, hf, 32, 1, hf, true}})
+    v.push_back(c);
   if (!kEmu)  // a device: the full cross of the ranks, M and types as well
     for (auto fmt : {i4, f4})
       for (auto dt : {bf, hf})
@@ -265,12 +290,17 @@ std::vector<Case> cases() {
             });
             if (!listed) v.push_back({fmt, dt, r, m});
           }
+  if (!kEmu)  // a device: rotated layers over the same formats and dtypes, ranks 0 / 32, three M
+    for (auto fmt : {i4, f4})
+      for (auto dt : {bf, hf})
+        for (int r : {0, 32})
+          for (int64_t m : {1, 129, 1000}) v.push_back({fmt, dt, r, m, bf, true});
   return v;
 }
 std::string case_name(const ::testing::TestParamInfo<Case>& info) {
   const Case& c = info.param;
   return std::string(svdq::format_name(c.format)) + "_" + svdq::dtype_name(c.dtype) + "_r" + std::to_string(c.rank) +
-         "_m" + std::to_string(c.m) + "_st" + svdq::dtype_name(c.storage);
+         "_m" + std::to_string(c.m) + "_st" + svdq::dtype_name(c.storage) + (c.rotated ? "_rot" : "");
 }
 INSTANTIATE_TEST_SUITE_P(All, Kernel1, ::testing::ValuesIn(cases()), case_name);
 
@@ -360,7 +390,126 @@ TEST(Kernel1Shapes, NarrowK) {
     }
 }
 
+// Rotated layers (docs/formats.md §6.3): a NaN row, an Inf row, and a row whose one group is
+// finite but whose butterfly overflows (every element of group 1 is the largest bf16 value, so
+// the first stage's sums are +Inf: a non-finite group, scale NaN, as on the CPU). Smoothing is set
+// to 1 (s = 1 in the copy) so that the group reaches the rotation unscaled. Codes and scales
+// byte-equal to the reference (which the test checks does mark the group non-finite), the three
+// rows' outputs NaN, every other row's lora and output bits unchanged from the clean run.
+TEST(Kernel1Rotation, NonFiniteAndOverflowingGroupsStayInTheirRows) {
+  SKIP_WITHOUT_GPU();
+  const Fixture& f = fixture();
+  const int64_t m = 20;
+  const svdq::DType dt = svdq::DType::kBF16;
+  for (auto fmt : {svdq::Format::kInt4, svdq::Format::kNvfp4}) {
+    SCOPED_TRACE(svdq::format_name(fmt));
+    svdq::QuantizedLinear q = rotated_copy(f.quantize(fmt, 16, svdq::DType::kBF16));
+    std::fill(q.smooth.begin(), q.smooth.end(), svdq::float_to_bits16(1.0f, q.storage));
+    ASSERT_TRUE(svdq::validate(q).ok());
+    auto g = make_linear(q, dt);
+    ASSERT_TRUE(g.ok()) << g.status().to_string();
+    auto x = f.activations(m, dt);
+    Outcome clean, dirty;
+    ASSERT_NO_FATAL_FAILURE(run(*g, q, x, m, &clean));
+    const int64_t gs = q.group, nan_row = 3, inf_row = 17, ovf_row = 9;
+    x[nan_row * f.k + 10] = 0x7FC0;
+    x[inf_row * f.k + 300] = 0xFF80;  // -Inf
+    for (int64_t j = gs; j < 2 * gs; ++j) x[ovf_row * f.k + j] = 0x7F7F;  // 3.3895e38, finite
+    ASSERT_NO_FATAL_FAILURE(run(*g, q, x, m, &dirty));
+    svdq::QuantizedActivations act_ref;
+    std::vector<uint16_t> y_ref(static_cast<size_t>(m * f.n));
+    ASSERT_TRUE(svdq::test_support::reference_forward_with_activations(
+                    q, view16(x, dt, m, f.k), svdq::MatrixRef(y_ref.data(), dt, m, f.n, f.n), &act_ref)
+                    .ok());
+    ASSERT_FALSE(std::isfinite(act_ref.scale(ovf_row, 1))) << "the reference must see the overflow";
+    ASSERT_TRUE(std::isfinite(act_ref.scale(ovf_row, 0)));
+    EXPECT_EQ(dirty.codes, act_ref.codes);
+    EXPECT_EQ(dirty.scales, act_ref.scales);
+    for (int64_t i = 0; i < m; ++i) {
+      const bool bad_row = i == nan_row || i == inf_row || i == ovf_row;
+      for (int j = 0; j < q.rank; ++j) {
+        const float v = dirty.lora[i * q.rank + j];
+        if (i == nan_row || i == inf_row) {
+          EXPECT_FALSE(std::isfinite(v)) << i << " " << j;
+        } else if (!bad_row) {
+          EXPECT_EQ(std::memcmp(&v, &clean.lora[i * q.rank + j], 4), 0) << i << " " << j;
+        }
+      }
+      for (int64_t j = 0; j < f.n; ++j) {
+        if (bad_row) {
+          EXPECT_TRUE(std::isnan(svdq::bits16_to_float(dirty.y[i * f.n + j], dt))) << i << " " << j;
+        } else {
+          EXPECT_EQ(dirty.y[i * f.n + j], clean.y[i * f.n + j]) << i << " " << j;
+        }
+      }
+    }
+  }
+}
+
 #if defined(SVDQ_TEST_BACKEND_EMU)
+// Kernel 1's rotation step (hadamard_group, quantize_lora_down.cuh) in one emulated warp against
+// the CPU's svdq::hadamard_transform (docs/formats.md §6.3), value for value, on random fp32 groups
+// with full 24-bit significands (so that a different stage order or pairing rounds differently,
+// which the layer tests' 4-bit codes see only at rounding boundaries) over 40 binades, and groups
+// near FLT_MAX whose butterfly overflows. int4: each group of 64 is lanes 4j .. 4j + 3, 16 values
+// each, and the group's absmax / finiteness (max over its 4 lanes); nvfp4: one group per lane.
+// Bit-equal, except that a NaN matches any NaN.
+TEST(Kernel1Rotation, GroupButterflyIsBitEqualToTheCpuTransform) {
+  std::mt19937 rng(2026);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::uniform_int_distribution<int> ex(-20, 20);
+  auto same = [](float a, float b) { return (std::isnan(a) && std::isnan(b)) || std::memcmp(&a, &b, 4) == 0; };
+  for (int trial = 0; trial < 8; ++trial) {
+    float in[32][16], out[32][16], amax[32];
+    bool fin[32];
+    for (int l = 0; l < 32; ++l)
+      for (int i = 0; i < 16; ++i)
+        in[l][i] = trial >= 6 && l < 8 ? u(rng) * 3.0e38f : std::ldexp(u(rng), ex(rng));  // 6, 7: overflow
+    for (int kind = 0; kind < 2; ++kind) {
+      SCOPED_TRACE("trial " + std::to_string(trial) + (kind == 0 ? " int4" : " nvfp4"));
+      const std::string err = svdq::emu::launch("hadamard_group", dim3(1), dim3(32), 0, svdq::emu::LaunchOptions{}, [&] {
+        const int lane = svdq::emu::lane_id();
+        float v[16], a = 0.0f;
+        bool f = true;
+        std::memcpy(v, in[lane], sizeof v);
+        if (kind == 0) {
+          svdq::cuda::hadamard_group<0>(v, lane, &a, &f);
+          for (int off = 1; off < 4; off <<= 1) {  // the kernel's reduction over the group's lanes
+            a = fmaxf(a, svdq::arch::shfl_xor(svdq::arch::kFullMask, a, off));
+            f = svdq::arch::shfl_xor(svdq::arch::kFullMask, f ? 1 : 0, off) != 0 && f;
+          }
+        } else {
+          svdq::cuda::hadamard_group<1>(v, lane, &a, &f);
+        }
+        std::memcpy(out[lane], v, sizeof v);
+        amax[lane] = a;
+        fin[lane] = f;
+      });
+      ASSERT_EQ(err, "");
+      const int gs = kind == 0 ? 64 : 16, lanes = gs / 16;
+      int bad = 0;
+      for (int g = 0; g < 32 / lanes; ++g) {
+        std::vector<float> want(static_cast<size_t>(gs));
+        for (int i = 0; i < gs; ++i) want[i] = in[g * lanes + i / 16][i % 16];
+        svdq::hadamard_transform(want.data(), gs);
+        float wa = 0.0f;
+        bool wf = true;
+        for (float w : want) {
+          wf &= std::isfinite(w);
+          wa = std::max(wa, std::fabs(w));
+        }
+        if (trial >= 6 && g == 0) EXPECT_FALSE(wf) << "the overflow groups must overflow";
+        for (int i = 0; i < gs; ++i) bad += !same(out[g * lanes + i / 16][i % 16], want[i]);
+        for (int l = g * lanes; l < (g + 1) * lanes; ++l) {
+          EXPECT_EQ(fin[l], wf) << "group " << g << " lane " << l;
+          if (wf) EXPECT_TRUE(same(amax[l], wa)) << "group " << g << " lane " << l;
+        }
+      }
+      EXPECT_EQ(bad, 0);
+    }
+  }
+}
+
 // The same bits under every interleaving of the CTAs' threads and order of the CTAs (seeds, with
 // preemption between shared accesses): codes, scales, lora and y.
 TEST(Kernel1Rows, SameBitsUnderEverySeed) {

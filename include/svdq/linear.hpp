@@ -116,8 +116,8 @@ struct QuantConfig {
   /// Block-Hadamard rotation of the 4-bit path (docs/formats.md): the residual is rotated by the
   /// normalised Walsh-Hadamard matrix inside each quantization group before it is quantized, and
   /// the runtime rotates the smoothed activations the same way. Spreads spiky channels over their
-  /// group. The layer gets rotation = kBlockHadamard (checkpoint format 2.0; the GPU kernels do
-  /// not implement it yet). With selection, rotated and unrotated recipes are both compared.
+  /// group. The layer gets rotation = kBlockHadamard (checkpoint format 2.0; CpuLinear,
+  /// reference_forward and GpuLinear run it; Nunchaku export refuses it). With selection, rotated and unrotated recipes are both compared.
   /// Not combined with GPTQ (kErrorNotSupported).
   bool rotate = false;
   /// Called after each search step (optional).
