@@ -70,6 +70,14 @@ struct CudaLauncher {
                          dim3(fl.qgrid.x, fl.qgrid.y, fl.qgrid.z), dim3(fl.qblock.x, fl.qblock.y, fl.qblock.z),
                          qargs, 0, stream),
         "launching quantize_lora_down_kernel"));
+    if (fl.reduce) {  // split-K's fixed-order sum of the partials (quantize_lora_down.cuh)
+      cuda::LoraReduceParams rp = fl.rp;
+      void* rargs[] = {&rp};
+      SVDQ_RETURN_IF_ERROR(cuda_status(
+          cudaLaunchKernel(reinterpret_cast<const void*>(&cuda::lora_reduce_kernel<0>), dim3(fl.rgrid.x, fl.rgrid.y, fl.rgrid.z),
+                           dim3(fl.rblock.x, fl.rblock.y, fl.rblock.z), rargs, 0, stream),
+          "launching lora_reduce_kernel"));
+    }
     return cuda_status(cudaLaunchKernel(reinterpret_cast<const void*>(cuda::gemm_kernel<T, kKind>(fl.path)),
                                         dim3(fl.ggrid.x, fl.ggrid.y, fl.ggrid.z),
                                         dim3(fl.gblock.x, fl.gblock.y, fl.gblock.z), gargs, 0, stream),

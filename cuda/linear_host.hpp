@@ -39,6 +39,7 @@ struct LinearPlan {
   bool has_bias = false;
   bool rotated = false;  // block-Hadamard layer: kernel 1 rotates each smoothed group (QuantizeParams::rotate)
   GemmPath path = GemmPath::kDp4a;  // kernel 2 (the backend sets it from the device: use_gemm_path)
+  bool split_k = true;   // kernel 1's split over K for small M (k_split); false only in tests
   std::vector<uint8_t> w_codes;   // dp4a: (N, K/2) canonical; mma: repack_codes_mma
   std::vector<uint8_t> w_scales;  // dp4a: (N, G) fp32 (exact decode); mma: repack_scales_mma
   std::vector<uint8_t> w_scales_raw;  // (N, G) the checkpoint's scale bytes (fp16 LE / E4M3), for repacking
@@ -52,8 +53,12 @@ struct LinearPlan {
     return align_up(static_cast<size_t>(m) * static_cast<size_t>(k / group) * (format == Format::kInt4 ? 4 : 1));
   }
   size_t lora_bytes(int64_t m) const { return align_up(static_cast<size_t>(m) * static_cast<size_t>(rank) * 4); }
-  /// Workspace: codes, then scales, then x·lora_down, each 256-byte aligned.
-  size_t workspace_size(int64_t m) const { return m < 1 ? 0 : codes_bytes(m) + scales_bytes(m) + lora_bytes(m); }
+  /// kernel 1's split-K partial sums (quantize_lora_down.cuh: k_split_partial_floats).
+  size_t partial_bytes(int64_t m) const { return align_up(static_cast<size_t>(k_split_partial_floats(m, k, rank)) * 4); }
+  /// Workspace: codes, then scales, then x·lora_down, then the split-K partials, each 256-byte aligned.
+  size_t workspace_size(int64_t m) const {
+    return m < 1 ? 0 : codes_bytes(m) + scales_bytes(m) + lora_bytes(m) + partial_bytes(m);
+  }
 };
 
 // ---- The mma kernel's fragment order (gemm_w4a4_mma.cuh documents the layouts) ----------------
@@ -214,16 +219,21 @@ struct Dim {
 struct ForwardLaunch {
   Dim qgrid, qblock, ggrid, gblock;
   QuantizeParams qp;
+  bool reduce = false;  // split-K with a branch: lora_reduce_kernel runs between kernels 1 and 2
+  Dim rgrid, rblock;
+  LoraReduceParams rp{};
   GemmParams gp;
   bool bf16 = true;
   int kind = 0;  // 0 int4, 1 nvfp4
   GemmPath path = GemmPath::kDp4a;
 };
 
-/// The launch configuration for M rows: kernel 1 one CTA per 16 rows (gridDim.x = ceil(M/16));
+/// The launch configuration for M rows: kernel 1 one CTA per 16 rows (gridDim.x = ceil(M/16)) and
+/// split of K (gridDim.y = S, k_split; S <= kSplitTargetCtas);
 /// kernel 2 M tiles on gridDim.x (ceil(M/64) <= 2^31-1) and N tiles on gridDim.y (<= 65535).
 inline void grids(const LinearPlan& p, int64_t m, Dim* qgrid, Dim* ggrid) {
   qgrid->x = static_cast<unsigned>((m + kQuantRows - 1) / kQuantRows);
+  qgrid->y = static_cast<unsigned>(k_split(m, p.k, p.split_k).splits);
   ggrid->x = static_cast<unsigned>((m + kBlkM - 1) / kBlkM);
   ggrid->y = static_cast<unsigned>((p.n + kBlkN - 1) / kBlkN);
 }
@@ -247,9 +257,17 @@ inline Status plan_forward(const LinearPlan* p, const DeviceWeights& w, const vo
   uint8_t* codes = ws;
   uint8_t* scales = codes + L.codes_bytes(m);
   float* lora = reinterpret_cast<float*>(scales + L.scales_bytes(m));
+  float* partial = reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(lora) + L.lora_bytes(m));
+  const KSplit split = k_split(m, L.k, L.split_k);
   out->qp = QuantizeParams{d_x, m, L.k, w.inv_s, L.t_act, codes, scales, w.down, L.rank, L.down.rank_pad,
                            L.down.has_lo ? 1 : 0, L.down.lora_scale, lora};
   out->qp.rotate = L.rotated ? 1 : 0;
+  out->qp.split_channels = split.channels;
+  out->reduce = split.splits > 1 && L.rank > 0;
+  out->qp.partial = out->reduce ? partial : nullptr;
+  out->rp = LoraReduceParams{partial, split.splits, m * L.rank, L.down.lora_scale, lora};
+  out->rgrid.x = static_cast<unsigned>((m * L.rank + kReduceThreads - 1) / kReduceThreads);
+  out->rblock.x = kReduceThreads;
   out->gp = GemmParams{m, L.n, L.k, codes, scales, w.w_codes, w.w_scales, L.t_prod, lora, w.up, L.rank,
                        L.has_bias ? w.bias : nullptr, d_y};
   grids(L, m, &out->qgrid, &out->ggrid);

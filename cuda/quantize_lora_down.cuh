@@ -63,6 +63,48 @@ constexpr int kRankTiles = kRankChunk / 8;
 constexpr int kQuantWarps = kQuantThreads / 32;
 static_assert(kQuantRows * (kSlice / kChunk) == kQuantThreads, "one chunk per thread per slice");
 
+// ---- Split-K for small M (docs/gpu.md, kernel 1 "Split-K") --------------------------------------
+// One CTA per 16 rows leaves most of a GPU idle for small M, each CTA streaming all of K. The K
+// slices are therefore dealt to S CTAs per 16-row tile (gridDim.y = S), each a contiguous range of
+// whole 256-channel slices: S depends on (M, K) only (never on the device), so the bits do not
+// depend on the GPU: with T = ceil(M/16) tiles and L = ceil(K/256) slices,
+//   want = clamp(floor(kSplitTargetCtas / T), 1, L), per = ceil(L / want), S = ceil(L / per)
+// (about kSplitTargetCtas CTAs in all; S = 1 from T > 64, i.e. M > 1024, or K <= 256). Each split
+// quantizes its own channels (disjoint codes and scales: the same bytes as unsplit) and, with a
+// branch (r > 0) and S > 1, writes its unscaled partial x·lora_down (M, r) to the workspace; then
+// lora_reduce_kernel adds the S partials in split order, ((p0 + p1) + p2) + ..., and applies
+// lora_scale: a fixed order, no atomics. S = 1 (or r = 0) is the unsplit kernel, bit for bit.
+constexpr int kSplitTargetCtas = 128;
+constexpr int64_t kSplitMaxRows = int64_t{kSplitTargetCtas} * kQuantRows;  // S * M <= 2048 when S > 1
+
+struct KSplit {
+  int splits = 1;         // S: CTAs per 16-row tile (gridDim.y)
+  int64_t channels = 0;   // channels per split (a multiple of kSlice; the last split may be shorter)
+};
+
+/// The split of K for M rows (above). `allow` = false: S = 1 (the unsplit kernel, for tests).
+inline KSplit k_split(int64_t m, int64_t k, bool allow = true) {
+  const int64_t tiles = (m + kQuantRows - 1) / kQuantRows, slices = (k + kSlice - 1) / kSlice;
+  int64_t want = allow && tiles > 0 ? kSplitTargetCtas / tiles : 1;
+  want = want < 1 ? 1 : (want > slices ? slices : want);
+  if (want < 1) want = 1;
+  const int64_t per = (slices + want - 1) / want;
+  KSplit s;
+  s.splits = static_cast<int>(per > 0 ? (slices + per - 1) / per : 1);
+  s.channels = per * kSlice;
+  return s;
+}
+
+/// fp32 elements of the partial sums' workspace for up to M rows: S M r <= min(M L, 2048) r when
+/// S > 1 (S <= L, and S M <= floor(128 / T) 16 T); nondecreasing in M, so workspace_size(max_M)
+/// covers every M <= max_M. 0 without a branch or with a single slice.
+inline int64_t k_split_partial_floats(int64_t m, int64_t k, int rank) {
+  const int64_t slices = (k + kSlice - 1) / kSlice;
+  if (rank <= 0 || slices <= 1 || m < 1) return 0;
+  const int64_t rows = m * slices < kSplitMaxRows ? m * slices : kSplitMaxRows;
+  return rows * rank;
+}
+
 SVDQ_HD float to_float(__half v) { return __half2float(v); }
 SVDQ_HD float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 
@@ -80,7 +122,30 @@ struct QuantizeParams {
   float lora_scale;         // a power of two, applied to each lora element once
   float* lora;              // (M, r) fp32
   int rotate = 0;           // 1: block-Hadamard layer, rotate each smoothed group (hadamard_group)
+  int64_t split_channels = 0;  // K channels per split (blockIdx.y); 0: all of K (unsplit)
+  float* partial = nullptr;    // (S, M, r) fp32 unscaled partial sums when split (then lora is not
+                               // written here: lora_reduce_kernel does); null: write lora
 };
+
+struct LoraReduceParams {
+  const float* partial;  // (S, M, r)
+  int splits;            // S
+  int64_t count;         // M r
+  float lora_scale;
+  float* lora;           // (M, r)
+};
+constexpr int kReduceThreads = 256;
+
+// The second pass of split-K: lora[i] = (((p_0[i] + p_1[i]) + p_2[i]) + ...) * lora_scale.
+// (A template only so that this header's definition can be in several g++ translation units.)
+template <int kUnused = 0>
+__global__ void __launch_bounds__(kReduceThreads) lora_reduce_kernel(LoraReduceParams p) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kReduceThreads + static_cast<int64_t>(threadIdx.x);
+  if (i >= p.count) return;
+  float acc = p.partial[i];
+  for (int s = 1; s < p.splits; ++s) acc = arch::fadd_rn(acc, p.partial[static_cast<int64_t>(s) * p.count + i]);
+  p.lora[i] = arch::fmul_rn(acc, p.lora_scale);
+}
 
 struct QuantSmem {
   arch::smem_array<uint32_t, kQuantRows, kSliceStride> x;             // the staged slice, T pairs
@@ -158,6 +223,9 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_lora_down_kernel(Quant
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kQuantRows;
   const int64_t k = p.k;
   const uint16_t* x = static_cast<const uint16_t*>(p.x);
+  // This CTA's channels [kb, ke): split blockIdx.y of K (split-K, above); all of K unsplit.
+  const int64_t kb = p.split_channels > 0 ? static_cast<int64_t>(blockIdx.y) * p.split_channels : 0;
+  const int64_t ke = p.split_channels > 0 && kb + p.split_channels < k ? kb + p.split_channels : k;
 
   // This thread's quantization chunk: row qr of the tile, chunk qc of each slice.
   const int qr = tid / (kSlice / kChunk), qc = tid % (kSlice / kChunk);
@@ -188,8 +256,8 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_lora_down_kernel(Quant
         if (m0 + r < p.m && 8 * q < len) next[i] = *reinterpret_cast<const uint4*>(x + (m0 + r) * k + s0 + 8 * q);
       }
     };
-    load(0);
-    for (int64_t s0 = 0; s0 < k; s0 += kSlice) {
+    load(kb);
+    for (int64_t s0 = kb; s0 < ke; s0 += kSlice) {
       const int len = static_cast<int>(k - s0 < kSlice ? k - s0 : kSlice);  // a multiple of 16 (of 64: int4)
 #pragma unroll
       for (int i = 0; i < kLoads; ++i) {
@@ -201,7 +269,7 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_lora_down_kernel(Quant
         sm.x[r][4 * q + 3] = next[i].w;
       }
       arch::syncthreads();
-      if (s0 + kSlice < k) load(s0 + kSlice);
+      if (s0 + kSlice < ke) load(s0 + kSlice);
 
       if (pass == 0) {
         const bool active = qrow < p.m && kChunk * qc < len;
@@ -314,7 +382,12 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_lora_down_kernel(Quant
           for (int r = 0; r < 4; ++r) {
             const int64_t row = m0 + gid + 8 * (r >> 1);
             const int col = c0 + 8 * nt + 2 * tig + (r & 1);
-            if (row < p.m && col < p.rank) p.lora[row * p.rank + col] = arch::fmul_rn(acc[nt][r], p.lora_scale);
+            if (row < p.m && col < p.rank) {
+              if (p.partial != nullptr)
+                p.partial[(static_cast<int64_t>(blockIdx.y) * p.m + row) * p.rank + col] = acc[nt][r];
+              else
+                p.lora[row * p.rank + col] = arch::fmul_rn(acc[nt][r], p.lora_scale);
+            }
           }
     }
   }

@@ -62,8 +62,24 @@ svdq::Result<Linear> make_linear(const svdq::QuantizedLinear& q, svdq::DType dt)
 #endif
 
 // The workspace layout of docs/gpu.md, written out here independently of cuda/linear_host.hpp:
-// codes M·K/2, scales M·K/group·(4 | 1), lora M·r fp32, each piece 256-byte aligned.
+// codes M·K/2, scales M·K/group·(4 | 1), lora M·r fp32, split-K partials min(M·L, 2048)·r fp32
+// (L = ceil(K/256) slices; none for r = 0 or L = 1), each piece 256-byte aligned.
 size_t align256(size_t v) { return (v + 255) / 256 * 256; }
+size_t partial_floats(int64_t m, int64_t k, int r) {
+  const int64_t l = (k + 255) / 256;
+  return r == 0 || l <= 1 ? 0 : static_cast<size_t>(std::min<int64_t>(m * l, 2048) * r);
+}
+
+// Kernel 1's split of K (docs/gpu.md "Split-K"), written out here: T = ceil(M/16) tiles, L slices,
+// want = clamp(floor(128 / T), 1, L), per = ceil(L / want) slices per split, S = ceil(L / per).
+struct Split {
+  int64_t s, per;
+};
+Split split_for(int64_t m, int64_t k) {
+  const int64_t t = (m + 15) / 16, l = (k + 255) / 256;
+  const int64_t want = std::clamp<int64_t>(128 / t, 1, l), per = (l + want - 1) / want;
+  return {(l + per - 1) / per, per};
+}
 
 struct Fixture {
   // K = 320 = 256 + 64: one full slice of kernel 1 and a partial one; N = 136 allows rank 133.
@@ -133,7 +149,8 @@ void run(const Linear& g, const svdq::QuantizedLinear& q, const std::vector<uint
   const size_t codes = static_cast<size_t>(m * q.in_features / 2), scales = static_cast<size_t>(m * q.in_features / q.group) * sb;
   const size_t lora = static_cast<size_t>(m * q.rank);
   const size_t ws_bytes = g.workspace_size(m);
-  ASSERT_EQ(ws_bytes, align256(codes) + align256(scales) + align256(lora * 4));
+  ASSERT_EQ(ws_bytes, align256(codes) + align256(scales) + align256(lora * 4) +
+                         align256(partial_floats(m, q.in_features, q.rank) * 4));
   void* dx = dev_alloc(x.size() * 2);
   void* dy = dev_alloc(static_cast<size_t>(m * q.out_features) * 2);
   void* ws = dev_alloc(ws_bytes);
@@ -171,9 +188,12 @@ svdq::ConstMatrixRef view16(const std::vector<uint16_t>& v, svdq::DType dt, int6
 //   a GPU: the tensor core's internal order and precision are unspecified; allowing 4 units per
 //   mma step and 8 more: U = 4 S + 8 (docs/gpu.md), still below the K units of a plain
 //   sequential fp32 sum's worst case.
+// Split-K (split_for: P splits of at most S_p = 16 per steps each) adds P - 1 roundings (the
+// partials' sum) and shortens the chains: U = 2 ceil(S_p/8) + 4 + (P - 1) emulated,
+// 4 S + 8 + (P - 1) on a GPU. `split` = false: the unsplit kernel (P = 1).
 // Returns the largest observed error in units of 2^-24 sum|x d| (for docs/gpu.md).
 double check_lora(const svdq::QuantizedLinear& q, svdq::DType dt, const std::vector<uint16_t>& x, int64_t m,
-                  const std::vector<float>& lora, int skip_row = -1) {
+                  const std::vector<float>& lora, int skip_row = -1, bool split = true) {
   const int64_t k = q.in_features;
   const int r = q.rank;
   double dmax = 0;
@@ -193,7 +213,9 @@ double check_lora(const svdq::QuantizedLinear& q, svdq::DType dt, const std::vec
       }
       const double u = std::ldexp(1.0, -24);
       const double steps = static_cast<double>((k + 15) / 16);
-      const double units = kEmu ? 2 * std::ceil(steps / 8) + 4 : 4 * steps + 8;
+      const Split sp = split ? split_for(m, k) : Split{1, (k + 255) / 256};
+      const double split_steps = std::min(steps, static_cast<double>(16 * sp.per));
+      const double units = (kEmu ? 2 * std::ceil(split_steps / 8) + 4 : 4 * steps + 8) + static_cast<double>(sp.s - 1);
       const double bound = units * u * a + std::ldexp(dmax * ax, -38);
       const double err = std::fabs(static_cast<double>(lora[i * r + j]) - s);
       if (!(err <= bound) && ++bad <= 5)
@@ -388,6 +410,87 @@ TEST(Kernel1Shapes, NarrowK) {
       check_lora(*q, dt, x, m, got.lora);
       EXPECT_LE(svdq::relative_error(view16(got.y, dt, m, n), view16(y_ref, dt, m, n)), kKernelVsReference);
     }
+}
+
+// Split-K (docs/gpu.md): K = 832 = 3 slices of 256 + a tail of 64, so M = 1 and M = 17 (two
+// tiles, the second with one row) run S = 4 splits, the last one short (rank 0: M = 1 only). Against the reference:
+// codes and scales byte-equal, rank 0 output bit-equal, lora within the split bound of float64
+// (check_lora), output within the budget. On the emulated device also against the unsplit kernel
+// (set_split_k(false)): the same codes and scales, lora within the unsplit bound, and the same
+// bits under other interleavings (determinism).
+TEST(Kernel1SplitK, SplitMatchesTheReferenceAndTheUnsplitKernel) {
+  SKIP_WITHOUT_GPU();
+  const int64_t k = 832, n = 32;
+  svdq::synth::LayerSpec spec;
+  spec.in_features = k;
+  spec.out_features = n;
+  spec.spectrum_rank = 8;
+  spec.seed = 11;
+  const auto layer = svdq::synth::make_layer(spec);
+  ASSERT_TRUE(layer.ok()) << layer.status().to_string();
+  svdq::ActivationStats stats;
+  const auto calib = svdq::synth::make_activations(*layer, 32, 1);
+  ASSERT_TRUE(stats.observe(svdq::MatrixView<const float>(calib.data(), 32, k)).ok());
+  for (auto [fmt, dt] : {std::pair{svdq::Format::kInt4, svdq::DType::kBF16}, {svdq::Format::kNvfp4, svdq::DType::kF16}}) {
+    svdq::QuantConfig c;
+    c.format = fmt;
+    c.rank = 16;
+    auto q16 = svdq::quantize_linear(svdq::MatrixView<const float>(layer->weight.data(), n, k),
+                                     svdq::vector_view<const float>(layer->bias.data(), n), &stats, c);
+    ASSERT_TRUE(q16.ok()) << q16.status().to_string();
+    svdq::QuantizedLinear q0 = *q16;  // the same layer without its branch: rank 0
+    q0.rank = 0;
+    q0.lora_down.clear();
+    q0.lora_up.clear();
+    ASSERT_TRUE(svdq::validate(q0).ok());
+    for (const svdq::QuantizedLinear* q : {&q0, &*q16})
+      for (int64_t m : {1, 17}) {
+        if (q->rank == 0 && m == 17) continue;  // rank 0: M = 1 is enough (no partials), keep the emu run short
+        SCOPED_TRACE(std::string(svdq::format_name(fmt)) + " r" + std::to_string(q->rank) + " m" + std::to_string(m));
+        ASSERT_EQ(split_for(m, k).s, 4);
+        auto g = make_linear(*q, dt);
+        ASSERT_TRUE(g.ok()) << g.status().to_string();
+        const auto xf = svdq::synth::make_activations(*layer, m, 9);
+        std::vector<uint16_t> x(xf.size());
+        for (size_t i = 0; i < x.size(); ++i) x[i] = svdq::float_to_bits16(xf[i], dt);
+        Outcome got;
+        ASSERT_NO_FATAL_FAILURE(run(*g, *q, x, m, &got));
+        std::vector<uint16_t> y_ref(static_cast<size_t>(m * n));
+        svdq::QuantizedActivations act_ref;
+        ASSERT_TRUE(svdq::test_support::reference_forward_with_activations(
+                        *q, view16(x, dt, m, k), svdq::MatrixRef(y_ref.data(), dt, m, n, n), &act_ref)
+                        .ok());
+        EXPECT_EQ(got.codes, act_ref.codes);
+        EXPECT_EQ(got.scales, act_ref.scales);
+        if (q->rank == 0) {
+          EXPECT_EQ(got.y, y_ref) << "rank 0 must match the reference bit for bit";
+        } else {
+          const double worst = check_lora(*q, dt, x, m, got.lora);
+          RecordProperty("split_lora_error_units", std::to_string(worst));
+          EXPECT_LE(svdq::relative_error(view16(got.y, dt, m, n), view16(y_ref, dt, m, n)), kKernelVsReference);
+        }
+#if defined(SVDQ_TEST_BACKEND_EMU)
+        g->set_split_k(false);
+        Outcome unsplit;
+        ASSERT_NO_FATAL_FAILURE(run(*g, *q, x, m, &unsplit));
+        EXPECT_EQ(unsplit.codes, got.codes);
+        EXPECT_EQ(unsplit.scales, got.scales);
+        if (q->rank == 0) EXPECT_EQ(unsplit.y, got.y);
+        else check_lora(*q, dt, x, m, unsplit.lora, -1, false);
+        g->set_split_k(true);
+        svdq::emu::LaunchOptions o;
+        o.seed = 17;
+        o.preempt_one_in = 61;
+        g->set_options(o);
+        Outcome again;
+        ASSERT_NO_FATAL_FAILURE(run(*g, *q, x, m, &again));
+        EXPECT_EQ(again.codes, got.codes);
+        EXPECT_EQ(again.scales, got.scales);
+        EXPECT_EQ(std::memcmp(again.lora.data(), got.lora.data(), got.lora.size() * 4), 0);
+        EXPECT_EQ(again.y, got.y);
+#endif
+      }
+  }
 }
 
 // Rotated layers (docs/formats.md §6.3): a NaN row, an Inf row, and a row whose one group is

@@ -34,6 +34,11 @@ struct EmuLauncher {
     std::string err = launch(names[b][kKind], dim3(fl.qgrid.x, fl.qgrid.y, fl.qgrid.z),
                              dim3(fl.qblock.x, fl.qblock.y, fl.qblock.z), 0, *options,
                              [&] { cuda::quantize_lora_down_kernel<T, kKind>(qp); });
+    if (err.empty() && fl.reduce) {
+      const cuda::LoraReduceParams rp = fl.rp;
+      err = launch("lora_reduce_kernel", dim3(fl.rgrid.x, fl.rgrid.y, fl.rgrid.z),
+                   dim3(fl.rblock.x, fl.rblock.y, fl.rblock.z), 0, *options, [&] { cuda::lora_reduce_kernel<0>(rp); });
+    }
     if (err.empty())
       err = launch(gname.c_str(), dim3(fl.ggrid.x, fl.ggrid.y, fl.ggrid.z),
                    dim3(fl.gblock.x, fl.gblock.y, fl.gblock.z), 0, *options, [&] { gemm(gp); });
@@ -64,6 +69,10 @@ Result<EmuLinear> EmuLinear::create(const QuantizedLinear& q, DType act_dtype, i
 
 void EmuLinear::set_options(const LaunchOptions& o) {
   if (impl_) impl_->options = o;
+}
+
+void EmuLinear::set_split_k(bool on) {
+  if (impl_) impl_->plan.split_k = on;
 }
 
 Status EmuLinear::can_implement(int64_t m, DType dtype) const {

@@ -35,6 +35,8 @@ class EmuLinear {
   int64_t out_features() const noexcept;
   DType act_dtype() const noexcept;
 
+  /// false: kernel 1 runs unsplit whatever M (k_split's S = 1), to compare with split-K in tests.
+  void set_split_k(bool on);
   /// Launch options (interleaving seed, ...) of the following forward() calls.
   void set_options(const LaunchOptions& o);
 
