@@ -215,7 +215,8 @@ struct Dim {
   unsigned x = 1, y = 1, z = 1;
 };
 
-/// Everything one forward() launches: two kernels, their grids, blocks and parameters.
+/// Everything one forward() launches: kernel 1, split-K's reduction (when `reduce`), kernel 2,
+/// their grids, blocks and parameters.
 struct ForwardLaunch {
   Dim qgrid, qblock, ggrid, gblock;
   QuantizeParams qp;

@@ -9,7 +9,8 @@
 //
 // forward() runs two fused kernels: (1) quantize + low-rank down: each activation is read once;
 // the 4-bit codes and scales (byte-equal to svdq::quantize_activations) and x·lora_down (fp32)
-// are written to the workspace; (2) the 4-bit GEMM with the contract's group-ordered fp32
+// are written to the workspace (for small M, K is split over several CTAs and a small fixed-order
+// pass adds their partial x·lora_down); (2) the 4-bit GEMM with the contract's group-ordered fp32
 // accumulation, + lora·lora_upᵀ + bias in the epilogue, y in the activation dtype. Deterministic
 // (no atomics): the same inputs give the same bits. Thread-safe: concurrent forward() calls on
 // different streams with different workspaces. Capturable in a CUDA graph.
