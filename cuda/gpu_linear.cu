@@ -49,8 +49,8 @@ struct GpuLinear::Impl {
 
 namespace {
 
-// Launches forward()'s kernels (two, or three with split-K's reduction) with cudaLaunchKernel, whose return value is this launch's
-// error. An error already pending on the thread (left by the caller's earlier work) is reported
+// Launches forward()'s kernels (two, or three with split-K's reduction) with cudaLaunchKernel,
+// whose return value is each launch's own error. An error already pending on the thread (left by the caller's earlier work) is reported
 // as such before anything is launched, instead of being blamed on svdq's kernels afterwards.
 struct CudaLauncher {
   cudaStream_t stream;
