@@ -86,8 +86,8 @@ struct KSplit {
 inline KSplit k_split(int64_t m, int64_t k, bool allow = true) {
   const int64_t tiles = (m + kQuantRows - 1) / kQuantRows, slices = (k + kSlice - 1) / kSlice;
   int64_t want = allow && tiles > 0 ? kSplitTargetCtas / tiles : 1;
-  want = want < 1 ? 1 : (want > slices ? slices : want);
-  if (want < 1) want = 1;
+  want = want > slices ? slices : want;
+  if (want < 1) want = 1;  // also when K has no slice (never: validate needs K >= one group)
   const int64_t per = (slices + want - 1) / want;
   KSplit s;
   s.splits = static_cast<int>(per > 0 ? (slices + per - 1) / per : 1);

@@ -550,6 +550,34 @@ TEST(Kernel1Rotation, NonFiniteAndOverflowingGroupsStayInTheirRows) {
 }
 
 #if defined(SVDQ_TEST_BACKEND_EMU)
+// The split rule of quantize_lora_down.cuh (k_split) equals the one written out here (split_for)
+// and keeps its promises: every split holds at least one channel and together they cover K in
+// whole slices; S = 1 for M > 1024; about 128 CTAs at most; the partials of S·M·r floats fit the
+// workspace's piece (k_split_partial_floats, and this file's partial_floats), which never shrinks
+// as M grows (so workspace_size(max_M) serves every smaller M).
+TEST(Kernel1SplitK, RuleCoversKAndFitsTheWorkspace) {
+  for (int64_t k : {64, 256, 320, 512, 832, 3072, 12288, 65536}) {
+    int64_t last = 0;
+    for (int64_t m = 1; m <= 2200; ++m) {
+      const svdq::cuda::KSplit sp = svdq::cuda::k_split(m, k);
+      const Split want = split_for(m, k);
+      ASSERT_EQ(sp.splits, want.s) << m << " " << k;
+      ASSERT_EQ(sp.channels, want.per * 256) << m << " " << k;
+      ASSERT_LT((sp.splits - 1) * sp.channels, k) << m << " " << k;  // the last split is not empty
+      ASSERT_GE(sp.splits * sp.channels, k) << m << " " << k;
+      const int64_t tiles = (m + 15) / 16;
+      if (m > 1024) ASSERT_EQ(sp.splits, 1) << m << " " << k;
+      ASSERT_LE(sp.splits * tiles, std::max<int64_t>(128, tiles)) << m << " " << k;
+      const int64_t room = svdq::cuda::k_split_partial_floats(m, k, 1);
+      ASSERT_EQ(static_cast<size_t>(room), partial_floats(m, k, 1));
+      if (sp.splits > 1) ASSERT_LE(sp.splits * m, room) << m << " " << k;
+      ASSERT_GE(room, last) << m << " " << k;
+      last = room;
+      ASSERT_EQ(svdq::cuda::k_split(m, k, false).splits, 1);
+    }
+  }
+}
+
 // Kernel 1's rotation step (hadamard_group, quantize_lora_down.cuh) in one emulated warp against
 // the CPU's svdq::hadamard_transform (docs/formats.md §6.3), value for value, on random fp32 groups
 // with full 24-bit significands (so that a different stage order or pairing rounds differently,
