@@ -814,4 +814,50 @@ TEST(GpuVariantFixtures, DeepCompressorLayersMatchTheReference) {
   }
 }
 
+#if defined(SVDQ_TEST_BACKEND_EMU)
+// The epilogue's order (§6.2): (acc * (t_act t_w)) * c_n, two fp32 multiplies, checked on the very
+// function both kernels call. The layer tests cannot see this order reliably (the two orders differ
+// by one fp32 ulp at most, which the 16-bit output rounding hides), so here it is compared in fp32
+// against the contract's order, and the test counts the inputs where the other order differs (it
+// must be able to fail). Also: c_n only with wcscales and only for columns < N, int4 untouched.
+TEST(GpuVariantEpilogue, WcscalesMultiplyAfterTheTensorScales) {
+  uint64_t st = 4242;
+  auto uni = [&] {
+    st = st * 6364136223846793005ull + 1442695040888963407ull;
+    return static_cast<double>(st >> 11) / 9007199254740992.0;
+  };
+  const int64_t n = 37;
+  std::vector<float> wc(static_cast<size_t>(n));
+  for (auto& c : wc)  // storage-dtype values (bf16), as make_plan decodes them
+    c = svdq::bf16_bits_to_float(svdq::float_to_bits16(static_cast<float>(std::ldexp(1.0 + uni(), static_cast<int>(uni() * 8) - 4)),
+                                                       svdq::DType::kBF16));
+  svdq::cuda::GemmParams p{};
+  p.n = n;
+  size_t other_order_differs = 0;
+  for (float t : {0.37f, 1.0f / 3.0f, 2.5e-3f, 1.7f}) {
+    p.t_prod = t;
+    for (int i = 0; i < 2000; ++i) {
+      const float acc = static_cast<float>((uni() * 2 - 1) * std::ldexp(1.0, static_cast<int>(uni() * 40) - 20));
+      const int64_t col = i % (n + 3);  // columns past N: the padding of the last tile
+      p.wcscales = wc.data();
+      const float got = svdq::cuda::epilogue_tensor_scale<1>(acc, p, col);
+      const volatile float at = acc * t;  // the contract's order, one rounding each
+      const float want = col < n ? static_cast<float>(at * wc[static_cast<size_t>(col)]) : static_cast<float>(at);
+      ASSERT_EQ(svdq::cuda::float_bits(got), svdq::cuda::float_bits(want)) << "acc " << acc << " t " << t << " col " << col;
+      if (col < n) {
+        const volatile float ac = acc * wc[static_cast<size_t>(col)];
+        other_order_differs += static_cast<float>(ac * t) != want;
+      }
+      p.wcscales = nullptr;  // no wcscales: the tensor scale only
+      ASSERT_EQ(svdq::cuda::float_bits(svdq::cuda::epilogue_tensor_scale<1>(acc, p, col)), svdq::cuda::float_bits(at));
+      p.wcscales = wc.data();  // int4 kinds: no tensor scale, no c_n
+      ASSERT_EQ(svdq::cuda::float_bits(svdq::cuda::epilogue_tensor_scale<0>(acc, p, col)), svdq::cuda::float_bits(acc));
+      ASSERT_EQ(svdq::cuda::float_bits(svdq::cuda::epilogue_tensor_scale<2>(acc, p, col)), svdq::cuda::float_bits(acc));
+    }
+  }
+  EXPECT_GT(other_order_differs, 100u) << "the inputs cannot tell the two orders apart";
+  RecordProperty("other_order_differs", std::to_string(other_order_differs));
+}
+#endif
+
 }  // namespace

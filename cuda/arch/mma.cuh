@@ -52,9 +52,15 @@
 //   * NaN: the host propagates NaN through double arithmetic (NaN * 0 is NaN, as in IEEE); the
 //     hardware's NaN bit patterns are not reproduced bit for bit.
 //   * .s8 (m16n8k32, the 8-bit layout of .e4m3): as .s4, exact and wrapping.
+//   * .u4.s4 / .u8.s8 (A unsigned, B signed; the ISA's integer mma takes .atype and .btype
+//     independently from {.u4, .s4} / {.u8, .s8}): the same fragments, A's elements zero-extended;
+//     exact and wrapping. Used for the unsigned activations of act_unsigned layers.
 //
 // What ptxas makes of these (CUDA 13.0, cuobjdump -sass of cuda/arch_check.cu):
 //   sm_80/86: IMMA.16864.S4.S4, IMMA.16832.S8.S8, HMMA.16816.F32(.BF16); e4m3 -> the trap below.
+//             .u4.s4 -> IMMA.16864.U4.S4, .u8.s8 -> IMMA.16832.U8.S8 (sm_80, sm_89; CUDA 13.0,
+//             cuobjdump of cuda/gpu_linear.cu); on sm_90a .u4.s4 is a subroutine like .s4 and
+//             .u8.s8 native IMMA.16832.U8.S8.
 //   sm_89:    the same plus QMMA.16832.F32.E4M3.E4M3 (native e4m3).
 //   sm_90/90a: .s4 is lowered to a subroutine of shifts and 2 x IMMA.16832.S8.S8; .e4m3 to
 //             12 x F2FP.F16.E4M3.UNPACK_B + 2 x HMMA.16816.F32 (exact e4m3 -> f16 conversions,
