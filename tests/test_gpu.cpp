@@ -722,7 +722,8 @@ void expect_outputs_match(const std::vector<uint16_t>& got, const std::vector<ui
   else EXPECT_LE(std::sqrt(num / den), kKernelVsReference);
 }
 
-void check_variant(const svdq::QuantizedLinear& q, svdq::DType dt, int sm, const std::vector<uint16_t>& x, int64_t m) {
+void check_variant(const svdq::QuantizedLinear& q, svdq::DType dt, int sm, const std::vector<uint16_t>& x, int64_t m,
+                   size_t* nan_outputs = nullptr) {
   auto g = make_linear(q, dt, sm);
   ASSERT_TRUE(g.ok()) << g.status().to_string();
   std::vector<uint16_t> y_gpu;
@@ -738,6 +739,9 @@ void check_variant(const svdq::QuantizedLinear& q, svdq::DType dt, int sm, const
   EXPECT_EQ(act_gpu.scales, act_ref.scales) << "activation scales differ";
   EXPECT_EQ(act_gpu.unsigned_codes, q.act_unsigned);
   expect_outputs_match(y_gpu, y_ref, dt, q.rank == 0);
+  if (nan_outputs != nullptr)
+    *nan_outputs = static_cast<size_t>(
+        std::count_if(y_ref.begin(), y_ref.end(), [&](uint16_t v) { return std::isnan(svdq::bits16_to_float(v, dt)); }));
 }
 
 class GpuVariant : public ::testing::TestWithParam<VariantCase> {};
@@ -753,7 +757,9 @@ TEST_P(GpuVariant, MatchesTheCpuReference) {
   const int64_t m = kEmu ? 21 : 333;
   {
     SCOPED_TRACE("gelu-like inputs with non-finite rows");
-    check_variant(q, c.dtype, c.sm, gelu_activations(k, m, c.dtype, 5, true), m);
+    size_t nans = 0;
+    check_variant(q, c.dtype, c.sm, gelu_activations(k, m, c.dtype, 5, true), m, &nans);
+    EXPECT_EQ(nans, static_cast<size_t>(2 * q.out_features)) << "rows 2 (NaN) and 4 (-Inf) are NaN, no other";
   }
   {
     SCOPED_TRACE("plain inputs");
