@@ -259,9 +259,12 @@ inline Status plan_forward(const LinearPlan* p, const DeviceWeights& w, const vo
   uint8_t* scales = codes + L.codes_bytes(m);
   float* lora = reinterpret_cast<float*>(scales + L.scales_bytes(m));
   out->qp = QuantizeParams{d_x, m, L.k, w.inv_s, L.t_act, codes, scales, w.down, L.rank, L.down.rank_pad,
-                           L.down.has_lo ? 1 : 0, L.down.lora_scale, lora, L.act_unsigned ? 1 : 0, L.act_shift};
+                           L.down.has_lo ? 1 : 0, L.down.lora_scale, lora};
   out->gp = GemmParams{m, L.n, L.k, codes, scales, w.w_codes, w.w_scales, L.t_prod, lora, w.up, L.rank,
-                       L.has_bias ? w.bias : nullptr, d_y, L.has_wcscales ? w.wcscales : nullptr};
+                       L.has_bias ? w.bias : nullptr, d_y};
+  out->qp.act_unsigned = L.act_unsigned ? 1 : 0;  // the Nunchaku variants (formats.md §6.1, §6.2)
+  out->qp.act_shift = L.act_shift;
+  out->gp.wcscales = L.has_wcscales ? w.wcscales : nullptr;
   grids(L, m, &out->qgrid, &out->ggrid);
   out->qblock.x = kQuantThreads;
   out->gblock.x = kGemmThreads;
