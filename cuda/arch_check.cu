@@ -22,6 +22,8 @@ __global__ void arch_instruction_check_kernel(const uint32_t* in, uint32_t* out)
   arch::mma_m16n8k16_bf16bf16f32(cf, a, b, cf);
   arch::mma_m16n8k16_f16f16f32(cf, a, b, cf);
   arch::mma_m16n8k32_s8s8s32(ci, a, b, ci);
+  arch::mma_m16n8k64_u4s4s32(ci, a, b, ci);  // unsigned activations (act_unsigned layers)
+  arch::mma_m16n8k32_u8s8s32(ci, a, b, ci);
   const uint32_t at[4] = {arch::float_to_tf32_rna(cf[0]), arch::float_to_tf32_rna(cf[1]), a[2], a[3]};
   arch::mma_m16n8k8_tf32tf32f32(cf, at, b, cf);
 
@@ -38,7 +40,10 @@ __global__ void arch_instruction_check_kernel(const uint32_t* in, uint32_t* out)
   uint32_t s8lo, s8hi, e4lo, e4hi;
   arch::s4x8_to_s8x8(in[6], s8lo, s8hi);
   arch::s4x8_to_e4m3x8(in[7], e4lo, e4hi);
-  const int32_t dot = arch::dp4a(static_cast<int32_t>(s8lo), static_cast<int32_t>(s8hi), ci[0]);
+  uint32_t u8lo, u8hi;
+  arch::u4x8_to_u8x8(in[13], u8lo, u8hi);
+  const int32_t dot = arch::dp4a_us(u8lo ^ u8hi, static_cast<int32_t>(s8hi),
+                                    arch::dp4a(static_cast<int32_t>(s8lo), static_cast<int32_t>(s8hi), ci[0]));
   const float scale = arch::e4m3_to_float(in[8]);
   const uint32_t wb = arch::e2m1x2_scaled_to_bf16x2(in[9], scale);
   const uint32_t wh = arch::e2m1x2_scaled_to_f16x2(in[9], scale);

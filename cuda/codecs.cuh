@@ -87,6 +87,14 @@ SVDQ_HD uint8_t encode_int4(float x) {
   return static_cast<uint8_t>(static_cast<int>(r) & 0xF);
 }
 
+/// Unsigned INT4 (act_unsigned activations): clamp(x, 0, 15) rounded to nearest even; NaN -> 0
+/// (as svdq::encode_uint4).
+SVDQ_HD uint8_t encode_uint4(float x) {
+  if (x != x) return 0;
+  const float c = x < 0.0f ? 0.0f : (x > 15.0f ? 15.0f : x);
+  return static_cast<uint8_t>(rintf(c));
+}
+
 /// Sign-extended value of an int4 nibble.
 SVDQ_HD int int4_value(uint8_t code) {
   const int v = code & 0xF;
@@ -96,23 +104,25 @@ SVDQ_HD int int4_value(uint8_t code) {
 /// The contract for one group of `gs` smoothed values xh (docs/formats.md §6, svdq/formats.hpp):
 /// writes gs unpacked codes and the scale bytes (int4: 4, fp32 LE; nvfp4: 1, E4M3). `a` and the
 /// finiteness flag are passed in, so a kernel can reduce them across threads first.
-/// kind 0 = int4, 1 = nvfp4.
+/// kind 0 = int4, 1 = nvfp4, 2 = unsigned int4 (act_unsigned: qmax 15, codes 0..15, fp32 scale;
+/// the caller has added the shift before smoothing, docs/formats.md §6.1).
 SVDQ_HD void quantize_group(int kind, const float* xh, int gs, float a, bool finite, float t_act,
                             uint8_t* codes, uint8_t* scale_bytes) {
   for (int i = 0; i < gs; ++i) codes[i] = 0;
-  if (kind == 0) {
+  if (kind != 1) {
+    const float qmax = kind == 2 ? 15.0f : 7.0f;
     float scale;
     if (!finite) {
       const uint32_t qnan = 0x7FC00000u;
       memcpy(scale_bytes, &qnan, 4);
       return;
     }
-    const float inv = 7.0f / a;
+    const float inv = qmax / a;
     if (a == 0.0f || !is_finite(inv)) {
       scale = 0.0f;
     } else {
-      scale = a / 7.0f;
-      for (int i = 0; i < gs; ++i) codes[i] = encode_int4(xh[i] * inv);
+      scale = a / qmax;
+      for (int i = 0; i < gs; ++i) codes[i] = kind == 2 ? encode_uint4(xh[i] * inv) : encode_int4(xh[i] * inv);
     }
     memcpy(scale_bytes, &scale, 4);
     return;

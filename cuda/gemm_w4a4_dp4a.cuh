@@ -32,7 +32,7 @@ __device__ __forceinline__ void unpack8(uint32_t w, int32_t (&res)[2]) {
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
     const uint8_t code = (w >> (4 * i)) & 0xF;
-    const int v = kKind == 0 ? int4_value(code) : e2m1_twice(code);
+    const int v = kKind == 0 ? int4_value(code) : (kKind == 2 ? static_cast<int>(code) : e2m1_twice(code));
     out[i / 4] |= (static_cast<uint32_t>(v) & 0xFFu) << (8 * (i % 4));
   }
   res[0] = static_cast<int32_t>(out[0]);
@@ -48,9 +48,11 @@ struct GemmSmem {
   arch::smem_array<float, kBlkN> sw_s;
 };
 
+/// kKind: 0 int4, 1 nvfp4, 2 int4 with unsigned activation codes (act_unsigned layers: A bytes
+/// 0..15 zero-extended, dp4a.u32.s32; the weights stay signed).
 template <typename T, int kKind>
 __global__ void __launch_bounds__(kGemmThreads) gemm_w4a4_dp4a_kernel(GemmParams p) {
-  constexpr int kGroup = kKind == 0 ? 64 : 16;
+  constexpr int kGroup = kKind == 1 ? 16 : 64;
   constexpr int kWords = kGroup / 4;         // int8x4 words per row per group: 16 or 4
   constexpr int kPackedWords = kGroup / 8;   // packed 32-bit words per row per group: 8 or 2
   GemmSmem<kWords>& sm = arch::shared<GemmSmem<kWords>>();
@@ -78,8 +80,8 @@ __global__ void __launch_bounds__(kGemmThreads) gemm_w4a4_dp4a_kernel(GemmParams
       if (n0 + r < p.n)
         ww = *reinterpret_cast<const uint32_t*>(p.w_codes + (n0 + r) * row_bytes + g * (kGroup / 2) + wd * 4);
       int32_t ua[2], uw[2];
-      unpack8<kKind>(wa, ua);
-      unpack8<kKind>(ww, uw);
+      unpack8<kKind>(wa, ua);                      // kind 2: unsigned activation codes, zero-extended
+      unpack8<kKind == 2 ? 0 : kKind>(ww, uw);     // the weights are signed int4 in kinds 0 and 2
       sm.a_s[r][2 * wd] = ua[0];
       sm.a_s[r][2 * wd + 1] = ua[1];
       sm.w_s[r][2 * wd] = uw[0];
@@ -89,7 +91,7 @@ __global__ void __launch_bounds__(kGemmThreads) gemm_w4a4_dp4a_kernel(GemmParams
       const int64_t mm = m0 + threadIdx.x;
       float s = 0.0f;
       if (mm < p.m) {
-        if (kKind == 0) {
+        if (kKind != 1) {
           s = *reinterpret_cast<const float*>(p.a_scales + (mm * groups + g) * 4);
         } else {
           s = decode_e4m3(p.a_scales[mm * groups + g]);
@@ -109,8 +111,13 @@ __global__ void __launch_bounds__(kGemmThreads) gemm_w4a4_dp4a_kernel(GemmParams
         const int c = tx + 16 * j;
         int32_t dot = 0;
 #pragma unroll
-        for (int w = 0; w < kWords; ++w) dot = arch::dp4a(sm.a_s[r][w], sm.w_s[c][w], dot);
-        const float pg = kKind == 0 ? static_cast<float>(dot) : static_cast<float>(dot) * 0.25f;
+        for (int w = 0; w < kWords; ++w) {
+          if constexpr (kKind == 2)  // unsigned activation bytes (0..15) x signed weight bytes
+            dot = arch::dp4a_us(static_cast<uint32_t>(sm.a_s[r][w]), sm.w_s[c][w], dot);
+          else
+            dot = arch::dp4a(sm.a_s[r][w], sm.w_s[c][w], dot);
+        }
+        const float pg = kKind != 1 ? static_cast<float>(dot) : static_cast<float>(dot) * 0.25f;
         acc[i][j] = arch::fma_rn(pg, arch::fmul_rn(sm.sx_s[r], sm.sw_s[c]), acc[i][j]);
       }
     }
@@ -127,7 +134,7 @@ __global__ void __launch_bounds__(kGemmThreads) gemm_w4a4_dp4a_kernel(GemmParams
     for (int j = 0; j < 4; ++j) {
       const int64_t nn = n0 + tx + 16 * j;
       if (nn >= p.n) continue;
-      const float v = epilogue_tensor_scale<kKind>(acc[i][j], p);
+      const float v = epilogue_tensor_scale<kKind>(acc[i][j], p, nn);
       epilogue_store<T>(p, mm, nn, arch::fadd_rn(v, lowrank_up_fp32(p, mm, nn)));
     }
   }

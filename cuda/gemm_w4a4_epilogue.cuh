@@ -6,6 +6,7 @@
 //
 // The contract's epilogue (../shared/DESIGN.md §2), per output (m, n):
 //   v = acc                                (int4)  |  v = acc * (t_act * t_w)   (nvfp4, one fmul)
+//   v = v * c[n]                           (nvfp4 with per-channel wcscales, docs/formats.md §6.2)
 //   v = v + sum_r lora[m, r] * up[n, r]    the low-rank branch (fp32)
 //   v = v + b[n]                           (if the layer has a bias)
 //   y[m, n] = T(v)                         one rounding, to nearest even
@@ -36,15 +37,21 @@ struct GemmParams {
   int rank;
   const float* bias;        // (N) or null
   void* y;                  // (M, N) output, T
+  const float* wcscales = nullptr;  // nvfp4: (N) per-channel c_n, fp32 (exact decode at upload); null: none
 };
 
 __device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
 __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
-/// The first step of the epilogue: nvfp4 applies the product of the tensor scales (one fmul).
+/// The first step of the epilogue for output column n: nvfp4 applies the product of the tensor
+/// scales (one fmul), then, with wcscales, c_n: (acc * (t_act * t_w)) * c_n, two fp32 multiplies in
+/// this order (§6.2). Columns past N (padding of the last tile, never stored) are left as they are.
 template <int kKind>
-__device__ __forceinline__ float epilogue_tensor_scale(float acc, const GemmParams& p) {
-  return kKind == 1 ? arch::fmul_rn(acc, p.t_prod) : acc;
+__device__ __forceinline__ float epilogue_tensor_scale(float acc, const GemmParams& p, int64_t n) {
+  if (kKind != 1) return acc;
+  acc = arch::fmul_rn(acc, p.t_prod);
+  if (p.wcscales != nullptr && n < p.n) acc = arch::fmul_rn(acc, p.wcscales[n]);
+  return acc;
 }
 
 /// The low-rank branch of output (m, n) on CUDA cores: sum_r lora[m, r] * up[n, r], fp32 fma in r

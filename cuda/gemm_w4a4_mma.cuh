@@ -30,6 +30,10 @@
 //     accumulation, one mma per group of 16: slot 2 tig + e <- nibble e of byte 2 tig, slot
 //     8 + 2 tig + e <- nibble e of byte 2 tig + 1. Products are multiples of 1/4 and
 //     |P_g| <= 16 * 36 = 576, so every partial sum is an fp32 value and P_g is exact.
+//   unsigned int4 activations (kKind 2, act_unsigned layers, docs/formats.md §6.1): the same
+//     slots and loads; kPath 1 runs mma.m16n8k64.u4.s4 (A's nibbles are the codes 0..15), kPath 2
+//     zero-extends A with u4x8_to_u8x8 (B still s4x8_to_s8x8) into mma.m16n8k32.u8.s8;
+//     |P_g| <= 64 * 15 * 8 = 7680, exact.
 // Then acc = fmaf(float(P_g), sx * sw, acc), the contract's promotion, group by group in order.
 //
 // Pipelining: kStages register buffers (Nunchaku's gemm_w4a4 main loop, nunchaku
@@ -47,7 +51,7 @@
 // Not measured (no GPU in the sessions that wrote this): a deeper pipeline (kStages 3) or a
 // cp.async variant may win on a device; kStages is the one constant to change.
 //
-// Epilogue: (nvfp4) acc *= t_prod; the low-rank branch as a tensor-core GEMM into the same
+// Epilogue: (nvfp4) acc *= t_prod, then (per-channel wcscales, §6.2) acc *= c_n; the low-rank branch as a tensor-core GEMM into the same
 // accumulators (lowrank_up_tf32 below); + bias; one rounding (gemm_w4a4_epilogue.cuh).
 //
 // Fragment-order layouts (built once at upload by linear_host.hpp, repack_*_mma; N is padded to
@@ -80,7 +84,7 @@ struct MmaLayout {
   static constexpr int kWarpsN = 2;            // warps along N (wn)
   static constexpr int kRankStep = 8;          // ranks per tf32 mma (k of m16n8k8)
   /// Weight-scale bytes per thread per stage: int4 8 x fp16, nvfp4 4 groups x 8 x E4M3.
-  SVDQ_HD static constexpr int scale_bytes(int kind) { return kind == 0 ? 16 : 32; }
+  SVDQ_HD static constexpr int scale_bytes(int kind) { return kind == 1 ? 32 : 16; }
 };
 
 /// Register pipeline depth (see the file comment).
@@ -100,7 +104,7 @@ template <int kKind>
 __device__ __forceinline__ void load_stage(const GemmParams& p, int64_t kt, bool pred, int64_t row0,
                                            const uint8_t* w_tile, const uint8_t* ws_tile, int lane, MmaStage& s) {
   const int tig = lane & 3;
-  const int64_t groups = p.k / (kKind == 0 ? 64 : 16);
+  const int64_t groups = p.k / (kKind == 1 ? 16 : 64);
   const int64_t row_bytes = p.k / 2;
   s.b[0] = s.b[1] = make_uint4(0, 0, 0, 0);
   s.sw[0] = s.sw[1] = make_uint4(0, 0, 0, 0);
@@ -120,7 +124,7 @@ __device__ __forceinline__ void load_stage(const GemmParams& p, int64_t kt, bool
     const int64_t row = row0 + 8 * rh;
     if (row >= p.m) continue;
     const uint8_t* a_row = p.a_codes + row * row_bytes + kt * MmaLayout::kTileBytes;
-    if (kKind == 0) {
+    if (kKind != 1) {
       const uint2 w = *reinterpret_cast<const uint2*>(a_row + 8 * tig);  // words 2 tig, 2 tig + 1
       s.a[rh][0] = w.x;
       s.a[rh][1] = w.y;
@@ -140,11 +144,19 @@ __device__ __forceinline__ void load_stage(const GemmParams& p, int64_t kt, bool
   }
 }
 
+/// kPath 2's 8-bit integer mma: .s8.s8 (kKind 0) or .u8.s8 (kKind 2: zero-extended unsigned codes).
+template <int kKind>
+__device__ __forceinline__ void mma_k32_int(int32_t (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
+                                            const int32_t (&c)[4]) {
+  if constexpr (kKind == 2) arch::mma_m16n8k32_u8s8s32(d, a, b, c);
+  else arch::mma_m16n8k32_s8s8s32(d, a, b, c);
+}
+
 /// The exact group sums of one stage, promoted into acc in group order.
 template <int kKind, int kPath>
 __device__ __forceinline__ void compute_stage(const MmaStage& s, int64_t kt, int64_t groups, float (&acc)[4][4]) {
   const uint32_t* bw = reinterpret_cast<const uint32_t*>(&s.b[0]);  // 8 words
-  if constexpr (kKind == 0) {
+  if constexpr (kKind != 1) {  // int4; kKind 2: unsigned activation codes (0..15), signed weights
     int32_t d[4][4];
     const int32_t zero[4] = {0, 0, 0, 0};
     if constexpr (kPath == 1) {
@@ -152,24 +164,30 @@ __device__ __forceinline__ void compute_stage(const MmaStage& s, int64_t kt, int
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         const uint32_t b[2] = {bw[2 * j], bw[2 * j + 1]};
-        arch::mma_m16n8k64_s4s4s32(d[j], a, b, zero);
+        if constexpr (kKind == 2) arch::mma_m16n8k64_u4s4s32(d[j], a, b, zero);
+        else arch::mma_m16n8k64_s4s4s32(d[j], a, b, zero);
       }
     } else {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         uint32_t lo0, hi0, lo1, hi1;
-        arch::s4x8_to_s8x8(s.a[0][h], lo0, hi0);
-        arch::s4x8_to_s8x8(s.a[1][h], lo1, hi1);
+        if constexpr (kKind == 2) {  // zero-extend the unsigned codes to u8
+          arch::u4x8_to_u8x8(s.a[0][h], lo0, hi0);
+          arch::u4x8_to_u8x8(s.a[1][h], lo1, hi1);
+        } else {
+          arch::s4x8_to_s8x8(s.a[0][h], lo0, hi0);
+          arch::s4x8_to_s8x8(s.a[1][h], lo1, hi1);
+        }
         const uint32_t a[4] = {lo0, lo1, hi0, hi1};
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           uint32_t b[2];
           arch::s4x8_to_s8x8(bw[2 * j + h], b[0], b[1]);
           if (h == 0) {
-            arch::mma_m16n8k32_s8s8s32(d[j], a, b, zero);
+            mma_k32_int<kKind>(d[j], a, b, zero);
           } else {
             const int32_t c[4] = {d[j][0], d[j][1], d[j][2], d[j][3]};
-            arch::mma_m16n8k32_s8s8s32(d[j], a, b, c);
+            mma_k32_int<kKind>(d[j], a, b, c);
           }
         }
       }
@@ -260,8 +278,9 @@ __device__ __forceinline__ void lowrank_up_tf32(const GemmParams& p, int64_t row
   }
 }
 
-/// kKind: 0 int4, 1 nvfp4. kPath: 1 = s4 mma (sm_80/86/89), 2 = s8 mma (sm_90); nvfp4 uses the
-/// bf16 mma on both.
+/// kKind: 0 int4, 1 nvfp4, 2 int4 with unsigned activation codes (act_unsigned layers). kPath:
+/// 1 = s4 mma (sm_80/86/89; kKind 2: .u4.s4), 2 = s8 mma (sm_90; kKind 2: codes zero-extended to
+/// u8, .u8.s8); nvfp4 uses the bf16 mma on both.
 template <typename T, int kKind, int kPath>
 __global__ void __launch_bounds__(kGemmThreads) gemm_w4a4_mma_kernel(GemmParams p) {
   static_assert(kGemmThreads == 256, "8 warps: 4 (M) x 2 (N)");
@@ -272,13 +291,13 @@ __global__ void __launch_bounds__(kGemmThreads) gemm_w4a4_mma_kernel(GemmParams 
   const int wm = warp % 4, wn = warp / 4;
   const int gid = lane >> 2, tig = lane & 3;
   const int64_t row0 = m0 + 16 * wm + gid;  // the thread's first row; the second is row0 + 8
-  const int64_t groups = p.k / (kKind == 0 ? 64 : 16);
+  const int64_t groups = p.k / (kKind == 1 ? 16 : 64);
   const int64_t kts = (p.k + MmaLayout::kKTile - 1) / MmaLayout::kKTile;
   constexpr int kScaleBytes = MmaLayout::scale_bytes(kKind);
   // This thread's slices of the fragment-order arrays at kt = 0 (stage kt adds kt * block).
   const uint8_t* w_tile = p.w_codes + ((nt * kts) * MmaLayout::kWarpsN + wn) * 32 * MmaLayout::kThreadCodeBytes +
                           lane * MmaLayout::kThreadCodeBytes;
-  const int64_t scale_tiles = kKind == 0 ? groups : kts;  // int4: one stage per group
+  const int64_t scale_tiles = kKind != 1 ? groups : kts;  // int4: one stage per group
   const uint8_t* ws_tile =
       p.w_scales + ((nt * scale_tiles) * MmaLayout::kWarpsN + wn) * 4 * kScaleBytes + tig * kScaleBytes;
 
@@ -306,7 +325,7 @@ __global__ void __launch_bounds__(kGemmThreads) gemm_w4a4_mma_kernel(GemmParams 
 #pragma unroll
   for (int j = 0; j < 4; ++j)
 #pragma unroll
-    for (int r = 0; r < 4; ++r) acc[j][r] = epilogue_tensor_scale<kKind>(acc[j][r], p);
+    for (int r = 0; r < 4; ++r) acc[j][r] = epilogue_tensor_scale<kKind>(acc[j][r], p, n0 + 32 * wn + 8 * j + 2 * tig + (r & 1));
   if (p.rank > 0) {
     const int64_t steps = (p.rank + MmaLayout::kRankStep - 1) / MmaLayout::kRankStep;
     const float* up_tile = p.up + ((nt * steps) * MmaLayout::kWarpsN + wn) * 32 * 8 + lane * 8;

@@ -39,11 +39,12 @@ struct DeviceBuffer {
 struct GpuLinear::Impl {
   int device = 0;
   cuda::LinearPlan plan;  // scalars only after upload (the arrays live on the device)
-  DeviceBuffer w_codes, w_scales, inv_s, down_t, up, bias;
+  DeviceBuffer w_codes, w_scales, inv_s, down_t, up, bias, wcscales;
   cuda::DeviceWeights weights() const {
     return {static_cast<const uint8_t*>(w_codes.ptr), static_cast<const uint8_t*>(w_scales.ptr),
             static_cast<const float*>(inv_s.ptr),     static_cast<const uint16_t*>(down_t.ptr),
-            static_cast<const float*>(up.ptr),        static_cast<const float*>(bias.ptr)};
+            static_cast<const float*>(up.ptr),        static_cast<const float*>(bias.ptr),
+            static_cast<const float*>(wcscales.ptr)};
   }
 };
 
@@ -66,7 +67,7 @@ struct CudaLauncher {
     void* qargs[] = {&qp};
     void* gargs[] = {&gp};
     SVDQ_RETURN_IF_ERROR(cuda_status(
-        cudaLaunchKernel(reinterpret_cast<const void*>(&cuda::quantize_lora_down_kernel<T, kKind>),
+        cudaLaunchKernel(reinterpret_cast<const void*>(&cuda::quantize_lora_down_kernel<T, cuda::quantize_kind(kKind)>),
                          dim3(fl.qgrid.x, fl.qgrid.y, fl.qgrid.z), dim3(fl.qblock.x, fl.qblock.y, fl.qblock.z),
                          qargs, 0, stream),
         "launching quantize_lora_down_kernel"));
@@ -144,7 +145,8 @@ Result<GpuLinear> GpuLinear::create(const QuantizedLinear& q, DType act_dtype, i
   SVDQ_RETURN_IF_ERROR(impl->down_t.upload(p.down.bits.data(), p.down.bits.size() * 2));
   SVDQ_RETURN_IF_ERROR(impl->up.upload(p.up.data(), p.up.size() * 4));
   SVDQ_RETURN_IF_ERROR(impl->bias.upload(p.bias.data(), p.bias.size() * 4));
-  for (auto* v : {&p.inv_s, &p.up, &p.bias}) std::vector<float>().swap(*v);
+  SVDQ_RETURN_IF_ERROR(impl->wcscales.upload(p.wcscales.data(), p.wcscales.size() * 4));
+  for (auto* v : {&p.inv_s, &p.up, &p.bias, &p.wcscales}) std::vector<float>().swap(*v);
   std::vector<uint16_t>().swap(p.down.bits);
   for (auto* v : {&p.w_codes, &p.w_scales}) std::vector<uint8_t>().swap(*v);
   impl->plan = std::move(p);

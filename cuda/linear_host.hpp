@@ -47,6 +47,12 @@ struct LinearPlan {
   DownOperand down;               // kernel 1's lora_down operand (quantize_lora_down_plan.hpp)
   std::vector<float> up;          // dp4a: (N, r) fp32; mma: repack_up_mma
   std::vector<float> bias;        // (N) fp32 (empty without bias)
+  // The Nunchaku variants (docs/formats.md §6.1, §6.2): unsigned shifted int4 activations (kernel
+  // 1 adds the shift, kernel 2 runs kind 2) and nvfp4 per-channel c_n (decoded to fp32 here).
+  bool act_unsigned = false;
+  float act_shift = 0.0f;
+  bool has_wcscales = false;
+  std::vector<float> wcscales;    // (N) fp32 (empty without)
 
   size_t codes_bytes(int64_t m) const { return align_up(static_cast<size_t>(m) * static_cast<size_t>(k / 2)); }
   size_t scales_bytes(int64_t m) const {
@@ -140,11 +146,6 @@ inline std::vector<float> repack_up_mma(const float* up, int64_t n, int rank) {
 /// Validates `q` and `act` and repacks. `fn` names the caller in messages.
 inline Result<LinearPlan> make_plan(const QuantizedLinear& q, DType act, const char* fn) {
   SVDQ_RETURN_IF_ERROR(validate(q));
-  // The Nunchaku variants (issue 11) have no kernels yet: refuse them rather than compute signed.
-  if (q.act_unsigned || !q.wcscales.empty())
-    return Status(StatusCode::kErrorNotSupported,
-                  std::string(fn) + ": act_unsigned / per-channel wcscales layers are not supported by the GPU "
-                                    "kernels yet (CPU only: reference_forward, CpuLinear)");
   if (act != DType::kF16 && act != DType::kBF16)
     return Status(StatusCode::kErrorInvalidArgument,
                   std::string(fn) + ": act_dtype (" + dtype_name(act) + ") must be f16 or bf16");
@@ -178,6 +179,11 @@ inline Result<LinearPlan> make_plan(const QuantizedLinear& q, DType act, const c
   p.down = make_down_operand(q, act);
   for (int64_t i = 0; i < n * r; ++i) p.up[i] = bits16_to_float(q.lora_up[i], q.storage);
   for (size_t i = 0; i < p.bias.size(); ++i) p.bias[i] = bits16_to_float(q.bias[i], q.storage);
+  p.act_unsigned = q.act_unsigned;
+  p.act_shift = q.act_shift;
+  p.has_wcscales = !q.wcscales.empty();
+  p.wcscales.resize(q.wcscales.size());
+  for (size_t i = 0; i < p.wcscales.size(); ++i) p.wcscales[i] = bits16_to_float(q.wcscales[i], q.storage);
   return p;
 }
 
@@ -209,6 +215,7 @@ struct DeviceWeights {
   const float* inv_s = nullptr;
   const uint16_t* down = nullptr;  // plan.down.bits
   const float *up = nullptr, *bias = nullptr;
+  const float* wcscales = nullptr;  // plan.wcscales (null without)
 };
 
 struct Dim {
@@ -225,7 +232,7 @@ struct ForwardLaunch {
   LoraReduceParams rp{};
   GemmParams gp;
   bool bf16 = true;
-  int kind = 0;  // 0 int4, 1 nvfp4
+  int kind = 0;  // 0 int4, 1 nvfp4, 2 int4 with unsigned activations (kernel 1 runs kind 0 + act_unsigned)
   GemmPath path = GemmPath::kDp4a;
 };
 
@@ -271,22 +278,31 @@ inline Status plan_forward(const LinearPlan* p, const DeviceWeights& w, const vo
   out->rblock.x = kReduceThreads;
   out->gp = GemmParams{m, L.n, L.k, codes, scales, w.w_codes, w.w_scales, L.t_prod, lora, w.up, L.rank,
                        L.has_bias ? w.bias : nullptr, d_y};
+  out->qp.act_unsigned = L.act_unsigned ? 1 : 0;  // the Nunchaku variants (formats.md §6.1, §6.2)
+  out->qp.act_shift = L.act_shift;
+  out->gp.wcscales = L.has_wcscales ? w.wcscales : nullptr;
   grids(L, m, &out->qgrid, &out->ggrid);
   out->qblock.x = kQuantThreads;
   out->gblock.x = kGemmThreads;
   out->bf16 = L.act == DType::kBF16;
-  out->kind = L.format == Format::kInt4 ? 0 : 1;
+  out->kind = L.format == Format::kNvfp4 ? 1 : (L.act_unsigned ? 2 : 0);
   out->path = L.path;
   return Status::Ok();
 }
 
-/// Calls `launch.template operator()<T, kKind>(fl)` for the layer's dtype and format: the one
-/// place the kernel instantiations are chosen.
+/// Kernel 1's kind for a launch kind: the unsigned variant (2) is kernel 1's int4 instance with
+/// QuantizeParams::act_unsigned set (a runtime flag there: one add and one qmax per group).
+constexpr int quantize_kind(int kind) { return kind == 1 ? 1 : 0; }
+
+/// Calls `launch.template operator()<T, kKind>(fl)` for the layer's dtype and kind (0 int4,
+/// 1 nvfp4, 2 int4 with unsigned activations): the one place the kernel instantiations are chosen.
 template <typename Launcher>
 Status dispatch(const ForwardLaunch& fl, Launcher&& launch) {
   if (fl.bf16 && fl.kind == 0) return launch.template operator()<__nv_bfloat16, 0>(fl);
+  if (fl.bf16 && fl.kind == 2) return launch.template operator()<__nv_bfloat16, 2>(fl);
   if (fl.bf16) return launch.template operator()<__nv_bfloat16, 1>(fl);
   if (fl.kind == 0) return launch.template operator()<__half, 0>(fl);
+  if (fl.kind == 2) return launch.template operator()<__half, 2>(fl);
   return launch.template operator()<__half, 1>(fl);
 }
 
@@ -297,6 +313,7 @@ inline void activations_meta(const LinearPlan& L, int64_t m, QuantizedActivation
   out->rows = m;
   out->cols = L.k;
   out->tensor_scale = L.t_act;
+  out->unsigned_codes = L.act_unsigned;
   *codes = static_cast<size_t>(m * (L.k / 2));
   *scales = static_cast<size_t>(m * (L.k / L.group) * (L.format == Format::kInt4 ? 4 : 1));
   out->codes.resize(*codes);

@@ -125,6 +125,10 @@ struct QuantizeParams {
   int64_t split_channels = 0;  // K channels per split (blockIdx.y); 0: all of K (unsplit)
   float* partial = nullptr;    // (S, M, r) fp32 unscaled partial sums when split (then lora is not
                                // written here: lora_reduce_kernel does); null: write lora
+  // act_unsigned layers (int4, docs/formats.md §6.1): x + act_shift (one fp32 add, before the
+  // smoothing) is quantized unsigned (codecs.cuh kind 2); the low-rank branch reads the raw x.
+  int act_unsigned = 0;
+  float act_shift = 0.0f;
 };
 
 struct LoraReduceParams {
@@ -284,7 +288,9 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_lora_down_kernel(Quant
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
               const int i = 2 * w + h;
-              xh[i] = bits_to_float<T>(pair >> (16 * h) & 0xFFFFu) * p.inv_smooth[kk0 + i];  // IEEE multiply
+              float v = bits_to_float<T>(pair >> (16 * h) & 0xFFFFu);
+              if (kKind == 0 && p.act_unsigned) v = arch::fadd_rn(v, p.act_shift);  // §6.1: shift first
+              xh[i] = v * p.inv_smooth[kk0 + i];  // IEEE multiply
               finite &= is_finite(xh[i]);
               a = fmaxf(a, fabsf(xh[i]));
             }
@@ -306,7 +312,7 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_lora_down_kernel(Quant
           uint8_t* scales_row = p.scales + qrow * (k / kGroup) * kScaleBytes;
           uint8_t q[kChunk];
           uint8_t sb[4];
-          quantize_group(kKind, xh, kChunk, a, finite, p.t_act, q, sb);
+          quantize_group(kKind == 0 && p.act_unsigned ? 2 : kKind, xh, kChunk, a, finite, p.t_act, q, sb);
           uint32_t lo = 0, hi = 0;
 #pragma unroll
           for (int i = 0; i < 8; ++i) {

@@ -33,6 +33,9 @@ rm -rf "$dir"
 mkdir -p "$dir/bin" "$dir/lib"
 cp "$build/tests/test_gpu" "$build/bench/bench_gpu" "$build/svdq" "$build/examples/mlp_engine" "$dir/bin/"
 cp scripts/gpu_summary.py "$dir/"
+# The DeepCompressor fixtures of the Nunchaku variants (test GpuVariantFixtures, SVDQ_TEST_DATA_DIR).
+mkdir -p "$dir/data/nunchaku"
+cp tests/data/nunchaku/*unsigned*.nunchaku.safetensors tests/data/nunchaku/*wcscales.nunchaku.safetensors "$dir/data/nunchaku/"
 # Non-CUDA shared libraries the binaries load (Google Benchmark, libgomp, ...); glibc, libstdc++ and
 # the CUDA libraries come from the GPU machine.
 for bin in "$dir"/bin/*; do
@@ -58,8 +61,9 @@ cublas_dirs=$(ls -d /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/l
               /opt/torch/.venv/lib/python3*/site-packages/nvidia/cu13/lib \
               /opt/torch/.venv/lib/python3*/site-packages/nvidia/cublas/lib 2>/dev/null | paste -sd:)
 export LD_LIBRARY_PATH="$here/lib:${cublas_dirs}:${LD_LIBRARY_PATH:-}"
+export SVDQ_TEST_DATA_DIR="$here/data"
 filter="${SVDQ_GPU_TEST_FILTER:-*}"
-san_filter="${SVDQ_SANITIZER_FILTER:-*MatchesTheCpuReference/int4_bf16_r32_m44:*MatchesTheCpuReference/nvfp4_bf16_r32_m44:GpuLayerLaunch.*}"
+san_filter="${SVDQ_SANITIZER_FILTER:-*MatchesTheCpuReference/int4_bf16_r32_m44:*MatchesTheCpuReference/nvfp4_bf16_r32_m44:GpuLayerLaunch.*:*GpuVariant.MatchesTheCpuReference/int4_unsigned_bf16_r16:*GpuVariant.MatchesTheCpuReference/nvfp4_wcscales_bf16_r16}"
 shapes="${SVDQ_BENCH_SHAPES:-full}"
 declare -a rows
 

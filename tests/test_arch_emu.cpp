@@ -54,7 +54,7 @@ Operands random_operands(uint32_t seed, bool small_values) {
 }
 
 // Each lane accumulates in place (d aliases c), as kernels do.
-enum class Op { kS4, kS8, kE4m3, kBf16, kF16 };
+enum class Op { kS4, kS8, kE4m3, kBf16, kF16, kU4S4, kU8S8 };
 template <Op kOp>
 __global__ void mma_kernel(const Operands* in, int32_t (*di)[4], float (*df)[4]) {
   const int lane = threadIdx.x % 32;
@@ -66,6 +66,8 @@ __global__ void mma_kernel(const Operands* in, int32_t (*di)[4], float (*df)[4])
   for (int r = 0; r < 4; ++r) ci[r] = in->ci[lane][r], cf[r] = in->cf[lane][r];
   if constexpr (kOp == Op::kS4) arch::mma_m16n8k64_s4s4s32(ci, a, b, ci);
   if constexpr (kOp == Op::kS8) arch::mma_m16n8k32_s8s8s32(ci, a, b, ci);
+  if constexpr (kOp == Op::kU4S4) arch::mma_m16n8k64_u4s4s32(ci, a, b, ci);
+  if constexpr (kOp == Op::kU8S8) arch::mma_m16n8k32_u8s8s32(ci, a, b, ci);
   if constexpr (kOp == Op::kE4m3) arch::mma_m16n8k32_e4m3e4m3f32(cf, a, b, cf);
   if constexpr (kOp == Op::kBf16) arch::mma_m16n8k16_bf16bf16f32(cf, a, b, cf);
   if constexpr (kOp == Op::kF16) arch::mma_m16n8k16_f16f16f32(cf, a, b, cf);
@@ -74,11 +76,14 @@ __global__ void mma_kernel(const Operands* in, int32_t (*di)[4], float (*df)[4])
 
 template <Op kOp>
 void check_mma(uint32_t seed) {
-  const Operands in = random_operands(seed, kOp != Op::kS4 && kOp != Op::kS8);
+  constexpr bool kInt = kOp == Op::kS4 || kOp == Op::kS8 || kOp == Op::kU4S4 || kOp == Op::kU8S8;
+  const Operands in = random_operands(seed, !kInt);
   int32_t wi[32][4], di[32][4];
   float wf[32][4], df[32][4];
   if constexpr (kOp == Op::kS4) svdq::arch::ref::mma_m16n8k64_s4s4s32(in.a, in.b, in.ci, wi);
   if constexpr (kOp == Op::kS8) svdq::arch::ref::mma_m16n8k32_s8s8s32(in.a, in.b, in.ci, wi);
+  if constexpr (kOp == Op::kU4S4) svdq::arch::ref::mma_m16n8k64_u4s4s32(in.a, in.b, in.ci, wi);
+  if constexpr (kOp == Op::kU8S8) svdq::arch::ref::mma_m16n8k32_u8s8s32(in.a, in.b, in.ci, wi);
   if constexpr (kOp == Op::kE4m3) svdq::arch::ref::mma_m16n8k32_e4m3e4m3f32(in.a, in.b, in.cf, wf);
   if constexpr (kOp == Op::kBf16) svdq::arch::ref::mma_m16n8k16_bf16bf16f32(in.a, in.b, in.cf, wf);
   if constexpr (kOp == Op::kF16) svdq::arch::ref::mma_m16n8k16_f16f16f32(in.a, in.b, in.cf, wf);
@@ -88,7 +93,7 @@ void check_mma(uint32_t seed) {
     ASSERT_EQ(err, "");
     for (int l = 0; l < 32; ++l)
       for (int r = 0; r < 4; ++r) {
-        if (kOp == Op::kS4 || kOp == Op::kS8)
+        if (kInt)
           ASSERT_EQ(di[l][r], wi[l][r]) << "lane " << l;
         else
           ASSERT_EQ(std::memcmp(&df[l][r], &wf[l][r], 4), 0) << "lane " << l << " reg " << r;
@@ -98,6 +103,8 @@ void check_mma(uint32_t seed) {
 
 TEST(ArchEmu, MmaS4InAWarpEqualsWarpSemantics) { check_mma<Op::kS4>(31); }
 TEST(ArchEmu, MmaS8InAWarpEqualsWarpSemantics) { check_mma<Op::kS8>(32); }
+TEST(ArchEmu, MmaU4S4InAWarpEqualsWarpSemantics) { check_mma<Op::kU4S4>(36); }
+TEST(ArchEmu, MmaU8S8InAWarpEqualsWarpSemantics) { check_mma<Op::kU8S8>(37); }
 TEST(ArchEmu, MmaE4m3InAWarpEqualsWarpSemantics) { check_mma<Op::kE4m3>(33); }
 TEST(ArchEmu, MmaBf16InAWarpEqualsWarpSemantics) { check_mma<Op::kBf16>(34); }
 TEST(ArchEmu, MmaF16InAWarpEqualsWarpSemantics) { check_mma<Op::kF16>(35); }

@@ -11,6 +11,7 @@
 #include <limits>
 #include <random>
 
+#include "../cuda/arch/convert.cuh"  // dp4a_us, u4x8_to_u8x8, s4x8_to_s8x8 (the unsigned variant)
 #include "../cuda/arch/mma.cuh"
 #include "svdq/formats.hpp"
 
@@ -664,6 +665,177 @@ TEST(ArchMmaTf32, OneHotAndRandomMatchFloat64Gemm) {
         ASSERT_EQ(d[lane][i], static_cast<float>(s)) << "trial " << trial << " lane " << lane << " c" << i;
       }
   }
+}
+
+// ================================ unsigned A: .u4.s4, .u8.s8, dp4a.u32.s32 =====================
+// The act_unsigned layers (docs/formats.md §6.1): activation codes 0..15 (unsigned) times signed
+// int4 weight codes. A's nibbles / bytes are zero-extended, B's sign-extended; the fragment maps
+// are those of the signed forms (the ISA's layouts depend on the element width only).
+int u4(uint32_t nibble) { return static_cast<int>(nibble & 0xF); }
+
+void run_u4s4(const uint32_t (&A)[16][64], const uint32_t (&B)[64][8], const int32_t (&C)[16][8],
+              int32_t (&D)[16][8]) {
+  uint32_t a[32][4], b[32][2];
+  int32_t c[32][4], d[32][4];
+  pack_a<64>(A, 4, isa_k64_a, a);
+  pack_b<64>(B, 4, isa_k64_b, b);
+  pack_c(C, c);
+  ref::mma_m16n8k64_u4s4s32(a, b, c, d);
+  unpack_d(d, D);
+}
+
+// Every (unsigned A code, signed B code) pair: A all ua, B all sb, so D = C + 64 ua s4(sb) exactly
+// (a sign-extended A would give 64 (ua - 16) s4(sb) for ua >= 8).
+TEST(ArchMmaU4S4, EveryCodePairIsExact) {
+  int32_t C[16][8];
+  for (int m = 0; m < 16; ++m)
+    for (int n = 0; n < 8; ++n) C[m][n] = 100 * m - 7 * n;
+  for (uint32_t ua = 0; ua < 16; ++ua)
+    for (uint32_t sb = 0; sb < 16; ++sb) {
+      uint32_t A[16][64], B[64][8];
+      for (auto& row : A)
+        for (auto& v : row) v = ua;
+      for (auto& row : B)
+        for (auto& v : row) v = sb;
+      int32_t D[16][8];
+      run_u4s4(A, B, C, D);
+      for (int m = 0; m < 16; ++m)
+        for (int n = 0; n < 8; ++n)
+          ASSERT_EQ(D[m][n], C[m][n] + 64 * u4(ua) * s4(sb)) << "codes " << ua << " x " << sb;
+    }
+}
+
+TEST(ArchMmaU4S4, OneHotAndRandomMatchInt64Gemm) {
+  std::mt19937 rng(21);
+  uint32_t Bm[64][8];
+  for (auto& row : Bm)
+    for (auto& v : row) v = rng() & 0xF;
+  const int32_t zero[16][8] = {};
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 64; ++j) {
+      uint32_t A[16][64] = {};
+      A[i][j] = 0xF;  // 15 (unsigned), not -1
+      int32_t D[16][8];
+      run_u4s4(A, Bm, zero, D);
+      for (int m = 0; m < 16; ++m)
+        for (int n = 0; n < 8; ++n)
+          ASSERT_EQ(D[m][n], m == i ? 15 * s4(Bm[j][n]) : 0) << "A one-hot (" << i << "," << j << ")";
+    }
+  for (int trial = 0; trial < 100; ++trial) {
+    uint32_t A[16][64], B[64][8];
+    int32_t C[16][8], D[16][8];
+    for (auto& row : A)
+      for (auto& v : row) v = rng() & 0xF;
+    for (auto& row : B)
+      for (auto& v : row) v = rng() & 0xF;
+    for (auto& row : C)
+      for (auto& v : row) v = static_cast<int32_t>(rng());
+    run_u4s4(A, B, C, D);
+    for (int m = 0; m < 16; ++m)
+      for (int n = 0; n < 8; ++n) {
+        int64_t sum = C[m][n];
+        for (int k = 0; k < 64; ++k) sum += static_cast<int64_t>(u4(A[m][k])) * s4(B[k][n]);
+        ASSERT_EQ(D[m][n], static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint64_t>(sum))));
+      }
+  }
+  // Wrapping (no .satfinite): INT32_MIN + 64 * 15 * (-8) wraps to near INT32_MAX.
+  uint32_t A[16][64] = {}, B[64][8] = {};
+  int32_t C[16][8], D[16][8];
+  for (auto& row : C)
+    for (auto& v : row) v = std::numeric_limits<int32_t>::min();
+  for (int k = 0; k < 64; ++k) A[2][k] = 0xF, B[k][1] = 0x8;
+  run_u4s4(A, B, C, D);
+  EXPECT_EQ(D[2][1], static_cast<int32_t>(0x80000000u - 7680u));
+}
+
+// .u8.s8 (Hopper's route): u4x8_to_u8x8 (A) and s4x8_to_s8x8 (B) of packed code words, then the
+// 8-bit mma; every code pair, then random full-range u8 x s8 against int64.
+TEST(ArchMmaU8S8, ZeroExtendedCodePairsAndRandomMatchInt64Gemm) {
+  auto run = [](const uint32_t(&A)[16][32], const uint32_t(&B)[32][8], const int32_t(&C)[16][8],
+                int32_t(&D)[16][8]) {
+    uint32_t a[32][4], b[32][2];
+    int32_t c[32][4], d[32][4];
+    pack_a<32>(A, 8, isa_k32_a, a);
+    pack_b<32>(B, 8, isa_k32_b, b);
+    pack_c(C, c);
+    ref::mma_m16n8k32_u8s8s32(a, b, c, d);
+    unpack_d(d, D);
+  };
+  const int32_t zero[16][8] = {};
+  for (uint32_t ua = 0; ua < 16; ++ua)
+    for (uint32_t sb = 0; sb < 16; ++sb) {
+      uint32_t alo, ahi, blo, bhi;  // 8 copies of the code, converted as the kernel converts them
+      svdq::arch::u4x8_to_u8x8(ua * 0x11111111u, alo, ahi);
+      svdq::arch::s4x8_to_s8x8(sb * 0x11111111u, blo, bhi);
+      ASSERT_EQ(alo, ahi);
+      uint32_t A[16][32], B[32][8];
+      for (auto& row : A)
+        for (auto& v : row) v = alo & 0xFF;
+      for (auto& row : B)
+        for (auto& v : row) v = blo & 0xFF;
+      int32_t D[16][8];
+      run(A, B, zero, D);
+      for (int m = 0; m < 16; ++m)
+        for (int n = 0; n < 8; ++n) ASSERT_EQ(D[m][n], 32 * u4(ua) * s4(sb)) << "codes " << ua << " x " << sb;
+    }
+  std::mt19937 rng(22);
+  for (int trial = 0; trial < 100; ++trial) {
+    uint32_t A[16][32], B[32][8];
+    int32_t C[16][8], D[16][8];
+    for (auto& row : A)
+      for (auto& v : row) v = rng() & 0xFF;
+    for (auto& row : B)
+      for (auto& v : row) v = rng() & 0xFF;
+    for (auto& row : C)
+      for (auto& v : row) v = static_cast<int32_t>(rng());
+    run(A, B, C, D);
+    for (int m = 0; m < 16; ++m)
+      for (int n = 0; n < 8; ++n) {
+        int64_t sum = C[m][n];
+        for (int k = 0; k < 32; ++k) sum += static_cast<int64_t>(A[m][k]) * static_cast<int8_t>(B[k][n]);
+        ASSERT_EQ(D[m][n], static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint64_t>(sum))));
+      }
+  }
+}
+
+// u4x8_to_u8x8: every code at every one of the 8 positions, and random words, against a per-element
+// zero extension.
+TEST(ArchConvertU4, ZeroExtensionOfEveryCodeAtEveryPosition) {
+  auto check = [](uint32_t w) {
+    uint32_t lo, hi;
+    svdq::arch::u4x8_to_u8x8(w, lo, hi);
+    for (int e = 0; e < 8; ++e) {
+      const uint32_t got = ((e < 4 ? lo : hi) >> (8 * (e % 4))) & 0xFF;
+      ASSERT_EQ(got, (w >> (4 * e)) & 0xF) << "word " << std::hex << w << " element " << e;
+    }
+  };
+  for (int e = 0; e < 8; ++e)
+    for (uint32_t c = 0; c < 16; ++c) check(c << (4 * e));
+  std::mt19937 rng(23);
+  for (int i = 0; i < 100000; ++i) check(rng());
+}
+
+// dp4a.u32.s32: every (u4 code, s4 code) pair in every byte lane, and random full-range words,
+// against int64 (a unsigned per byte, b signed), wrapping.
+TEST(ArchDp4aUS, UnsignedTimesSignedBytes) {
+  auto want = [](uint32_t a, uint32_t b, int32_t c) {
+    int64_t s = c;
+    for (int i = 0; i < 4; ++i) s += static_cast<int64_t>((a >> (8 * i)) & 0xFF) * static_cast<int8_t>(b >> (8 * i));
+    return static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint64_t>(s)));
+  };
+  for (int lane = 0; lane < 4; ++lane)
+    for (uint32_t ua = 0; ua < 16; ++ua)
+      for (int sb = -8; sb < 8; ++sb) {
+        const uint32_t a = ua << (8 * lane), b = (static_cast<uint32_t>(sb) & 0xFF) << (8 * lane);
+        ASSERT_EQ(svdq::arch::dp4a_us(a, static_cast<int32_t>(b), 5), 5 + static_cast<int>(ua) * sb);
+      }
+  std::mt19937 rng(24);
+  for (int i = 0; i < 100000; ++i) {
+    const uint32_t a = rng(), b = rng();
+    const int32_t c = static_cast<int32_t>(rng());
+    ASSERT_EQ(svdq::arch::dp4a_us(a, static_cast<int32_t>(b), c), want(a, b, c));
+  }
+  EXPECT_EQ(svdq::arch::dp4a_us(0xFFFFFFFFu, 0x7F7F7F7F, 0), 4 * 255 * 127);
 }
 
 }  // namespace

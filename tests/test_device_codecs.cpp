@@ -32,6 +32,7 @@ TEST(DeviceCodecs, ElementCodecsEqualTheCpuReference) {
     ASSERT_EQ(svdq::cuda::encode_e2m1(f), svdq::encode_e2m1(f)) << f;
     ASSERT_EQ(svdq::cuda::encode_e4m3(f), svdq::encode_e4m3(f)) << f;
     ASSERT_EQ(svdq::cuda::encode_int4(f), svdq::encode_int4(f)) << f;
+    ASSERT_EQ(svdq::cuda::encode_uint4(f), svdq::encode_uint4(f)) << f;
   }
   for (int c = 0; c < 256; ++c) {
     const float a = svdq::cuda::decode_e4m3(static_cast<uint8_t>(c)), b = svdq::decode_e4m3(static_cast<uint8_t>(c));
@@ -87,6 +88,34 @@ TEST(DeviceCodecs, GroupContractEqualsTheCpuReference) {
   for (int64_t j = 0; j < 16; ++j) x[4 * k + j] = 1e-40f;          // tiny: zero group for nvfp4
   for (svdq::Format f : {svdq::Format::kInt4, svdq::Format::kNvfp4})
     for (float t : {1.0f, 0.37f, 1e-3f}) check_rows(f, x, m, k, inv_s, t);
+  // The unsigned variant (kind 2, docs/formats.md §6.1): (x + shift) * inv_s, shift first, one fp32
+  // add, as kernel 1 does it; against quantize_activations_unsigned. GELU-like rows (>= -0.17) and
+  // the raw rows above (values below -shift clamp to 0), zero / NaN / Inf groups included.
+  std::vector<float> gx(x.size());
+  for (size_t i = 0; i < x.size(); ++i) gx[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] / std::sqrt(2.0f)));
+  for (const std::vector<float>* rows : {&x, &gx})
+    for (float shift : {0.171875f, 0.0f, 3.5f}) {
+      svdq::QuantizedActivations ref;
+      ASSERT_TRUE(svdq::quantize_activations_unsigned(svdq::MatrixView<const float>(rows->data(), m, k), inv_s.data(),
+                                                      shift, &ref).ok());
+      uint8_t codes[64], scale[4];
+      float xh[64];
+      for (int64_t r = 0; r < m; ++r)
+        for (int64_t g = 0; g < k / 64; ++g) {
+          float a = 0;
+          bool finite = true;
+          for (int i = 0; i < 64; ++i) {
+            const float u = (*rows)[r * k + g * 64 + i] + shift;
+            xh[i] = u * inv_s[g * 64 + i];
+            finite &= svdq::cuda::is_finite(xh[i]);
+            a = std::fmax(a, std::fabs(xh[i]));
+          }
+          svdq::cuda::quantize_group(2, xh, 64, a, finite, 1.0f, codes, scale);
+          ASSERT_EQ(0, std::memcmp(scale, ref.scales.data() + (r * (k / 64) + g) * 4, 4)) << "row " << r << " group " << g;
+          for (int i = 0; i < 64; ++i)
+            ASSERT_EQ(codes[i], svdq::packed_nibble(ref.codes.data() + r * (k / 2), g * 64 + i)) << "row " << r;
+        }
+    }
 }
 
 }  // namespace

@@ -54,6 +54,26 @@ SVDQ_HD int32_t dp4a(int32_t a, int32_t b, int32_t c) {
 #endif
 }
 
+/// dp4a.u32.s32: c + sum_{i<4} a.u8[i] * b.s8[i] (a's bytes zero-extended, b's sign-extended),
+/// wrapping modulo 2^32 (PTX ISA §9.7.1.23 dp4a: ".atype = .btype = { .u32, .s32 }", chosen
+/// independently; the result is .s32 when either is signed). The unsigned int4 activations
+/// (codes 0..15, zero-extended to u8) times signed int4 weights.
+SVDQ_HD int32_t dp4a_us(uint32_t a, int32_t b, int32_t c) {
+#if defined(__CUDA_ARCH__)
+  int32_t d;
+  asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+#else
+  uint32_t acc = static_cast<uint32_t>(c);
+  for (int i = 0; i < 4; ++i) {
+    const int32_t x = static_cast<int32_t>((a >> (8 * i)) & 0xFFu);
+    const int32_t y = static_cast<int8_t>(static_cast<uint32_t>(b) >> (8 * i));
+    acc += static_cast<uint32_t>(x * y);
+  }
+  return static_cast<int32_t>(acc);
+#endif
+}
+
 /// __byte_perm(x, y, s): byte i of the result is byte ((s >> 4i) & 7) of the 8-byte value
 /// {y:x} (x = bytes 0-3, y = bytes 4-7). Only the low 3 bits of each of the 4 low selector nibbles
 /// are used; callers keep bit 3 of each nibble clear (prmt's sign-replicate mode is not used).
@@ -87,6 +107,15 @@ SVDQ_HD void s4x8_to_s8x8(uint32_t packed, uint32_t& lo, uint32_t& hi) {
   const uint32_t so = ((odd ^ 0x08080808u) + 0x78787878u) ^ 0x80808080u;
   lo = byte_perm(se, so, 0x5140u);  // {e0, o0, e1, o1} = elements 0, 1, 2, 3
   hi = byte_perm(se, so, 0x7362u);  // {e2, o2, e3, o3} = elements 4, 5, 6, 7
+}
+
+/// 8 unsigned 4-bit codes (element e in bits [4e, 4e+4)) -> 8 u8 bytes, zero-extended: lo holds
+/// elements 0-3 (byte e = element e), hi elements 4-7: the u8 operand of dp4a.u32 or the u8 mma
+/// (the unsigned activations of act_unsigned layers). 2 ANDs, a shift, 2 byte permutes.
+SVDQ_HD void u4x8_to_u8x8(uint32_t packed, uint32_t& lo, uint32_t& hi) {
+  const uint32_t even = packed & 0x0F0F0F0Fu, odd = (packed >> 4) & 0x0F0F0F0Fu;
+  lo = byte_perm(even, odd, 0x5140u);  // {e0, o0, e1, o1} = elements 0, 1, 2, 3
+  hi = byte_perm(even, odd, 0x7362u);  // {e2, o2, e3, o3} = elements 4, 5, 6, 7
 }
 
 /// 4 int4 nibbles (bits 0-15 of `packed16`, element e in bits [4e, 4e+4)) -> 4 E4M3 bytes

@@ -52,9 +52,15 @@
 //   * NaN: the host propagates NaN through double arithmetic (NaN * 0 is NaN, as in IEEE); the
 //     hardware's NaN bit patterns are not reproduced bit for bit.
 //   * .s8 (m16n8k32, the 8-bit layout of .e4m3): as .s4, exact and wrapping.
+//   * .u4.s4 / .u8.s8 (A unsigned, B signed; the ISA's integer mma takes .atype and .btype
+//     independently from {.u4, .s4} / {.u8, .s8}): the same fragments, A's elements zero-extended;
+//     exact and wrapping. Used for the unsigned activations of act_unsigned layers.
 //
 // What ptxas makes of these (CUDA 13.0, cuobjdump -sass of cuda/arch_check.cu):
 //   sm_80/86: IMMA.16864.S4.S4, IMMA.16832.S8.S8, HMMA.16816.F32(.BF16); e4m3 -> the trap below.
+//             .u4.s4 -> IMMA.16864.U4.S4, .u8.s8 -> IMMA.16832.U8.S8 (sm_80, sm_89; CUDA 13.0,
+//             cuobjdump of cuda/gpu_linear.cu); on sm_90a .u4.s4 is a subroutine like .s4 and
+//             .u8.s8 native IMMA.16832.U8.S8.
 //   sm_89:    the same plus QMMA.16832.F32.E4M3.E4M3 (native e4m3).
 //   sm_90/90a: .s4 is lowered to a subroutine of shifts and 2 x IMMA.16832.S8.S8; .e4m3 to
 //             12 x F2FP.F16.E4M3.UNPACK_B + 2 x HMMA.16816.F32 (exact e4m3 -> f16 conversions,
@@ -146,6 +152,8 @@ inline int s4_element(uint32_t reg, int elem) {
   const int v = static_cast<int>((reg >> (4 * elem)) & 0xFu);
   return v >= 8 ? v - 16 : v;
 }
+inline int u4_element(uint32_t reg, int elem) { return static_cast<int>((reg >> (4 * elem)) & 0xFu); }
+inline int u8_element(uint32_t reg, int elem) { return static_cast<int>((reg >> (8 * elem)) & 0xFFu); }
 inline int s8_element(uint32_t reg, int elem) {
   return static_cast<int8_t>(static_cast<uint8_t>(reg >> (8 * elem)));
 }
@@ -249,6 +257,44 @@ inline void mma_m16n8k32_s8s8s32_lane(const uint32_t a[32][4], const uint32_t b[
 inline void mma_m16n8k32_s8s8s32(const uint32_t a[32][4], const uint32_t b[32][2],
                                  const int32_t c[32][4], int32_t d[32][4]) {
   for (int lane = 0; lane < 32; ++lane) mma_m16n8k32_s8s8s32_lane(a, b, c[lane], lane, d[lane]);
+}
+
+/// One lane's D of mma.sync.aligned.m16n8k64.row.col.s32.u4.s4.s32: A's nibbles unsigned (0..15),
+/// B's signed (-8..7), the .s4 fragment maps (the ISA gives one layout per element width), wrapping.
+inline void mma_m16n8k64_u4s4s32_lane(const uint32_t a[32][4], const uint32_t b[32][2],
+                                      const int32_t c[4], int lane, int32_t d[4]) {
+  int A[16][64], B[64][8];
+  detail::gather_a<64, 8>(a, m16n8k64_a, u4_element, A);
+  detail::gather_b<64, 8>(b, m16n8k64_b, s4_element, B);
+  for (int r = 0; r < 4; ++r) {
+    const Coord p = m16n8_c(lane, r);
+    uint32_t acc = static_cast<uint32_t>(c[r]);
+    for (int k = 0; k < 64; ++k) acc += static_cast<uint32_t>(A[p.row][k] * B[k][p.col]);
+    d[r] = static_cast<int32_t>(acc);
+  }
+}
+inline void mma_m16n8k64_u4s4s32(const uint32_t a[32][4], const uint32_t b[32][2],
+                                 const int32_t c[32][4], int32_t d[32][4]) {
+  for (int lane = 0; lane < 32; ++lane) mma_m16n8k64_u4s4s32_lane(a, b, c[lane], lane, d[lane]);
+}
+
+/// One lane's D of mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32: A's bytes unsigned (0..255),
+/// B's signed, the 8-bit fragment maps, wrapping.
+inline void mma_m16n8k32_u8s8s32_lane(const uint32_t a[32][4], const uint32_t b[32][2],
+                                      const int32_t c[4], int lane, int32_t d[4]) {
+  int A[16][32], B[32][8];
+  detail::gather_a<32, 4>(a, m16n8k32_a, u8_element, A);
+  detail::gather_b<32, 4>(b, m16n8k32_b, s8_element, B);
+  for (int r = 0; r < 4; ++r) {
+    const Coord p = m16n8_c(lane, r);
+    uint32_t acc = static_cast<uint32_t>(c[r]);
+    for (int k = 0; k < 32; ++k) acc += static_cast<uint32_t>(A[p.row][k] * B[k][p.col]);
+    d[r] = static_cast<int32_t>(acc);
+  }
+}
+inline void mma_m16n8k32_u8s8s32(const uint32_t a[32][4], const uint32_t b[32][2],
+                                 const int32_t c[32][4], int32_t d[32][4]) {
+  for (int lane = 0; lane < 32; ++lane) mma_m16n8k32_u8s8s32_lane(a, b, c[lane], lane, d[lane]);
 }
 
 /// One lane's D of mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 (order and rounding: see
@@ -396,6 +442,52 @@ SVDQ_DEV void mma_m16n8k32_s8s8s32(int32_t (&d)[4], const uint32_t (&a)[4], cons
         "r"(c[2]), "r"(c[3]));
 #elif defined(__CUDA_ARCH__)
   SVDQ_NO_DEVICE_CODE("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 (needs sm_80)");
+#endif
+}
+
+/// D = A*B + C, A 16x64 .u4 (row, unsigned nibbles 0..15), B 64x8 .s4 (col), C/D 16x8 .s32,
+/// wrapping. The integer mma takes .atype and .btype independently from {.u4, .s4} (PTX ISA,
+/// "Multiply-and-Accumulate Instruction: mma", Syntax, integer type: ".atype = {.u4, .s4};
+/// .btype = {.u4, .s4};" for .m8n8k32/.m16n8k32/.m16n8k64). The fragments are the .s4 ones.
+/// The unsigned int4 activations (act_unsigned layers) times signed int4 weights. sm_80+.
+SVDQ_DEV void mma_m16n8k64_u4s4s32(int32_t (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
+                                   const int32_t (&c)[4]) {
+#if SVDQ_ARCH_HOST
+  uint32_t A[32][4], B[32][2];
+  int32_t own_c[4];
+  detail::mma_gather("mma.sync.aligned.m16n8k64.row.col.s32.u4.s4.s32", a, b, c, A, B, own_c);
+  ref::mma_m16n8k64_u4s4s32_lane(A, B, own_c, emu::lane_id(), d);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k64.row.col.s32.u4.s4.s32 "
+      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %11, %12, %13};\n"
+      : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(c[0]), "r"(c[1]),
+        "r"(c[2]), "r"(c[3]));
+#elif defined(__CUDA_ARCH__)
+  SVDQ_NO_DEVICE_CODE("mma.sync.aligned.m16n8k64.row.col.s32.u4.s4.s32 (needs sm_80)");
+#endif
+}
+
+/// D = A*B + C, A 16x32 .u8 (row), B 32x8 .s8 (col), C/D 16x8 .s32, wrapping (".atype = {.u8,
+/// .s8}; .btype = {.u8, .s8}" for .m8n8k16/.m16n8k16/.m16n8k32, same section). The 8-bit maps.
+/// Hopper's route for unsigned int4 activations: u4x8_to_u8x8 (convert.cuh) then this. sm_80+.
+SVDQ_DEV void mma_m16n8k32_u8s8s32(int32_t (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
+                                   const int32_t (&c)[4]) {
+#if SVDQ_ARCH_HOST
+  uint32_t A[32][4], B[32][2];
+  int32_t own_c[4];
+  detail::mma_gather("mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32", a, b, c, A, B, own_c);
+  ref::mma_m16n8k32_u8s8s32_lane(A, B, own_c, emu::lane_id(), d);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 "
+      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %11, %12, %13};\n"
+      : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(c[0]), "r"(c[1]),
+        "r"(c[2]), "r"(c[3]));
+#elif defined(__CUDA_ARCH__)
+  SVDQ_NO_DEVICE_CODE("mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 (needs sm_80)");
 #endif
 }
 

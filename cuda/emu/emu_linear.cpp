@@ -14,7 +14,7 @@ struct EmuLinear::Impl {
   LaunchOptions options;
   cuda::DeviceWeights weights() const {
     return {plan.w_codes.data(), plan.w_scales.data(), plan.inv_s.data(), plan.down.bits.data(), plan.up.data(),
-            plan.bias.empty() ? nullptr : plan.bias.data()};
+            plan.bias.empty() ? nullptr : plan.bias.data(), plan.wcscales.empty() ? nullptr : plan.wcscales.data()};
   }
 };
 
@@ -31,9 +31,10 @@ struct EmuLauncher {
     const int b = fl.bf16 ? 1 : 0;
     const cuda::QuantizeParams qp = fl.qp;
     const cuda::GemmParams gp = fl.gp;
-    std::string err = launch(names[b][kKind], dim3(fl.qgrid.x, fl.qgrid.y, fl.qgrid.z),
+    constexpr int kQKind = cuda::quantize_kind(kKind);  // kind 2 runs kernel 1's int4 instance
+    std::string err = launch(names[b][kQKind], dim3(fl.qgrid.x, fl.qgrid.y, fl.qgrid.z),
                              dim3(fl.qblock.x, fl.qblock.y, fl.qblock.z), 0, *options,
-                             [&] { cuda::quantize_lora_down_kernel<T, kKind>(qp); });
+                             [&] { cuda::quantize_lora_down_kernel<T, kQKind>(qp); });
     if (err.empty() && fl.reduce) {
       const cuda::LoraReduceParams rp = fl.rp;
       err = launch("lora_reduce_kernel", dim3(fl.rgrid.x, fl.rgrid.y, fl.rgrid.z),
