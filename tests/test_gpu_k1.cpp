@@ -296,11 +296,9 @@ std::vector<Case> cases() {
   // Rotated layers (block-Hadamard, docs/formats.md §6.3): both formats and dtypes, rank 0 (output
   // bit-equal) and a branch, both storage dtypes, M with a partial CTA; K = 320 has a partial slice.
   for (const Case& c : std::vector<Case>{{i4, bf, 0, 17, bf, true},
-                                          {i4, hf, 16, 7, bf, true},
-                                          {i4, bf, 32, 1, hf, true},
+                                          {i4, hf, 16, 7, hf, true},
                                           {f4, bf, 0, 17, bf, true},
-                                          {f4, hf, 16, 7, bf, true},
-                                          {f4, hf, 32, 1, hf, true}})
+                                          {f4, hf, 32, 1, bf, true}})
     v.push_back(c);
   if (!kEmu)  // a device: the full cross of the ranks, M and types as well
     for (auto fmt : {i4, f4})
@@ -413,11 +411,12 @@ TEST(Kernel1Shapes, NarrowK) {
 }
 
 // Split-K (docs/gpu.md): K = 832 = 3 slices of 256 + a tail of 64, so M = 1 and M = 17 (two
-// tiles, the second with one row) run S = 4 splits, the last one short (rank 0: M = 1 only). Against the reference:
+// tiles, the second with one row) run S = 4 splits, the last one short. Against the reference:
 // codes and scales byte-equal, rank 0 output bit-equal, lora within the split bound of float64
 // (check_lora), output within the budget. On the emulated device also against the unsplit kernel
-// (set_split_k(false)): the same codes and scales, lora within the unsplit bound, and the same
-// bits under other interleavings (determinism).
+// (set_split_k(false)): the same codes and scales, lora within the unsplit bound; and (int4
+// M = 17) the same bits under another interleaving. Cases: int4 bf16 r16 M 17 and r0 M 1, nvfp4
+// f16 r16 M 1 (a short list: the emulated device under ASan is slow).
 TEST(Kernel1SplitK, SplitMatchesTheReferenceAndTheUnsplitKernel) {
   SKIP_WITHOUT_GPU();
   const int64_t k = 832, n = 32;
@@ -443,9 +442,10 @@ TEST(Kernel1SplitK, SplitMatchesTheReferenceAndTheUnsplitKernel) {
     q0.lora_down.clear();
     q0.lora_up.clear();
     ASSERT_TRUE(svdq::validate(q0).ok());
+    const bool int4 = fmt == svdq::Format::kInt4;
     for (const svdq::QuantizedLinear* q : {&q0, &*q16})
       for (int64_t m : {1, 17}) {
-        if (q->rank == 0 && m == 17) continue;  // rank 0: M = 1 is enough (no partials), keep the emu run short
+        if (!(int4 ? (q->rank == 0) == (m == 1) : q->rank > 0 && m == 1)) continue;
         SCOPED_TRACE(std::string(svdq::format_name(fmt)) + " r" + std::to_string(q->rank) + " m" + std::to_string(m));
         ASSERT_EQ(split_for(m, k).s, 4);
         auto g = make_linear(*q, dt);
@@ -478,6 +478,7 @@ TEST(Kernel1SplitK, SplitMatchesTheReferenceAndTheUnsplitKernel) {
         if (q->rank == 0) EXPECT_EQ(unsplit.y, got.y);
         else check_lora(*q, dt, x, m, unsplit.lora, -1, false);
         g->set_split_k(true);
+        if (m != 17) continue;
         svdq::emu::LaunchOptions o;
         o.seed = 17;
         o.preempt_one_in = 61;
@@ -486,7 +487,8 @@ TEST(Kernel1SplitK, SplitMatchesTheReferenceAndTheUnsplitKernel) {
         ASSERT_NO_FATAL_FAILURE(run(*g, *q, x, m, &again));
         EXPECT_EQ(again.codes, got.codes);
         EXPECT_EQ(again.scales, got.scales);
-        EXPECT_EQ(std::memcmp(again.lora.data(), got.lora.data(), got.lora.size() * 4), 0);
+        ASSERT_EQ(again.lora.size(), got.lora.size());
+        if (!got.lora.empty()) EXPECT_EQ(std::memcmp(again.lora.data(), got.lora.data(), got.lora.size() * 4), 0);
         EXPECT_EQ(again.y, got.y);
 #endif
       }
