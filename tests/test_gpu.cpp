@@ -831,8 +831,10 @@ TEST(GpuVariantFixtures, DeepCompressorLayersMatchTheReference) {
   SKIP_WITHOUT_GPU();
   const char* env = std::getenv("SVDQ_TEST_DATA_DIR");
   const std::string dir = std::string(env != nullptr ? env : SVDQ_TEST_DATA) + "/nunchaku/";
-  for (const char* name : {"int4_n192_k256_r32_bf16_unsigned", "int4_n128_k320_r16_f16_unsigned_nobias",
-                           "nvfp4_n160_k256_r16_f16_wcscales"}) {
+  const char* const names[] = {"int4_n192_k256_r32_bf16_unsigned", "int4_n128_k320_r16_f16_unsigned_nobias",
+                               "nvfp4_n160_k256_r16_f16_wcscales"};
+  for (size_t f = 0; f < 3; ++f) {
+    const char* name = names[f];
     std::vector<svdq::SafetensorsFile> files;
     auto imp = svdq::load_nunchaku(dir + name + ".nunchaku.safetensors", files);
     ASSERT_TRUE(imp.ok()) << name << ": " << imp.status().to_string();
@@ -844,7 +846,12 @@ TEST(GpuVariantFixtures, DeepCompressorLayersMatchTheReference) {
       ASSERT_FALSE(q.wcscales.empty()) << name;
     }
     const int64_t m = kEmu ? 19 : 300;
-    for (int sm : arch_params()) {
+    // Emulated: two of the three paths per fixture, rotated (each path runs two fixtures, the mma
+    // paths an unsigned one each), to keep the ASan pass short; a device runs its own path.
+    const std::vector<int>& paths = arch_params();
+    for (size_t pi = 0; pi < paths.size(); ++pi) {
+      if (paths.size() == 3 && pi != f && pi != (f + 1) % 3) continue;
+      const int sm = paths[pi];
       SCOPED_TRACE(std::string(name) + " sm " + std::to_string(sm));
       // Inputs: N(0, 4) values (LCG + Box-Muller), GELU'd for the unsigned layers.
       std::vector<uint16_t> x(static_cast<size_t>(m * q.in_features));
