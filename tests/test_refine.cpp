@@ -459,6 +459,13 @@ TEST(Selection, ChosenRecipeIsNeverWorseOutOfFoldThanASimplerOne) {
     simpler.push_back({"svdquant+clip-unweighted", cu});
     cu.alpha = cu.beta = 0.0f;
     simpler.push_back({"data-free+clip-unweighted", cu});
+    if (f == svdq::Format::kInt4) {  // svdq_plus_config() compares the rotated recipes for int4
+      svdq::QuantConfig r = c;
+      r.rotate = true;
+      simpler.push_back({"svdquant+rotate", r});
+      r.alpha = r.beta = 0.0f;
+      simpler.push_back({"data-free+rotate", r});
+    }
     const double elements = static_cast<double>(l.rows * l.n);
     for (const auto& [name, cfg] : simpler) {
       const double e = summed_error(run(l, st, cfg), l, l.x, l.rows) / elements;
@@ -473,6 +480,42 @@ TEST(Selection, ChosenRecipeIsNeverWorseOutOfFoldThanASimplerOne) {
     std::printf("%s: chosen %s; %s\n", svdq::format_name(f), chosen.info.recipe.c_str(), report.c_str());
   }
   EXPECT_EQ(refinement_hurt, 2) << "the layer no longer exercises an option that hurts";
+}
+
+// svdq_plus_config() (issue 13): int4 compares the block-Hadamard rotated recipes, nvfp4 does not
+// (the selection never kept one there, docs/quality.md), nor a config with GPTQ (refused with
+// rotation); every other option is kept as given.
+TEST(Selection, PlusConfigRotatesInt4Only) {
+  svdq::QuantConfig c;
+  c.rank = 24;
+  c.format = svdq::Format::kInt4;
+  svdq::QuantConfig p = svdq::svdq_plus_config(c);
+  EXPECT_TRUE(p.rotate);
+  EXPECT_TRUE(p.selection.enabled && p.smooth_search.enabled && p.clip_search);
+  EXPECT_EQ(p.refine_iterations, 3);
+  EXPECT_EQ(p.rank, 24);
+  c.format = svdq::Format::kNvfp4;
+  EXPECT_FALSE(svdq::svdq_plus_config(c).rotate);
+  c.format = svdq::Format::kInt4;
+  c.gptq.enabled = true;
+  EXPECT_FALSE(svdq::svdq_plus_config(c).rotate);
+  // And the rotated recipes are then among those compared (int4), none for nvfp4.
+  const SpikyLayer l = make_spiky();
+  svdq::ActivationStats st(l.k);
+  ASSERT_TRUE(st.observe(MatrixView<const float>(l.x.data(), l.rows, l.k)).ok());
+  for (const svdq::Format f : {svdq::Format::kInt4, svdq::Format::kNvfp4}) {
+    svdq::QuantConfig b = selection_base(f);
+    b.smooth_search.candidates = {{0.0f, 0.0f}, {0.5f, 0.5f}};
+    const svdq::QuantizedLinear q = run(l, st, svdq::svdq_plus_config(b));
+    int rotated = 0;
+    for (const auto& s : q.info.selection) rotated += s.recipe.find("+rotate") != std::string::npos;
+    if (f == svdq::Format::kInt4) {
+      EXPECT_GE(rotated, 2);
+    } else {
+      EXPECT_EQ(rotated, 0);
+      EXPECT_EQ(q.rotation, svdq::Rotation::kNone);
+    }
+  }
 }
 
 // Out of fold means out of fold: the weighted clipping's cross-validated score equals the one
