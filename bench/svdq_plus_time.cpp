@@ -2,7 +2,7 @@
 // layer: wall and CPU seconds (getrusage user + sys of the process), the load average, and the
 // wall time of each step the quantizer reports through QuantConfig::progress.
 //
-//   svdq_plus_time [--shape KxN] [--calib M] [--format int4|nvfp4] [--rank R] [--steps] [--rotate]
+//   svdq_plus_time [--shape KxN] [--calib M] [--format int4|nvfp4] [--rank R] [--steps] [--rotate|--no-rotate]
 #include <sys/resource.h>
 
 #include <CLI/CLI.hpp>
@@ -37,14 +37,18 @@ int main(int argc, char** argv) {
   std::string shape = "3072x12288", format = "int4";
   int64_t m_calib = 512;
   int rank = 32;
-  bool steps = false, plain = false, rotate = false;
+  bool steps = false, plain = false, rotate = false, no_rotate = false;
   app.add_option("--shape", shape, "KxN")->capture_default_str();
   app.add_option("--calib", m_calib, "calibration rows")->capture_default_str();
   app.add_option("--format", format, "int4 or nvfp4")->check(CLI::IsMember({"int4", "nvfp4"}));
   app.add_option("--rank", rank, "rank")->capture_default_str();
   app.add_flag("--steps", steps, "print the wall time of every progress step");
   app.add_flag("--plain", plain, "time the plain recipe instead");
-  app.add_flag("--rotate", rotate, "compare block-Hadamard rotated recipes too (QuantConfig::rotate)");
+  auto* rot = app.add_flag("--rotate", rotate,
+                           "compare block-Hadamard rotated recipes too (QuantConfig::rotate; the "
+                           "svdq-plus default for int4)");
+  app.add_flag("--no-rotate", no_rotate, "no rotated recipes (svdq-plus before issue 13's default)")
+      ->excludes(rot);
   CLI11_PARSE(app, argc, argv);
   long long k = 0, n = 0;
   if (std::sscanf(shape.c_str(), "%lldx%lld", &k, &n) != 2 || k <= 0 || n <= 0) return 2;
@@ -62,7 +66,8 @@ int main(int argc, char** argv) {
   cfg.format = format == "nvfp4" ? svdq::Format::kNvfp4 : svdq::Format::kInt4;
   cfg.rank = rank;
   if (!plain) cfg = svdq::svdq_plus_config(cfg);
-  cfg.rotate = rotate;
+  if (rotate) cfg.rotate = true;
+  if (no_rotate) cfg.rotate = false;
   auto t_prev = std::chrono::steady_clock::now();
   if (steps)
     cfg.progress = [&](int done, int total, const std::string& what) {
@@ -84,7 +89,7 @@ int main(int argc, char** argv) {
   std::printf("%s %s %s: wall %.2f s, cpu %.2f s (user+sys), load average %.2f -> %.2f, peak RSS "
               "%.2f GB (whole process), recipe %s, score %.4e\n",
               shape.c_str(), format.c_str(),
-              plain ? (rotate ? "plain rotated" : "plain") : (rotate ? "svdq-plus --rotate" : "svdq-plus"), wall, cpu, load0, load1,
+              plain ? (cfg.rotate ? "plain rotated" : "plain") : (cfg.rotate ? "svdq-plus (rotated recipes compared)" : "svdq-plus (no rotation)"), wall, cpu, load0, load1,
               peak_rss_gb(), q->info.recipe.c_str(), q->info.score);
   return 0;
 }

@@ -37,7 +37,7 @@ std::vector<Method> all_methods() {
       {"data-free", [](QuantConfig c) { c.alpha = c.beta = 0.0f; return c; }},
       {"df+clip-unw", [](QuantConfig c) { c.alpha = c.beta = 0.0f; c.clip_search = true; c.clip_weighted = false; return c; }},
       {"+clip-unw", [](QuantConfig c) { c.clip_search = true; c.clip_weighted = false; return c; }},
-      {"plus-nosel", [](QuantConfig c) { c = svdq::svdq_plus_config(c); c.selection.enabled = false; return c; }},
+      {"plus-nosel", [](QuantConfig c) { c = svdq::svdq_plus_config(c); c.selection.enabled = false; c.rotate = false; return c; }},
       {"naive", [](QuantConfig c) { return svdq::recipe_config(Recipe::kNaive, c); }},
       {"smooth", [](QuantConfig c) { return svdq::recipe_config(Recipe::kSmoothOnly, c); }},
       {"lowrank", [](QuantConfig c) { return svdq::recipe_config(Recipe::kLowRankOnly, c); }},
@@ -49,7 +49,9 @@ std::vector<Method> all_methods() {
       {"+clip", [](QuantConfig c) { c.clip_search = true; return c; }},
       {"+t_act", [](QuantConfig c) { c.calibrate_act_tensor_scale = true; return c; }},
       {"svdq-plus", [](QuantConfig c) { return svdq::svdq_plus_config(c); }},
-      {"plus+gptq", [](QuantConfig c) { c = svdq::svdq_plus_config(c); c.gptq.enabled = true; return c; }},
+      // svdq-plus without rotated recipes (the default before issue 13 turned them on for int4).
+      {"plus-norot", [](QuantConfig c) { c = svdq::svdq_plus_config(c); c.rotate = false; return c; }},
+      {"plus+gptq", [](QuantConfig c) { c = svdq::svdq_plus_config(c); c.gptq.enabled = true; c.rotate = false; return c; }},
       // Block-Hadamard rotation (qrot, issue 13 item 2): alone, with each start, and in svdq-plus.
       {"df+rotate", [](QuantConfig c) { c.alpha = c.beta = 0.0f; c.rotate = true; return c; }},
       {"+rotate", [](QuantConfig c) { c.rotate = true; return c; }},

@@ -217,7 +217,8 @@ struct QuantizeArgs {
   int rank = 32;
   int threads = 0;
   bool plus = false;
-  bool rotate = false;  // block-Hadamard rotation of the 4-bit path
+  bool rotate = false;     // block-Hadamard rotation of the 4-bit path (also on with --plus int4)
+  bool no_rotate = false;  // never rotate (--plus int4 compares rotated recipes by default)
 };
 
 // One weight to quantize: tensor "<layer>.weight" (or any matching name) and its optional bias.
@@ -347,6 +348,9 @@ int cmd_quantize(const QuantizeArgs& a) {
   if (!format.ok()) return fail(format.status());
   if (a.plus && a.calib.empty())
     return fail("--plus needs --calib (svdq-plus scores and refines on calibration rows)");
+  if (a.rotate && a.layout == "nunchaku")
+    return fail("--rotate with --layout nunchaku: Nunchaku's kernels do not rotate activations; "
+                "drop --rotate (--plus does not rotate layers for --layout nunchaku)");
   if (Status st = check_input_file(a.model, "model"); !st.ok()) return fail(st);
   if (!a.calib.empty())
     if (Status st = check_input_file(a.calib, "--calib"); !st.ok()) return fail(st);
@@ -426,10 +430,11 @@ int cmd_quantize(const QuantizeArgs& a) {
       cfg = svdq::svdq_plus_config(cfg);  // plan_jobs made sure the statistics hold rows
       method = "svdq-plus";
     }
-    if (a.rotate) {
-      cfg.rotate = true;
-      method += "+rot";
-    }
+    // svdq_plus_config() compares rotated recipes for int4; Nunchaku's layout cannot hold a
+    // rotated layer (add_nunchaku refuses it), and --no-rotate asks for none.
+    if (a.rotate) cfg.rotate = true;
+    if (a.no_rotate || a.layout == "nunchaku") cfg.rotate = false;
+    if (cfg.rotate) method += "+rot";
     // Sub-progress of the search and refinements (svdq-plus): "<layer> <step>/<steps> <what>".
     cfg.progress = [&](int done, int total, const std::string& what) {
       progress(static_cast<int>(i), static_cast<int>(jobs.size()),
@@ -920,9 +925,14 @@ int main(int argc, char** argv) {
                        "dtype of smooth, lora and bias: f16 or bf16 (default bf16; f16 for --layout "
                        "nunchaku --format int4)")
       ->check(CLI::IsMember({"f16", "bf16"}));
-  quantize->add_flag("--rotate", qa.rotate,
-                     "block-Hadamard rotation inside each quantization group (with --plus: compared "
-                     "with the unrotated recipes)");
+  auto* rot_flag = quantize->add_flag(
+      "--rotate", qa.rotate,
+      "block-Hadamard rotation inside each quantization group (with --plus: compared with the "
+      "unrotated recipes; --plus --format int4 does this by default)");
+  quantize->add_flag("--no-rotate", qa.no_rotate,
+                     "never rotate (--plus --format int4 otherwise compares rotated recipes; "
+                     "implied by --layout nunchaku)")
+      ->excludes(rot_flag);
 
   std::vector<std::string> calib_inputs;
   std::string calib_out, calib_suffix = ".inputs";

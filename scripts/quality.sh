@@ -15,7 +15,7 @@ python3 tools/minilm.py dump "$out/minilm_dump.safetensors"
 ./build/bench/svdq_quality --model "$out/minilm_dump.safetensors" --save-dir "$out" \
   --csv "$out/quality.csv" "$@" | tee "$out/quality.md"
 ./build/bench/svdq_quality --shape 1024x256 --family default --family down --family huge \
-  --family gelu --methods data-free,svdquant,+clip,+clip-unw,df+clip-unw,+refine,plus-nosel,svdq-plus \
+  --family gelu --methods data-free,svdquant,+clip,+clip-unw,df+clip-unw,+refine,df+rotate,+rotate,+rotate+refine,+rotate+clip-unw,plus-nosel,plus-norot,svdq-plus \
   --csv "$out/families.csv" | tee "$out/families.md"
 ./build/bench/svdq_quality --no-synth --model "$out/minilm_dump.safetensors" --lowrank-only 0.15 \
   | tee "$out/lowrank_only.md"

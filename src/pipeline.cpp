@@ -9,10 +9,10 @@
 //
 // With QuantConfig::selection (svdq-plus) the recipes of selection_plans() are compared by k-fold
 // cross-validation instead (Selector, below), and the winner is refitted on all sampled rows.
-// With QuantConfig::rotate the rotated recipes (docs/formats.md §6.3) are compared next to the
-// unrotated ones: rotation alone from each start and the full combinations rotated; the search
-// scores each built branch with both 4-bit paths (the branch does not depend on the rotation),
-// so each path gets its own pick without extra SVDs.
+// With QuantConfig::rotate (svdq_plus_config() sets it for int4) the rotated recipes
+// (docs/formats.md §6.3) are compared next to the unrotated ones: rotation alone and the full
+// combinations rotated, from the data-free and the config's alpha/beta starts (not from the
+// search's pick: kRotatedSearch); the rotated refinement chains of a start share their iterates.
 #include <Eigen/Cholesky>
 #include <algorithm>
 #include <chrono>
@@ -50,6 +50,13 @@ struct Problem {
   std::vector<MatrixRM> x_fold, y_fold;   // each fold's rows and their reference
   std::vector<Eigen::VectorXd> diag_out;  // diag(X^T X) without fold f's rows (weighted clipping)
 };
+
+// Rotated recipes start from the fixed smoothings only (data-free and the config's alpha/beta), not
+// from the smoothing search's pick: a rotated search scored every search branch a second time and
+// its per-fold picks each built their own refinement chains, 45% of svdq-plus's time on a
+// 3072 x 12288 int4 layer, for a recipe the selection rarely kept (docs/quality.md, issue 13).
+// true restores it (the search then scores each branch with both 4-bit paths).
+constexpr bool kRotatedSearch = false;
 
 // One recipe: which of the config's options are on. quantize_linear runs the config's own plan,
 // or, with QuantConfig::selection, several and keeps the best on the held-out rows.
@@ -743,7 +750,7 @@ struct Selector {
     cand = cands;
     cand_light.assign(cands.size(), Candidate{});
     cand_err.assign(cands.size(), std::vector<double>(static_cast<size_t>(folds), INFINITY));
-    const bool rot = p.cfg.rotate;
+    const bool rot = kRotatedSearch && p.cfg.rotate;
     if (rot) cand_err_rot = cand_err;
     auto build_one = [&](size_t i) -> Status {
       Candidate c;
@@ -841,58 +848,82 @@ struct Selector {
     return 2 + i;
   }
 
+  // The rounding a chain's iterates are built with (the Q in L_k = SVD_r(W_hat - Q(W_hat -
+  // L_{k-1}))): the chain's own, except for rotated chains with clipping, which share the iterates
+  // built with the weighted clipping and only score them with their own (one set of SVDs per
+  // rotated start instead of two: issue 13, the time of svdq-plus with rotation). Building them
+  // with round-to-nearest instead was cheaper but lost 4.7% on the down family (docs/quality.md).
+  static int build_mode(int mode, bool rotate) { return rotate && mode != 0 ? 1 : mode; }
+
   // The chain of (start, rounding), extended to `len` iterates + 1 while any fold's rule (or the
   // all-rows rule) still improves.
   Result<Chain*> chain(int id, int mode, bool whiten, bool rotate, int len) {
     Result<int> si = start(id, whiten);
     if (!si.ok()) return si.status();
+    const int bmode = build_mode(mode, rotate);
     Chain& ch = chains[std::make_tuple(id, mode, whiten, rotate)];
-    if (ch.it.empty()) {
+    Chain& base = chains[std::make_tuple(id, bmode, whiten, rotate)];  // map references are stable
+    const bool shared = &base != &ch;
+    if (base.it.empty()) {
       Candidate c = starts[static_cast<size_t>(*si)];
       c.rotate = rotate;
       materialize(p, &c);
       const float t = weight_tensor_scale(p, c);
-      Result<std::vector<double>> e = errors_of(rounding(mode), c, t);
+      Result<std::vector<double>> e = errors_of(rounding(bmode), c, t);
       if (!e.ok()) return e.status();
       release(&c);
-      ch.it.push_back(std::move(c));
-      ch.err.push_back(*e);
-      ch.t_w.push_back(t);
+      base.it.push_back(std::move(c));
+      base.err.push_back(*e);
+      base.t_w.push_back(t);
     }
-    const Plan rnd = rounding(mode);
-    Candidate next;  // the last iterate with W_hat and the full residual, while extending
+    // A shared chain's iterate i is the base chain's, scored with this chain's rounding.
+    auto adopt = [&](size_t i) -> Status {
+      Result<std::vector<double>> e = errors_of(rounding(mode), base.it[i], base.t_w[i]);
+      if (!e.ok()) return e.status();
+      ch.it.push_back(base.it[i]);
+      ch.err.push_back(*e);
+      ch.t_w.push_back(base.t_w[i]);
+      return Status::Ok();
+    };
+    if (shared && ch.it.empty()) SVDQ_RETURN_IF_ERROR(adopt(0));
+    const Plan rnd = rounding(bmode);
+    Candidate next;  // the base's last iterate with W_hat and the full residual, while extending
     while (static_cast<int>(ch.it.size()) <= len) {
       bool active = false;  // some rule kept the last iterate: the next one may be kept too
       for (int f = -1; f < folds; ++f)
         if (kept_iterate(ch.err, f == -1 ? -1 : fit_skip(f)) == static_cast<int>(ch.err.size()) - 1) active = true;
       if (!active) break;
-      if (next.residual.size() == 0) {
-        next = ch.it.back();
-        materialize(p, &next);
+      const size_t i = ch.it.size();
+      if (base.it.size() <= i) {  // build the base's iterate i from its iterate i - 1
+        if (next.residual.size() == 0) {
+          next = base.it.back();
+          materialize(p, &next);
+        }
+        const ResidualOptions ro = residual_options(p, next, false);
+        MatrixRM rot;
+        Result<detail::QuantizedWeight> q = detail::quantize_weight(
+            rotated_if(next, next.residual, p.cfg.format, &rot), p.cfg.format,
+            weight_tensor_scale(p, next), weight_options(p, rnd, ro, false));
+        if (!q.ok()) return q.status();
+        // Q(R) in the unrotated space: the rotation is its own inverse.
+        MatrixRM deq = detail::dequantize(*q, p.cfg.format, p.n, p.k);
+        if (next.rotate) rotate_groups(&deq, group_size(p.cfg.format));
+        const MatrixRM target = next.w_hat - deq;
+        const MatrixRM warm = next.basis;
+        SVDQ_RETURN_IF_ERROR(set_branch(p, whiten, target, &next, warm.size() ? &warm : nullptr, 1));
+        const float t = weight_tensor_scale(p, next);
+        Result<std::vector<double>> e = errors_of(rnd, next, t);
+        if (!e.ok()) return e.status();
+        // Stored without W_hat and the residual (no copy of them); next keeps them.
+        MatrixRM w_hat = std::move(next.w_hat), residual = std::move(next.residual);
+        Candidate light = next;
+        next.w_hat = std::move(w_hat);
+        next.residual = std::move(residual);
+        base.it.push_back(std::move(light));
+        base.err.push_back(*e);
+        base.t_w.push_back(t);
       }
-      const ResidualOptions ro = residual_options(p, next, false);
-      MatrixRM rot;
-      Result<detail::QuantizedWeight> q = detail::quantize_weight(
-          rotated_if(next, next.residual, p.cfg.format, &rot), p.cfg.format,
-          weight_tensor_scale(p, next), weight_options(p, rnd, ro, false));
-      if (!q.ok()) return q.status();
-      // Q(R) in the unrotated space: the rotation is its own inverse.
-      MatrixRM deq = detail::dequantize(*q, p.cfg.format, p.n, p.k);
-      if (next.rotate) rotate_groups(&deq, group_size(p.cfg.format));
-      const MatrixRM target = next.w_hat - deq;
-      const MatrixRM warm = next.basis;
-      SVDQ_RETURN_IF_ERROR(set_branch(p, whiten, target, &next, warm.size() ? &warm : nullptr, 1));
-      const float t = weight_tensor_scale(p, next);
-      Result<std::vector<double>> e = errors_of(rnd, next, t);
-      if (!e.ok()) return e.status();
-      // Stored without W_hat and the residual (no copy of them); next keeps them.
-      MatrixRM w_hat = std::move(next.w_hat), residual = std::move(next.residual);
-      Candidate light = next;
-      next.w_hat = std::move(w_hat);
-      next.residual = std::move(residual);
-      ch.it.push_back(std::move(light));
-      ch.err.push_back(*e);
-      ch.t_w.push_back(t);
+      if (shared) SVDQ_RETURN_IF_ERROR(adopt(i));
     }
     return &ch;
   }
@@ -987,7 +1018,7 @@ std::vector<Plan> selection_plans(const QuantConfig& config, const Plan& full) {
   if (search) add(srch);
   if (config.rotate) {  // rotation alone, from each smoothing start
     for (const Plan& s : {df, plain, srch})
-      if (!s.search || search) add(with(s, [](Plan& q) { q.rotate = true; }));
+      if (!s.search || (search && kRotatedSearch)) add(with(s, [](Plan& q) { q.rotate = true; }));
   }
   if (full.refine > 0) add(with(plain, [&](Plan& q) { q.refine = full.refine; }));
   if (full.whiten) add(with(plain, [](Plan& q) { q.whiten = true; }));
@@ -1001,7 +1032,7 @@ std::vector<Plan> selection_plans(const QuantConfig& config, const Plan& full) {
   // config.rotate: unrotated, then rotated).
   for (int rot = 0; rot < (config.rotate ? 2 : 1); ++rot)
     for (const Plan& s : {df, plain, srch}) {
-      if (s.search && !search) continue;
+      if (s.search && (!search || (rot == 1 && !kRotatedSearch))) continue;
       for (int w = 0; w < (full.clip ? 2 : 1); ++w) {
         Plan pl = full;
         pl.alpha = s.alpha;
@@ -1038,6 +1069,10 @@ QuantConfig svdq_plus_config(QuantConfig base) {
   base.refine_iterations = 3;
   base.clip_search = true;
   base.selection.enabled = true;
+  // int4: the block-Hadamard rotated recipes are compared too (issue 13: the held-out targets
+  // are met on every measured family only with them). nvfp4: the selection never kept a rotated
+  // recipe there and they cost time (docs/quality.md). Not with GPTQ (refused together).
+  base.rotate = base.format == Format::kInt4 && !base.gptq.enabled;
   return base;
 }
 

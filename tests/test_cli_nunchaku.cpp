@@ -132,6 +132,55 @@ std::string slurp(const std::string& path) {
   return out;
 }
 
+// Issue 13: `--plus --format int4` compares block-Hadamard rotated recipes by default, but
+// Nunchaku's kernels do not rotate, so `--layout nunchaku` must quantize without them (the export
+// refuses a rotated layer); `--rotate` with it is refused up front, and `--no-rotate` turns the
+// default off for the canonical layout.
+TEST(CliNunchaku, PlusDoesNotRotateForLayoutNunchaku) {
+  const fs::path dir = fs::path(::testing::TempDir()) / "svdq_cli_nunchaku_plus";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::mt19937 rng(11);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  const int64_t n = 64, k = 128, m = 64;
+  std::vector<float> wt(static_cast<size_t>(n * k)), x(static_cast<size_t>(m * k));
+  for (float& v : wt) v = 0.05f * g(rng);
+  for (float& v : x) v = g(rng);
+  for (int64_t i = 0; i < m; ++i) x[static_cast<size_t>(i * k + 5)] *= 40.0f;  // an outlier channel
+  SafetensorsWriter w, r;
+  add_f32(w, "blocks.0.attn.to_q.weight", {n, k}, wt);
+  add_f32(r, "blocks.0.attn.to_q.inputs", {m, k}, x);
+  const std::string model = (dir / "m.safetensors").string(), rows = (dir / "r.safetensors").string();
+  const std::string calib = (dir / "c.safetensors").string(), log = (dir / "log.txt").string();
+  ASSERT_TRUE(w.write(model).ok());
+  ASSERT_TRUE(r.write(rows).ok());
+  ASSERT_EQ(run("calibrate '" + rows + "' -o '" + calib + "'", log), 0) << slurp(log);
+  const std::string common = "quantize '" + model + "' --calib '" + calib + "' --rank 8 --threads 1 --plus ";
+  // Canonical layout: rotated recipes are compared (the compared list names them).
+  ASSERT_EQ(run(common + "-o '" + (dir / "a.safetensors").string() + "'", log), 0) << slurp(log);
+  EXPECT_NE(slurp(log).find("+rotate"), std::string::npos) << slurp(log);
+  // --no-rotate: none.
+  ASSERT_EQ(run(common + "--no-rotate -o '" + (dir / "b.safetensors").string() + "'", log), 0) << slurp(log);
+  EXPECT_NE(slurp(log).find("compared: data-free"), std::string::npos) << slurp(log);
+  EXPECT_EQ(slurp(log).find("+rotate"), std::string::npos) << slurp(log);
+  // Nunchaku's layout: none either, and the file imports.
+  const std::string out = (dir / "n.safetensors").string();
+  ASSERT_EQ(run(common + "--layout nunchaku -o '" + out + "'", log), 0) << slurp(log);
+  EXPECT_NE(slurp(log).find("compared: data-free"), std::string::npos) << slurp(log);
+  EXPECT_EQ(slurp(log).find("+rotate"), std::string::npos) << slurp(log);
+  std::vector<SafetensorsFile> files;
+  auto imp = load_nunchaku(out, files);
+  ASSERT_TRUE(imp.ok()) << imp.status().to_string();
+  ASSERT_EQ(imp->layers.size(), 1u);
+  EXPECT_EQ(imp->layers[0].second.rotation, Rotation::kNone);
+  // --rotate with it: refused, naming both.
+  EXPECT_NE(run(common + "--rotate --layout nunchaku -o '" + (dir / "x.safetensors").string() + "'", log), 0);
+  EXPECT_NE(slurp(log).find("--rotate with --layout nunchaku"), std::string::npos) << slurp(log);
+  EXPECT_FALSE(fs::exists(dir / "x.safetensors"));
+  fs::remove_all(dir);
+}
+
+
 // convert --from nunchaku of DeepCompressor's unsigned and per-channel fixtures, then inspect:
 // the layers import (none listed as not representable) and inspect names the variants.
 TEST(CliNunchaku, ConvertAndInspectShowTheVariants) {

@@ -459,6 +459,17 @@ TEST(Selection, ChosenRecipeIsNeverWorseOutOfFoldThanASimplerOne) {
     simpler.push_back({"svdquant+clip-unweighted", cu});
     cu.alpha = cu.beta = 0.0f;
     simpler.push_back({"data-free+clip-unweighted", cu});
+    if (f == svdq::Format::kInt4) {  // svdq_plus_config() compares the rotated recipes for int4
+      svdq::QuantConfig r = c;
+      r.rotate = true;
+      simpler.push_back({"svdquant+rotate", r});
+      r.alpha = r.beta = 0.0f;
+      simpler.push_back({"data-free+rotate", r});
+    } else {  // nvfp4: no rotated recipe compared, none kept
+      for (const auto& s : chosen.info.selection)
+        EXPECT_EQ(s.recipe.find("+rotate"), std::string::npos) << report;
+      EXPECT_EQ(chosen.rotation, svdq::Rotation::kNone);
+    }
     const double elements = static_cast<double>(l.rows * l.n);
     for (const auto& [name, cfg] : simpler) {
       const double e = summed_error(run(l, st, cfg), l, l.x, l.rows) / elements;
@@ -473,6 +484,26 @@ TEST(Selection, ChosenRecipeIsNeverWorseOutOfFoldThanASimplerOne) {
     std::printf("%s: chosen %s; %s\n", svdq::format_name(f), chosen.info.recipe.c_str(), report.c_str());
   }
   EXPECT_EQ(refinement_hurt, 2) << "the layer no longer exercises an option that hurts";
+}
+
+// svdq_plus_config() (issue 13): int4 compares the block-Hadamard rotated recipes, nvfp4 does not
+// (the selection never kept one there, docs/quality.md), nor a config with GPTQ (refused with
+// rotation); every other option is kept as given. (Which recipes are then compared is checked in
+// ChosenRecipeIsNeverWorseOutOfFoldThanASimplerOne.)
+TEST(Selection, PlusConfigRotatesInt4Only) {
+  svdq::QuantConfig c;
+  c.rank = 24;
+  c.format = svdq::Format::kInt4;
+  svdq::QuantConfig p = svdq::svdq_plus_config(c);
+  EXPECT_TRUE(p.rotate);
+  EXPECT_TRUE(p.selection.enabled && p.smooth_search.enabled && p.clip_search);
+  EXPECT_EQ(p.refine_iterations, 3);
+  EXPECT_EQ(p.rank, 24);
+  c.format = svdq::Format::kNvfp4;
+  EXPECT_FALSE(svdq::svdq_plus_config(c).rotate);
+  c.format = svdq::Format::kInt4;
+  c.gptq.enabled = true;
+  EXPECT_FALSE(svdq::svdq_plus_config(c).rotate);
 }
 
 // Out of fold means out of fold: the weighted clipping's cross-validated score equals the one

@@ -227,6 +227,24 @@ def quantize_activations(xh, fmt, t_act=1.0):
     return codes.reshape(M, K), scale
 
 
+def hadamard_groups(xh, g):
+    """docs/formats.md section 6.3: each group of g elements of every row rotated by the fp32
+    butterfly, stages h = 1, 2, ..., g/2 in this order (v[i], v[i+h] = a + b, a - b for i & h == 0),
+    then every element times 1/sqrt(g) (0.125 int4, 0.25 nvfp4; a power of two, exact)."""
+    f32 = np.float32
+    M, K = xh.shape
+    v = np.array(xh, dtype=f32).reshape(M, K // g, g)
+    h = 1
+    with np.errstate(all="ignore"):
+        while h < g:
+            w = v.reshape(M, K // g, g // (2 * h), 2, h)  # element i = q*2h + r*h + t, r = (i & h) != 0
+            a, b = w[..., 0, :].copy(), w[..., 1, :].copy()
+            w[..., 0, :], w[..., 1, :] = a + b, a - b  # one fp32 add / subtract each
+            h *= 2
+        v = v * f32(1.0 / math.sqrt(g))
+    return v.reshape(M, K)
+
+
 def pack(codes):  # [N, K] nibbles -> [N, K/2] bytes, element k even in the low nibble
     return (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
 
@@ -242,8 +260,9 @@ class QuantLayer:
 
     def __init__(self, t, meta, name, fallback_bias=None):
         f32, m = np.float32, json.loads(meta["svdq.layer." + name])
-        if m.get("rotation", "none") != "none":  # docs/formats.md 6.3: not simulated here
+        if m.get("rotation", "none") not in ("none", "block-hadamard"):
             raise SystemExit(f"layer {name}: rotation {m['rotation']!r} is not simulated by minilm.py")
+        self.rotate = m.get("rotation", "none") == "block-hadamard"  # docs/formats.md 6.3
         self.fmt, self.group, self.rank = m["format"], m["group_size"], m["rank"]
         self.values = INT4 if self.fmt == "int4" else E2M1
         self.qw = self.values[unpack(t[name + ".qweight"])]
@@ -258,11 +277,17 @@ class QuantLayer:
         bias = t.get(name + ".bias", fallback_bias)
         self.bias = None if bias is None else bias.astype(f32)
 
+    def smoothed(self, x):
+        """x/s, rotated per group for a block-Hadamard layer: what the activation quantizer reads
+        (qweight already holds Q(R H), so the GEMM below is unchanged)."""
+        xh = x * self.inv_s
+        return hadamard_groups(xh, self.group) if self.rotate else xh
+
     def forward(self, x):
         """y = Q(x/s)·Q(R)ᵀ + (x·lora_down)·lora_upᵀ + b, the GEMM in docs/formats.md section 7's order:
         acc = fmaf(P_g, sx·sw, acc) over the groups (P_g is exact in fp32; fmaf via float64)."""
         f32, g = np.float32, self.group
-        codes, sx = quantize_activations(x * self.inv_s, self.fmt, self.t_act)
+        codes, sx = quantize_activations(self.smoothed(x), self.fmt, self.t_act)
         qx, sx = self.values[codes], (sx if self.fmt == "int4" else E4M3[sx])
         acc = np.zeros((x.shape[0], self.qw.shape[0]), f32)
         with np.errstate(invalid="ignore"):
@@ -479,7 +504,7 @@ def quantize_model(dump, fmt, rank, alpha, path, svd_cache):
 def dequantized_forward(L, x):
     """QuantLayer.forward computed another way: float64 GEMM of the dequantized operands."""
     f64, g = np.float64, L.group
-    codes, sx = quantize_activations(x * L.inv_s, L.fmt, L.t_act)
+    codes, sx = quantize_activations(L.smoothed(x), L.fmt, L.t_act)
     sx = sx.astype(f64) if L.fmt == "int4" else E4M3[sx].astype(f64) * L.t_act
     M, K = x.shape
     xq = (L.values[codes].astype(f64).reshape(M, K // g, g) * sx[..., None]).reshape(M, K)
@@ -529,6 +554,14 @@ def cmd_selftest(out_dir):
     t = {"l.qweight": pack(cw), "l.wscales": sw, "l.smooth": np.ones(64, np.float16)}
     y = QuantLayer(t, {"svdq.layer.l": json.dumps({"format": "int4", "group_size": 64, "rank": 0})}, "l").forward(x)
     ok &= check(hexbytes(y) == "0060db3e", f"8.5 one output {y[0, 0]:.7f} (0x3EDB6000)")
+    for g in (64, 16):  # 6.3: the butterfly is x times the normalised Sylvester matrix, built apart
+        i = np.arange(g)
+        pop = np.vectorize(lambda v: bin(v).count("1"))(i[:, None] & i[None, :])
+        H = np.where(pop % 2 == 0, 1.0, -1.0) / math.sqrt(g)
+        xr = np.random.default_rng(g).standard_normal((3, 2 * g)).astype(f32)
+        ref = np.concatenate([xr[:, :g].astype(np.float64) @ H, xr[:, g:].astype(np.float64) @ H], 1)
+        d = np.abs(hadamard_groups(xr, g) - ref).max() / np.abs(ref).max()
+        ok &= check(d < 1e-6, f"6.3 block-Hadamard g={g}: butterfly vs float64 x*H: max rel diff {d:.1e}")
     err = max(abs(erf(v) - math.erf(v)) for v in np.linspace(-6, 6, 1201))
     ok &= check(err < 2e-7, f"erf: max |error| {err:.1e} < 2e-7")
 

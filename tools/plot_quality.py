@@ -35,7 +35,8 @@ def main(csv_path: str, png_path: str) -> None:
                 if v:
                     xs.append(j + (i - (len(formats) - 1) / 2) * width)
                     ys.append(sum(v) / len(v))
-            ax.bar(xs, ys, width=width, label=fmt)
+            if ys:  # a format not measured on this source gets no (empty) legend entry
+                ax.bar(xs, ys, width=width, label=fmt, color=f"C{i}")
         ax.set_yscale("log")
         ax.set_xticks(range(len(methods)))
         ax.set_xticklabels(methods, rotation=45, ha="right")

@@ -117,8 +117,9 @@ struct QuantConfig {
   /// normalised Walsh-Hadamard matrix inside each quantization group before it is quantized, and
   /// the runtime rotates the smoothed activations the same way. Spreads spiky channels over their
   /// group. The layer gets rotation = kBlockHadamard (checkpoint format 2.0; CpuLinear,
-  /// reference_forward and GpuLinear run it; Nunchaku export refuses it). With selection, rotated and unrotated recipes are both compared.
-  /// Not combined with GPTQ (kErrorNotSupported).
+  /// reference_forward and GpuLinear run it; Nunchaku export refuses it). With selection, rotated
+  /// and unrotated recipes are both compared. Not combined with GPTQ (kErrorNotSupported).
+  /// svdq_plus_config() switches it on for int4.
   bool rotate = false;
   /// Called after each search step (optional).
   ProgressFn progress;
@@ -132,7 +133,10 @@ enum class Recipe : uint8_t {
   kSvdquant = 3,     ///< smoothing + low-rank branch
 };
 /// svdq's best measured combination ("svdq-plus", docs/quality.md) on top of `base`'s format,
-/// rank and storage.
+/// rank and storage: smoothing search, refinement, clipping search and selection, and for int4
+/// (unless base.gptq.enabled) `rotate`, so that the rotated recipes are compared next to the
+/// unrotated ones. Set rotate = false afterwards for a layer that must run unrotated (Nunchaku's
+/// layout, a runtime without rotation).
 QuantConfig svdq_plus_config(QuantConfig base);
 
 /// "naive", "smooth", "lowrank", "svdquant".
