@@ -3,6 +3,11 @@
 // wall time of each step the quantizer reports through QuantConfig::progress.
 //
 //   svdq_plus_time [--shape KxN] [--calib M] [--format int4|nvfp4] [--rank R] [--steps] [--rotate|--no-rotate]
+//                  [--save FILE]
+//
+// --steps also prints the process's resident set after each step (VmRSS, and VmHWM: the peak so
+// far), to find where the peak is; --save writes the quantized layer (save_quantized), to compare
+// two builds' bytes with cmp (info.seconds is stored as 0).
 #include <sys/resource.h>
 
 #include <CLI/CLI.hpp>
@@ -25,6 +30,19 @@ double peak_rss_gb() {
   rusage u{};
   getrusage(RUSAGE_SELF, &u);
   return static_cast<double>(u.ru_maxrss) / (1024.0 * 1024.0);  // ru_maxrss is in KiB on Linux
+}
+// Current and peak resident set (VmRSS, VmHWM of /proc/self/status) in GB; -1 where unreadable.
+void rss_now_gb(double* now, double* peak) {
+  *now = *peak = -1;
+  std::FILE* f = std::fopen("/proc/self/status", "r");
+  if (f == nullptr) return;
+  char line[256];
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    long long kb = 0;
+    if (std::sscanf(line, "VmRSS: %lld kB", &kb) == 1) *now = static_cast<double>(kb) / (1024.0 * 1024.0);
+    if (std::sscanf(line, "VmHWM: %lld kB", &kb) == 1) *peak = static_cast<double>(kb) / (1024.0 * 1024.0);
+  }
+  std::fclose(f);
 }
 double load_average() {
   double l[1] = {0};
@@ -49,6 +67,8 @@ int main(int argc, char** argv) {
                            "svdq-plus default for int4)");
   app.add_flag("--no-rotate", no_rotate, "no rotated recipes (svdq-plus before issue 13's default)")
       ->excludes(rot);
+  std::string save;
+  app.add_option("--save", save, "write the quantized layer to this checkpoint file");
   CLI11_PARSE(app, argc, argv);
   long long k = 0, n = 0;
   if (std::sscanf(shape.c_str(), "%lldx%lld", &k, &n) != 2 || k <= 0 || n <= 0) return 2;
@@ -72,8 +92,10 @@ int main(int argc, char** argv) {
   if (steps)
     cfg.progress = [&](int done, int total, const std::string& what) {
       const auto now = std::chrono::steady_clock::now();
-      std::fprintf(stderr, "  step %3d/%-3d %8.3f s  %s\n", done, total,
-                   std::chrono::duration<double>(now - t_prev).count(), what.c_str());
+      double rss = 0, hwm = 0;
+      rss_now_gb(&rss, &hwm);
+      std::fprintf(stderr, "  step %3d/%-3d %8.3f s  RSS %.3f GB (peak %.3f)  %s\n", done, total,
+                   std::chrono::duration<double>(now - t_prev).count(), rss, hwm, what.c_str());
       t_prev = now;
     };
   const double load0 = load_average(), c0 = cpu_seconds();
@@ -91,5 +113,13 @@ int main(int argc, char** argv) {
               shape.c_str(), format.c_str(),
               plain ? (cfg.rotate ? "plain rotated" : "plain") : (cfg.rotate ? "svdq-plus (rotated recipes compared)" : "svdq-plus (no rotation)"), wall, cpu, load0, load1,
               peak_rss_gb(), q->info.recipe.c_str(), q->info.score);
+  if (!save.empty()) {
+    svdq::QuantizedLinear layer_q = *q;
+    layer_q.info.seconds = 0;  // the only field that differs between two runs of the same build
+    if (svdq::Status st = svdq::save_quantized(save, {{"layer", &layer_q}}); !st.ok()) {
+      std::fprintf(stderr, "%s: %s\n", save.c_str(), st.to_string().c_str());
+      return 1;
+    }
+  }
   return 0;
 }

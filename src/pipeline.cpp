@@ -899,18 +899,28 @@ struct Selector {
           next = base.it.back();
           materialize(p, &next);
         }
-        const ResidualOptions ro = residual_options(p, next, false);
-        MatrixRM rot;
-        Result<detail::QuantizedWeight> q = detail::quantize_weight(
-            rotated_if(next, next.residual, p.cfg.format, &rot), p.cfg.format,
-            weight_tensor_scale(p, next), weight_options(p, rnd, ro, false));
-        if (!q.ok()) return q.status();
-        // Q(R) in the unrotated space: the rotation is its own inverse.
-        MatrixRM deq = detail::dequantize(*q, p.cfg.format, p.n, p.k);
-        if (next.rotate) rotate_groups(&deq, group_size(p.cfg.format));
-        const MatrixRM target = next.w_hat - deq;
-        const MatrixRM warm = next.basis;
-        SVDQ_RETURN_IF_ERROR(set_branch(p, whiten, target, &next, warm.size() ? &warm : nullptr, 1));
+        {
+          // Peak memory (issue 13: 12288 x 3072 int4 --plus): besides W_hat and the residual, at
+          // most one more N x K matrix lives at a time: the rotated copy of the residual while
+          // it is quantized, then Q(R), turned into the target W_hat - Q(R) in place.
+          MatrixRM target;
+          {
+            const ResidualOptions ro = residual_options(p, next, false);
+            const float t_w = weight_tensor_scale(p, next);
+            MatrixRM rot;
+            Result<detail::QuantizedWeight> q = detail::quantize_weight(
+                rotated_if(next, next.residual, p.cfg.format, &rot), p.cfg.format, t_w,
+                weight_options(p, rnd, ro, false));
+            if (!q.ok()) return q.status();
+            rot.resize(0, 0);
+            target = detail::dequantize(*q, p.cfg.format, p.n, p.k);
+          }
+          // Q(R) in the unrotated space: the rotation is its own inverse.
+          if (next.rotate) rotate_groups(&target, group_size(p.cfg.format));
+          target = next.w_hat - target;  // coefficient-wise: the same bits as a separate result
+          const MatrixRM warm = next.basis;
+          SVDQ_RETURN_IF_ERROR(set_branch(p, whiten, target, &next, warm.size() ? &warm : nullptr, 1));
+        }
         const float t = weight_tensor_scale(p, next);
         Result<std::vector<double>> e = errors_of(rnd, next, t);
         if (!e.ok()) return e.status();
@@ -1236,14 +1246,20 @@ Result<QuantizedLinear> quantize_linear_impl(ConstMatrixRef W, ConstMatrixRef bi
     if (!pruned.empty()) chosen.notes += "pruned: " + pruned.substr(0, pruned.size() - 2) + "; ";
   }
 
+  // The norms reported in info, then W_hat is freed: the rotated copy of the residual below is
+  // the last N x K matrix allocated (peak memory).
+  const double weight_norm = chosen.c.w_hat.cast<double>().norm();
+  const double residual_norm = chosen.c.residual.cast<double>().norm();
+  chosen.c.w_hat.resize(0, 0);
   // The chosen residual, quantized: GPTQ when the build kept it, else round-to-nearest.
   const bool use_gptq = chosen.use_gptq;
   const ResidualOptions ro = residual_options(p, chosen.c, use_gptq);
-  MatrixRM rot;
-  const MatrixRM& rq = rotated_if(chosen.c, chosen.c.residual, config.format, &rot);
-  const float t_w = config.format == Format::kNvfp4 ? detail::nvfp4_tensor_scale(rq) : 1.0f;
-  Result<detail::QuantizedWeight> qw = detail::quantize_weight(
-      rq, config.format, t_w, weight_options(p, chosen_plan, ro, use_gptq));
+  Result<detail::QuantizedWeight> qw = [&] {  // the rotated copy is freed on return
+    MatrixRM rot;
+    const MatrixRM& rq = rotated_if(chosen.c, chosen.c.residual, config.format, &rot);
+    const float t_w = config.format == Format::kNvfp4 ? detail::nvfp4_tensor_scale(rq) : 1.0f;
+    return detail::quantize_weight(rq, config.format, t_w, weight_options(p, chosen_plan, ro, use_gptq));
+  }();
   if (!qw.ok()) return qw.status();
   if (config.progress) config.progress(1, 1, "residual quantized");
 
@@ -1271,8 +1287,8 @@ Result<QuantizedLinear> quantize_linear_impl(ConstMatrixRef W, ConstMatrixRef bi
   out.info.alpha = best.alpha;
   out.info.beta = best.beta;
   out.info.svd = config.svd.method;
-  out.info.weight_norm = best.w_hat.cast<double>().norm();
-  out.info.residual_norm = best.residual.cast<double>().norm();
+  out.info.weight_norm = weight_norm;
+  out.info.residual_norm = residual_norm;
   out.info.score = std::isfinite(best.score) ? best.score : -1.0;
   out.info.candidates_scored = chosen.scored;
   out.info.refine_iterations = chosen.kept_iters;

@@ -577,4 +577,54 @@ TEST(Selection, RotatedCrossValidatedScoreIsRebuiltFoldByFold) {
   }
 }
 
+// The selection's rotated refinement chain, rebuilt from the public recipe and the SVD: iterate 1
+// of svdquant+rotate+refine is the branch of SVD_r(W_hat - H Q(H R_0)) (warm-started from the
+// start's right basis with one power iteration, as the chain does), where R_0 and Q(H R_0) are
+// the public svdquant+rotate layer's (its stored qweight; H the per-group rotation). Checks the
+// chain's steps bit for bit: the rotation back of Q, the target, the warm start, the rounding of
+// the branch (issue 13: the chain's buffers were reused to lower the peak memory).
+TEST(Selection, RotatedRefinementIterateIsRebuiltFromThePublicRecipe) {
+  const SpikyLayer l = make_spiky();
+  svdq::ActivationStats st(l.k);
+  ASSERT_TRUE(st.observe(MatrixView<const float>(l.x.data(), l.rows, l.k)).ok());
+  svdq::QuantConfig c = selection_base(svdq::Format::kInt4);
+  c.rotate = true;
+  c.alpha = c.beta = 0.0f;  // data-free: the start this layer's selection refines (named svdquant here)
+  svdq::QuantConfig sel = c;
+  sel.refine_iterations = 1;
+  sel.selection.enabled = true;
+  const svdq::QuantizedLinear chosen = run(l, st, sel);
+  ASSERT_EQ(chosen.info.recipe, "svdquant+rotate+refine") << "the layer no longer picks the refined "
+                                                             "rotated recipe; the check needs one that does";
+  ASSERT_EQ(chosen.info.refine_iterations, 1);
+  const svdq::QuantizedLinear q0 = run(l, st, c);  // the public svdquant+rotate: R_0 and Q(H R_0)
+  ASSERT_EQ(q0.rotation, svdq::Rotation::kBlockHadamard);
+  ASSERT_EQ(q0.smooth, chosen.smooth);
+  const int64_t n = l.n, k = l.k;
+  const int r = c.rank, gs = svdq::group_size(c.format);
+  Eigen::VectorXf s(k);
+  for (int64_t j = 0; j < k; ++j) s[j] = svdq::bits16_to_float(q0.smooth[j], c.storage);
+  const svdq::detail::MatrixRM w = Eigen::Map<const svdq::detail::MatrixRM>(l.w.data(), n, k);
+  const svdq::detail::MatrixRM w_hat = w * s.asDiagonal();
+  // The start's SVD (cold) gives the warm start of iterate 1.
+  const svdq::detail::LowRank lr0 = svdq::detail::truncated_svd(w_hat, r, c.svd);
+  svdq::detail::MatrixRM deq = svdq::detail::dequantize_weight(q0);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t g = 0; g < k / gs; ++g) svdq::hadamard_transform(deq.row(i).data() + g * gs, gs);
+  const svdq::detail::MatrixRM target = w_hat - deq;
+  svdq::SvdOptions warm = c.svd;
+  warm.power_iterations = 1;
+  const svdq::detail::LowRank lr1 = svdq::detail::truncated_svd(target, r, warm, nullptr, &lr0.basis);
+  const svdq::detail::MatrixRM down = lr1.down * s.cwiseInverse().asDiagonal();
+  int64_t up_diff = 0, down_diff = 0;
+  for (int64_t i = 0; i < n; ++i)
+    for (int j = 0; j < r; ++j) up_diff += svdq::float_to_bits16(lr1.up(i, j), c.storage) != chosen.lora_up[i * r + j];
+  for (int64_t kk = 0; kk < k; ++kk)
+    for (int j = 0; j < r; ++j) down_diff += svdq::float_to_bits16(down(j, kk), c.storage) != chosen.lora_down[kk * r + j];
+  EXPECT_EQ(up_diff, 0) << "of " << n * r << " lora_up values differ";
+  EXPECT_EQ(down_diff, 0) << "of " << k * r << " lora_down values differ";
+  // ... and the iterate is not the start (the check would pass trivially).
+  EXPECT_NE(chosen.lora_up, q0.lora_up);
+}
+
 }  // namespace
