@@ -691,6 +691,9 @@ int main(int argc, char** argv) {
   app.add_option("--lowrank-only", lowrank_fraction,
                  "instead: pure low-rank compression keeping this fraction of the parameters (e.g. 0.15), "
                  "plain SVD vs activation-aware, on the model's layers");
+  int act_outliers = -1;
+  app.add_option("--act-outliers", act_outliers,
+                 "outlier activation channels of the synthetic layers (default: the family's, 16)");
   std::string ab;
   app.add_option("--ab", ab, "A,B: alpha and beta of the 'ab' methods (default 0.65,0.35)");
   app.add_flag("--scale-probe", g_scale_probe,
@@ -738,6 +741,7 @@ int main(int argc, char** argv) {
     spec.out_features = n;
     if (fam == "down") spec.weight_outlier_columns = static_cast<int>(std::min<long long>(k / 32, 256));
     if (fam == "huge") spec.act_outlier_channels = 4;
+    if (act_outliers >= 0) spec.act_outlier_channels = act_outliers;
     auto layer = svdq::synth::make_layer(spec);
     if (!layer.ok()) return 1;
     auto calib = svdq::synth::make_activations(*layer, m_calib, 11);
