@@ -4,7 +4,13 @@
 //
 //   svdq_quality [--shape KxN ...] [--calib M] [--eval M] [--rank R] [--format int4|nvfp4|both]
 //                [--csv FILE] [--methods a,b,...] [--decompose] [--rot-probe 1,16,64,128]
-//                [--ab A,B]
+//                [--scale-probe] [--branch-probe e,...] [--ab A,B] [--gptq-damp D]
+//                [--act-outliers N]
+//
+// --decompose and the probes (issue 13, docs/quality.md first section) split each method's
+// held-out error into its weights-only and activations-only parts and simulate levers that are
+// not in the library (larger rotation blocks, nvfp4 scale searches, a weighted branch) on the
+// method's branch with the public codecs.
 //
 // Synthetic layers (svdq::synth) by default; --model DUMP.safetensors (tools/minilm.py dump) adds
 // every linear layer of a real model (its .weight, .bias, .calib rows for calibration and .inputs
