@@ -42,6 +42,20 @@ inline constexpr ArchEntry kArchTable[] = {
     {9, 0, GemmPath::kMmaS8},  // H100, H200
 };
 
+// The kernels' device code holds only the path its architecture dispatches (gemm_w4a4_mma.cuh,
+// mma_path_compiled; dp4a: none on a GPU). The table and that rule must agree: each entry's path
+// compiled for its architecture, the other mma path not.
+constexpr bool arch_table_matches_device_code() {
+  for (const ArchEntry& e : kArchTable) {
+    const int arch = 100 * e.major + 10 * e.minor, path = static_cast<int>(e.path);
+    if (!mma_path_compiled(path, arch, false) || mma_path_compiled(3 - path, arch, false))
+      return false;
+  }
+  return true;
+}
+static_assert(arch_table_matches_device_code(),
+              "kArchTable and mma_path_compiled (gemm_w4a4_mma.cuh) disagree");
+
 /// The path for sm_<major><minor>; kErrorArchMismatch naming the rule for any other architecture.
 inline Result<GemmPath> gemm_path_for(int major, int minor, const char* fn) {
   for (const ArchEntry& e : kArchTable)

@@ -52,6 +52,12 @@ struct GemmSmem {
 /// 0..15 zero-extended, dp4a.u32.s32; the weights stay signed).
 template <typename T, int kKind>
 __global__ void __launch_bounds__(kGemmThreads) gemm_w4a4_dp4a_kernel(GemmParams p) {
+  // No architecture dispatches it on a GPU (cuda/dispatch.hpp): its body exists for the emulated
+  // device only (arch::kDeviceArch 0); on a GPU it is a trap (nvcc time).
+  if constexpr (arch::kDeviceArch != 0) {
+    arch::no_device_code("gemm_w4a4_dp4a_kernel (emulated device only, cuda/dispatch.hpp)");
+    return;
+  }
   constexpr int kGroup = kKind == 1 ? 16 : 64;
   constexpr int kWords = kGroup / 4;         // int8x4 words per row per group: 16 or 4
   constexpr int kPackedWords = kGroup / 8;   // packed 32-bit words per row per group: 8 or 2

@@ -278,11 +278,27 @@ __device__ __forceinline__ void lowrank_up_tf32(const GemmParams& p, int64_t row
   }
 }
 
+/// The mma path that device code for __CUDA_ARCH__ = arch runs (cuda/dispatch.hpp's kArchTable,
+/// which static_asserts the same): 1 on sm_80/86/87/89, 2 on sm_90.
+SVDQ_HD constexpr int mma_path_of_arch(int arch) { return arch >= 900 ? 2 : 1; }
+/// Whether this compilation holds the body of path kPath: always on the host and the emulated
+/// device (arch 0); on a GPU only the architecture's own path (and path 2 in PTX that may be JIT-
+/// compiled for sm_90, arch::kDevicePtxMayRunNewer). Every instantiation exists on every
+/// architecture (a __global__ template's instantiations must not depend on __CUDA_ARCH__); the
+/// others are a trap, which saves nvcc's time on code no device of that architecture runs.
+SVDQ_HD constexpr bool mma_path_compiled(int path, int arch, bool ptx_may_run_newer) {
+  return arch == 0 || path == mma_path_of_arch(arch) || (path == 2 && ptx_may_run_newer);
+}
+
 /// kKind: 0 int4, 1 nvfp4, 2 int4 with unsigned activation codes (act_unsigned layers). kPath:
 /// 1 = s4 mma (sm_80/86/89; kKind 2: .u4.s4), 2 = s8 mma (sm_90; kKind 2: codes zero-extended to
 /// u8, .u8.s8); nvfp4 uses the bf16 mma on both.
 template <typename T, int kKind, int kPath>
 __global__ void __launch_bounds__(kGemmThreads) gemm_w4a4_mma_kernel(GemmParams p) {
+  if constexpr (!mma_path_compiled(kPath, arch::kDeviceArch, arch::kDevicePtxMayRunNewer)) {
+    arch::no_device_code("gemm_w4a4_mma_kernel: this path (cuda/dispatch.hpp)");
+    return;
+  }
   static_assert(kGemmThreads == 256, "8 warps: 4 (M) x 2 (N)");
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kBlkM;
   const int64_t nt = blockIdx.y;

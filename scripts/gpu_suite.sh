@@ -63,7 +63,9 @@ cublas_dirs=$(ls -d /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/l
 export LD_LIBRARY_PATH="$here/lib:${cublas_dirs}:${LD_LIBRARY_PATH:-}"
 export SVDQ_TEST_DATA_DIR="$here/data"
 filter="${SVDQ_GPU_TEST_FILTER:-*}"
-san_filter="${SVDQ_SANITIZER_FILTER:-*MatchesTheCpuReference/int4_bf16_r32_m44:*MatchesTheCpuReference/nvfp4_bf16_r32_m44:GpuLayerLaunch.*:*GpuVariant.MatchesTheCpuReference/int4_unsigned_bf16_r16:*GpuVariant.MatchesTheCpuReference/nvfp4_wcscales_bf16_r16}"
+# The sanitizers' subset: small cases of each kernel family, kernel 1's split-K (K = 832: S = 4
+# splits, the partials and lora_reduce_kernel) and its rotation with non-finite rows (M = 20).
+san_filter="${SVDQ_SANITIZER_FILTER:-*MatchesTheCpuReference/int4_bf16_r32_m44:*MatchesTheCpuReference/nvfp4_bf16_r32_m44:GpuLayerLaunch.*:*GpuVariant.MatchesTheCpuReference/int4_unsigned_bf16_r16:*GpuVariant.MatchesTheCpuReference/nvfp4_wcscales_bf16_r16:Kernel1SplitK.*:Kernel1Rotation.*}"
 shapes="${SVDQ_BENCH_SHAPES:-full}"
 declare -a rows
 
@@ -81,36 +83,52 @@ step() {  # step NAME LIMIT_S command...
   echo "== machine"; nvidia-smi -L; nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv
   echo "== ldd"; for b in "$here"/bin/*; do echo "$b"; ldd "$b"; done
 } >"$out/env.log" 2>&1
-if grep -q "not found" "$out/env.log"; then echo "a carried binary misses a library:"; grep "not found" "$out/env.log"; fi
-step start 60 bash -c "'$here/bin/test_gpu' --gtest_list_tests >/dev/null && '$here/bin/bench_gpu' --benchmark_list_tests >/dev/null && '$here/bin/svdq' --version >/dev/null" \
-  || { echo "the carried binaries do not start here; see $out/start.log"; cat "$out/start.log"; exit 1; }
-step tests 150 "$here/bin/test_gpu" "--gtest_filter=$filter" "--gtest_output=json:$out/test_gpu.json"
-if command -v compute-sanitizer >/dev/null; then
-  step memcheck 90 compute-sanitizer --tool memcheck --error-exitcode 3 "$here/bin/test_gpu" "--gtest_filter=$san_filter"
-  step racecheck 120 compute-sanitizer --tool racecheck --error-exitcode 3 "$here/bin/test_gpu" "--gtest_filter=$san_filter"
-else
-  rows+=("compute-sanitizer not on PATH: memcheck/racecheck not run")
-fi
-step bench 270 "$here/bin/bench_gpu" --shapes "$shapes" "--benchmark_out=$out/bench_gpu.json" --benchmark_out_format=json
-# The CLI's GPU timing on the DESIGN.md §5 (K, N), a few M (exit 1 if a shape fails or departs
-# from the CPU reference), then the example engine's MLP block on the GPU against its CPU layers.
-step svdq_bench 120 bash -c "rc=0; for kn in 3072x3072 3072x9216 3072x12288 12288x3072; do
-  '$here/bin/svdq' bench --gpu -k \${kn%x*} -n \${kn#*x} -m '${SVDQ_CLI_BENCH_M:-1,16,256,4096}' --repeats 5 || rc=\$?; done; exit \$rc"
-step mlp_engine 60 bash -c "cd '$out' && '$here/bin/mlp_engine' make-model --model mlp.safetensors --rows mlp_rows.safetensors &&
-  '$here/bin/svdq' calibrate mlp_rows.safetensors -o mlp_calib.safetensors && '$here/bin/svdq' quantize mlp.safetensors \
-  -o mlp_q.safetensors --calib mlp_calib.safetensors --exclude '^embed' && '$here/bin/mlp_engine' run --model mlp.safetensors \
-  --quantized mlp_q.safetensors --budget 0.08 --device gpu"
+# The GPUs for the summary's first line, or why there are none (no nvidia-smi, no driver).
+if ! gpus=$(nvidia-smi -L 2>&1) || [ -z "$gpus" ]; then gpus="none visible (nvidia-smi -L: ${gpus:-no output})"; fi
+printf '%s\n' "$gpus" >"$out/gpus.txt"
+if grep -q "=> not found" "$out/env.log"; then echo "a carried binary misses a library:"; grep "=> not found" "$out/env.log"; fi
 
-echo
-echo "== svdq bench --gpu ($out/svdq_bench.log)"
-grep -E '^svdq bench|^ +[0-9]+ |error' "$out/svdq_bench.log"
-echo "== mlp_engine on the GPU ($out/mlp_engine.log)"
-grep -E '^MLP block|^on the GPU|^GPU vs CPU|error' "$out/mlp_engine.log"
+run_steps() {
+  step tests 150 "$here/bin/test_gpu" "--gtest_filter=$filter" "--gtest_output=json:$out/test_gpu.json"
+  if command -v compute-sanitizer >/dev/null; then
+    step memcheck 90 compute-sanitizer --tool memcheck --error-exitcode 3 "$here/bin/test_gpu" "--gtest_filter=$san_filter"
+    step racecheck 120 compute-sanitizer --tool racecheck --error-exitcode 3 "$here/bin/test_gpu" "--gtest_filter=$san_filter"
+  else
+    rows+=("compute-sanitizer not on PATH: memcheck/racecheck not run")
+  fi
+  step bench 270 "$here/bin/bench_gpu" --shapes "$shapes" "--benchmark_out=$out/bench_gpu.json" --benchmark_out_format=json
+  # The CLI's GPU timing on the DESIGN.md §5 (K, N), a few M (exit 1 if a shape fails or departs
+  # from the CPU reference), then the example engine's MLP block on the GPU against its CPU layers.
+  step svdq_bench 120 bash -c "rc=0; for kn in 3072x3072 3072x9216 3072x12288 12288x3072; do
+    '$here/bin/svdq' bench --gpu -k \${kn%x*} -n \${kn#*x} -m '${SVDQ_CLI_BENCH_M:-1,16,256,4096}' --repeats 5 || rc=\$?; done; exit \$rc"
+  step mlp_engine 60 bash -c "cd '$out' && '$here/bin/mlp_engine' make-model --model mlp.safetensors --rows mlp_rows.safetensors &&
+    '$here/bin/svdq' calibrate mlp_rows.safetensors -o mlp_calib.safetensors && '$here/bin/svdq' quantize mlp.safetensors \
+    -o mlp_q.safetensors --calib mlp_calib.safetensors --exclude '^embed' && '$here/bin/mlp_engine' run --model mlp.safetensors \
+    --quantized mlp_q.safetensors --budget 0.08 --device gpu"
+
+  echo
+  echo "== svdq bench --gpu ($out/svdq_bench.log)"
+  grep -E '^svdq bench|^ +[0-9]+ |error' "$out/svdq_bench.log"
+  echo "== mlp_engine on the GPU ($out/mlp_engine.log)"
+  grep -E '^MLP block|^on the GPU|^GPU vs CPU|error' "$out/mlp_engine.log"
+}
+
+# The binaries must start (libraries, --gtest_list_tests) before anything else runs; either way the
+# steps table and the summary come last.
+started=0
+if step start 60 bash -c "'$here/bin/test_gpu' --gtest_list_tests >/dev/null && '$here/bin/bench_gpu' --benchmark_list_tests >/dev/null && '$here/bin/svdq' --version >/dev/null"; then
+  started=1
+  run_steps
+else
+  echo "the carried binaries do not start here; see $out/start.log"; cat "$out/start.log"
+  rows+=("the binaries do not start: no other step run")
+fi
 echo
 echo "== steps"
 printf '%s\n' "${rows[@]}"
 echo
 python3 "$here/gpu_summary.py" "$out" | tee "$out/summary.txt"
+[ "$started" = 1 ]  # exit status 1 when the binaries did not start
 RUN
 chmod +x "$dir/run.sh"
 du -sh "$dir"

@@ -1,13 +1,20 @@
 #!/usr/bin/env python3
 """Summary table of the GPU suite (scripts/gpu_suite.sh): test counts and the benchmark medians.
 
-    python3 gpu_summary.py OUT_DIR     # reads OUT_DIR/test_gpu.json and OUT_DIR/bench_gpu.json
+    python3 gpu_summary.py OUT_DIR     # reads OUT_DIR/gpus.txt, test_gpu.json and bench_gpu.json
 
 Standard library only (runs on the GPU machine as it is)."""
 import json
 import os
 import re
 import sys
+
+
+def machine(path):
+    if not os.path.exists(path):
+        return "GPU: unknown (no gpus.txt)"
+    lines = [l.strip() for l in open(path) if l.strip()]
+    return "GPU: " + ("; ".join(lines) if lines else "unknown (gpus.txt is empty)")
 
 
 def tests(path):
@@ -44,7 +51,7 @@ def bench(path):
         if not m:
             continue
         if b.get("error_occurred"):
-            errors.append(f"{b['name']}: {b.get('error_message')}")
+            errors.append((b["name"], b.get("error_message")))
             continue
         if b.get("aggregate_name") != "median":
             continue
@@ -58,13 +65,13 @@ def bench(path):
     out = [f"bench: {len(rows)} shapes; host {ctx.get('host_name', '?')}; times are medians in microseconds",
            f"{'K':>6} {'N':>6} {'M':>5} | {'bf16':>9} {'fp8':>9} | {'int4':>9} {'x_bf16':>6} {'r0':>9} {'branch':>6} "
            f"{'unfused':>9} | {'nvfp4':>9} {'x_bf16':>6} | {'err_int4':>8}"]
-    branch_worst = 0.0
+    branch_worst, branch_measured = 0.0, False
     for key in sorted(rows):
         r = rows[key]
         fused, r0 = r.get("svdq_fused/int4"), r.get("svdq_fused_r0/int4")
         branch = (fused["us"] / r0["us"] - 1) * 100 if fused and r0 else float("nan")
         if branch == branch:
-            branch_worst = max(branch_worst, branch)
+            branch_worst, branch_measured = max(branch_worst, branch), True
         nv = r.get("svdq_fused/nvfp4")
         out.append(f"{key[0]:>6} {key[1]:>6} {key[2]:>5} | {us(r, 'cublas_bf16')} {us(r, 'cublaslt_fp8')} | "
                    f"{us(r, 'svdq_fused/int4')} {fused['x'] if fused else float('nan'):6.2f} {us(r, 'svdq_fused_r0/int4')} "
@@ -72,16 +79,20 @@ def bench(path):
                    f"{nv['x'] if nv else float('nan'):6.2f} | {fused['err'] if fused else float('nan'):8.4f}")
     def x(key, v="svdq_fused/int4"):
         return rows.get(key, {}).get(v, {}).get("x", float("nan"))
+    def speedup(v):
+        return f"{v:.2f}x" if v == v else "not measured"
     out.append("targets (issue 9):")
-    out.append(f"  K=N=3072, M=4096, fused int4 >= 1.0x cuBLAS BF16: {x((3072, 3072, 4096)):.2f}x")
+    out.append(f"  K=N=3072, M=4096, fused int4 >= 1.0x cuBLAS BF16: {speedup(x((3072, 3072, 4096)))}")
     small = [x((3072, 12288, m)) for m in (1, 16, 64) if (3072, 12288, m) in rows]
-    out.append(f"  (3072, 12288), M <= 64, >= 2.5x: " + (", ".join(f"{v:.2f}x" for v in small) or "not measured"))
-    out.append(f"  rank-32 branch <= 15% over rank 0: worst {branch_worst:.1f}%")
-    seen = []
-    for e in errors:
-        if e not in seen:
-            seen.append(e)
-    out += [f"  ERROR {e}" for e in seen[:20]]
+    out.append(f"  (3072, 12288), M <= 64, >= 2.5x: " + (", ".join(speedup(v) for v in small) or "not measured"))
+    out.append("  rank-32 branch <= 15% over rank 0: " +
+               (f"worst {branch_worst:.1f}%" if branch_measured else "not measured"))
+    # One line per distinct error message (every shape of a machine without a GPU fails alike).
+    by_msg = {}
+    for name, msg in errors:
+        by_msg.setdefault(msg, []).append(name)
+    for msg, names in list(by_msg.items())[:20]:
+        out.append(f"  ERROR in {len(names)} benchmark(s), e.g. {names[0]}: {msg}")
     return "\n".join(out)
 
 
@@ -90,6 +101,7 @@ def main():
         print(__doc__)
         return 2
     d = sys.argv[1]
+    print(machine(os.path.join(d, "gpus.txt")))
     print(tests(os.path.join(d, "test_gpu.json")))
     print(bench(os.path.join(d, "bench_gpu.json")))
     return 0

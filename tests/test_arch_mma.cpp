@@ -10,6 +10,8 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <string>
+#include <type_traits>
 
 #include "../cuda/arch/convert.cuh"  // dp4a_us, u4x8_to_u8x8, s4x8_to_s8x8 (the unsigned variant)
 #include "../cuda/arch/mma.cuh"
@@ -213,159 +215,276 @@ TEST(ArchMmaFragments, FigureSpotChecks) {
   }
 }
 
-// ================================ m16n8k64 .s4 =================================================
-using IntMatA = uint32_t[16][64];
-using IntMatB = uint32_t[64][8];
-
-void run_s4(const uint32_t (&A)[16][64], const uint32_t (&B)[64][8], const int32_t (&C)[16][8],
-            int32_t (&D)[16][8]) {
-  uint32_t a[32][4], b[32][2];
-  int32_t c[32][4], d[32][4];
-  pack_a<64>(A, 4, isa_k64_a, a);
-  pack_b<64>(B, 4, isa_k64_b, b);
-  pack_c(C, c);
-  ref::mma_m16n8k64_s4s4s32(a, b, c, d);
-  unpack_d(d, D);
-}
+// ============================ integer mma: .s4.s4, .s8.s8, .u4.s4, .u8.s8 ========================
+// One typed suite for the four integer instructions. Each is described by the test's own ISA
+// transcription (K, element width, the maps above) and its own element decoders (A unsigned for
+// .u4/.u8: zero-extended; signed operands sign-extended); the expected D comes from those and an
+// int64 sum, never from mma.cuh. .s8 / .u8 use the 8-bit layout of .e4m3 (Figures 88, 90, 91):
+// the ISA's layouts depend on the element width only. The act_unsigned layers (docs/formats.md
+// §6.1) use .u4.s4 (sm_80/89) and u4x8_to_u8x8 + .u8.s8 (Hopper's route); int4 on Hopper uses
+// s4x8_to_s8x8 + .s8.s8.
 int s4(uint32_t nibble) {
   return static_cast<int>(nibble & 0xF) >= 8 ? static_cast<int>(nibble & 0xF) - 16
                                              : static_cast<int>(nibble & 0xF);
 }
-
-TEST(ArchMmaS4, OneHotAPlacesEachElement) {
-  std::mt19937 rng(1);
-  uint32_t B[64][8];
-  for (auto& row : B)
-    for (auto& v : row) v = rng() & 0xF;
-  int32_t C[16][8];
-  for (auto& row : C)
-    for (auto& v : row) v = static_cast<int32_t>(rng() % 2001) - 1000;
-  for (int i = 0; i < 16; ++i)
-    for (int j = 0; j < 64; ++j) {
-      uint32_t A[16][64] = {};
-      A[i][j] = 1;
-      int32_t D[16][8];
-      run_s4(A, B, C, D);
-      for (int m = 0; m < 16; ++m)
-        for (int n = 0; n < 8; ++n) {
-          const int32_t want = C[m][n] + (m == i ? s4(B[j][n]) : 0);
-          ASSERT_EQ(D[m][n], want)
-              << "A one-hot at (" << i << "," << j << "), D(" << m << "," << n << ")";
-        }
-    }
+int u4(uint32_t nibble) { return static_cast<int>(nibble & 0xF); }
+int s8(uint32_t v) { return static_cast<int>(static_cast<int8_t>(v & 0xFF)); }
+int u8(uint32_t v) { return static_cast<int>(v & 0xFF); }
+// Byte 0 of the 8-bit words that the kernels' converters make of a word holding 8 copies of one
+// 4-bit code (all 8 output bytes must agree).
+uint32_t u8_of_u4_code(uint32_t code) {
+  uint32_t lo, hi;
+  svdq::arch::u4x8_to_u8x8(code * 0x11111111u, lo, hi);
+  EXPECT_EQ(lo, hi);
+  EXPECT_EQ(lo, (lo & 0xFF) * 0x01010101u);
+  return lo & 0xFF;
 }
-
-TEST(ArchMmaS4, OneHotBPlacesEachElement) {
-  std::mt19937 rng(2);
-  uint32_t A[16][64];
-  for (auto& row : A)
-    for (auto& v : row) v = rng() & 0xF;
-  int32_t C[16][8] = {};
-  for (int k = 0; k < 64; ++k)
-    for (int n = 0; n < 8; ++n) {
-      uint32_t B[64][8] = {};
-      B[k][n] = 0xF;  // -1
-      int32_t D[16][8];
-      run_s4(A, B, C, D);
-      for (int m = 0; m < 16; ++m)
-        for (int nn = 0; nn < 8; ++nn)
-          ASSERT_EQ(D[m][nn], nn == n ? -s4(A[m][k]) : 0)
-              << "B one-hot at (" << k << "," << n << "), D(" << m << "," << nn << ")";
-    }
+uint32_t s8_of_s4_code(uint32_t code) {
+  uint32_t lo, hi;
+  svdq::arch::s4x8_to_s8x8(code * 0x11111111u, lo, hi);
+  EXPECT_EQ(lo, hi);
+  EXPECT_EQ(lo, (lo & 0xFF) * 0x01010101u);
+  return lo & 0xFF;
 }
+uint32_t same_code(uint32_t code) { return code; }
 
-TEST(ArchMmaS4, RandomMatchesInt64Gemm) {
-  std::mt19937 rng(3);
-  for (int trial = 0; trial < 200; ++trial) {
-    uint32_t A[16][64], B[64][8];
-    int32_t C[16][8], D[16][8];
-    for (auto& row : A)
-      for (auto& v : row) v = rng() & 0xF;
-    for (auto& row : B)
-      for (auto& v : row) v = rng() & 0xF;
-    for (auto& row : C)
-      for (auto& v : row) v = static_cast<int32_t>(rng());
-    run_s4(A, B, C, D);
-    for (int m = 0; m < 16; ++m)
-      for (int n = 0; n < 8; ++n) {
-        int64_t s = C[m][n];
-        for (int k = 0; k < 64; ++k) s += static_cast<int64_t>(s4(A[m][k])) * s4(B[k][n]);
-        // .s32 without .satfinite wraps: the low 32 bits of the exact sum.
-        const int32_t want = static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint64_t>(s)));
-        ASSERT_EQ(D[m][n], want);
-      }
+// kAllOnes: the all-ones element (-1 signed, 15 / 255 unsigned). Wrap case: C everywhere kWrapC,
+// A row 3 all kWrapA, B column 5 all kWrapB; D(3,5) must be kWrapWant (worked out by hand: the
+// exact sum modulo 2^32), every other element C.
+struct S4S4 {
+  static constexpr int K = 64, kBits = 4;
+  static constexpr uint32_t kAllOnes = 0xF;
+  static constexpr RC (*map_a)(int, int) = isa_k64_a;
+  static constexpr RC (*map_b)(int, int) = isa_k64_b;
+  static constexpr int (*a_value)(uint32_t) = s4;
+  static constexpr int (*b_value)(uint32_t) = s4;
+  // A 4-bit code pair as operand elements, and what the codes mean.
+  static constexpr uint32_t (*a_of_code)(uint32_t) = same_code;
+  static constexpr uint32_t (*b_of_code)(uint32_t) = same_code;
+  static constexpr int (*a_code_value)(uint32_t) = s4;
+  static constexpr int32_t kWrapC = std::numeric_limits<int32_t>::max();
+  static constexpr uint32_t kWrapA = 0x8, kWrapB = 0x8;  // 64 * (-8)(-8) = 4096
+  static constexpr int32_t kWrapWant = std::numeric_limits<int32_t>::min() + 4095;
+  static void mma(const uint32_t a[32][4], const uint32_t b[32][2], const int32_t c[32][4],
+                  int32_t d[32][4]) {
+    ref::mma_m16n8k64_s4s4s32(a, b, c, d);
   }
-}
+};
+struct S8S8 {
+  static constexpr int K = 32, kBits = 8;
+  static constexpr uint32_t kAllOnes = 0xFF;
+  static constexpr RC (*map_a)(int, int) = isa_k32_a;
+  static constexpr RC (*map_b)(int, int) = isa_k32_b;
+  static constexpr int (*a_value)(uint32_t) = s8;
+  static constexpr int (*b_value)(uint32_t) = s8;
+  static constexpr uint32_t (*a_of_code)(uint32_t) = s8_of_s4_code;
+  static constexpr uint32_t (*b_of_code)(uint32_t) = s8_of_s4_code;
+  static constexpr int (*a_code_value)(uint32_t) = s4;
+  static constexpr int32_t kWrapC = std::numeric_limits<int32_t>::max();
+  static constexpr uint32_t kWrapA = 0x80, kWrapB = 0x80;  // 32 * (-128)(-128) = 524288
+  static constexpr int32_t kWrapWant = std::numeric_limits<int32_t>::min() + 524287;
+  static void mma(const uint32_t a[32][4], const uint32_t b[32][2], const int32_t c[32][4],
+                  int32_t d[32][4]) {
+    ref::mma_m16n8k32_s8s8s32(a, b, c, d);
+  }
+};
+struct U4S4 {
+  static constexpr int K = 64, kBits = 4;
+  static constexpr uint32_t kAllOnes = 0xF;  // 15 (unsigned), not -1
+  static constexpr RC (*map_a)(int, int) = isa_k64_a;
+  static constexpr RC (*map_b)(int, int) = isa_k64_b;
+  static constexpr int (*a_value)(uint32_t) = u4;
+  static constexpr int (*b_value)(uint32_t) = s4;
+  static constexpr uint32_t (*a_of_code)(uint32_t) = same_code;
+  static constexpr uint32_t (*b_of_code)(uint32_t) = same_code;
+  static constexpr int (*a_code_value)(uint32_t) = u4;
+  static constexpr int32_t kWrapC = std::numeric_limits<int32_t>::min();
+  static constexpr uint32_t kWrapA = 0xF, kWrapB = 0x8;  // 64 * 15 * (-8) = -7680
+  static constexpr int32_t kWrapWant = static_cast<int32_t>(0x80000000u - 7680u);
+  static void mma(const uint32_t a[32][4], const uint32_t b[32][2], const int32_t c[32][4],
+                  int32_t d[32][4]) {
+    ref::mma_m16n8k64_u4s4s32(a, b, c, d);
+  }
+};
+struct U8S8 {
+  static constexpr int K = 32, kBits = 8;
+  static constexpr uint32_t kAllOnes = 0xFF;  // 255 (unsigned), not -1
+  static constexpr RC (*map_a)(int, int) = isa_k32_a;
+  static constexpr RC (*map_b)(int, int) = isa_k32_b;
+  static constexpr int (*a_value)(uint32_t) = u8;
+  static constexpr int (*b_value)(uint32_t) = s8;
+  static constexpr uint32_t (*a_of_code)(uint32_t) = u8_of_u4_code;
+  static constexpr uint32_t (*b_of_code)(uint32_t) = s8_of_s4_code;
+  static constexpr int (*a_code_value)(uint32_t) = u4;
+  static constexpr int32_t kWrapC = std::numeric_limits<int32_t>::min();
+  static constexpr uint32_t kWrapA = 0xFF, kWrapB = 0x80;  // 32 * 255 * (-128) = -1044480
+  static constexpr int32_t kWrapWant = static_cast<int32_t>(0x80000000u - 1044480u);
+  static void mma(const uint32_t a[32][4], const uint32_t b[32][2], const int32_t c[32][4],
+                  int32_t d[32][4]) {
+    ref::mma_m16n8k32_u8s8s32(a, b, c, d);
+  }
+};
 
-TEST(ArchMmaS4, AccumulationWrapsWithoutSatfinite) {
-  uint32_t A[16][64] = {}, B[64][8] = {};
-  int32_t C[16][8], D[16][8];
-  for (auto& row : C)
-    for (auto& v : row) v = std::numeric_limits<int32_t>::max();
-  for (int k = 0; k < 64; ++k) A[3][k] = 0x8, B[k][5] = 0x8;  // 64 * (-8)(-8) = 4096
-  run_s4(A, B, C, D);
-  EXPECT_EQ(D[3][5], std::numeric_limits<int32_t>::min() + 4095);
-  EXPECT_EQ(D[3][4], std::numeric_limits<int32_t>::max());
-}
+template <class Op>
+class ArchMmaInt : public ::testing::Test {
+ protected:
+  static constexpr int K = Op::K;
+  using MatA = uint32_t[16][K];
+  using MatB = uint32_t[K][8];
+  using MatC = int32_t[16][8];
+  static constexpr uint32_t kMask = (1u << Op::kBits) - 1u;
 
-// ================================ m16n8k32 .s8 =================================================
-// Same 8-bit fragment layout as .e4m3 (Figures 88, 90, 91); exact integer accumulation, wrapping.
-TEST(ArchMmaS8, OneHotAndRandomMatchInt64Gemm) {
-  std::mt19937 rng(13);
-  auto run = [](const uint32_t(&A)[16][32], const uint32_t(&B)[32][8], const int32_t(&C)[16][8],
-                int32_t(&D)[16][8]) {
+  static void run(const MatA& A, const MatB& B, const MatC& C, MatC& D) {
     uint32_t a[32][4], b[32][2];
     int32_t c[32][4], d[32][4];
-    pack_a<32>(A, 8, isa_k32_a, a);
-    pack_b<32>(B, 8, isa_k32_b, b);
+    pack_a<K>(A, Op::kBits, Op::map_a, a);
+    pack_b<K>(B, Op::kBits, Op::map_b, b);
     pack_c(C, c);
-    ref::mma_m16n8k32_s8s8s32(a, b, c, d);
+    Op::mma(a, b, c, d);
     unpack_d(d, D);
-  };
-  auto s8 = [](uint32_t v) { return static_cast<int>(static_cast<int8_t>(v & 0xFF)); };
-  uint32_t Bm[32][8];
-  for (auto& row : Bm)
-    for (auto& v : row) v = rng() & 0xFF;
-  const int32_t zero[16][8] = {};
-  for (int i = 0; i < 16; ++i)
-    for (int j = 0; j < 32; ++j) {
-      uint32_t A[16][32] = {};
-      A[i][j] = 1;
-      int32_t D[16][8];
-      run(A, Bm, zero, D);
-      for (int m = 0; m < 16; ++m)
-        for (int n = 0; n < 8; ++n)
-          ASSERT_EQ(D[m][n], m == i ? s8(Bm[j][n]) : 0) << "A one-hot (" << i << "," << j << ")";
-    }
-  for (int k = 0; k < 32; ++k)
-    for (int n = 0; n < 8; ++n) {
-      uint32_t A[16][32], B[32][8] = {};
-      for (auto& row : A)
-        for (auto& v : row) v = rng() & 0xFF;
-      B[k][n] = 0xFF;  // -1
-      int32_t D[16][8];
-      run(A, B, zero, D);
-      for (int m = 0; m < 16; ++m)
-        for (int nn = 0; nn < 8; ++nn)
-          ASSERT_EQ(D[m][nn], nn == n ? -s8(A[m][k]) : 0) << "B one-hot (" << k << "," << n << ")";
-    }
-  for (int trial = 0; trial < 100; ++trial) {
-    uint32_t A[16][32], B[32][8];
-    int32_t C[16][8], D[16][8];
+  }
+  // The low 32 bits of the exact sum: .s32 without .satfinite wraps.
+  static int32_t wrap(int64_t s) {
+    return static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint64_t>(s)));
+  }
+  static void fill(MatA& A, std::mt19937& rng) {
     for (auto& row : A)
-      for (auto& v : row) v = rng() & 0xFF;
+      for (auto& v : row) v = rng() & kMask;
+  }
+  static void fill(MatB& B, std::mt19937& rng) {
     for (auto& row : B)
-      for (auto& v : row) v = rng() & 0xFF;
+      for (auto& v : row) v = rng() & kMask;
+  }
+  static void fill_small(MatC& C, std::mt19937& rng) {
+    for (auto& row : C)
+      for (auto& v : row) v = static_cast<int32_t>(rng() % 2001) - 1000;
+  }
+};
+struct IntMmaName {
+  template <class Op>
+  static std::string GetName(int) {
+    if (std::is_same_v<Op, S4S4>) return "S4S4";
+    if (std::is_same_v<Op, S8S8>) return "S8S8";
+    if (std::is_same_v<Op, U4S4>) return "U4S4";
+    return "U8S8";
+  }
+};
+using IntMmaOps = ::testing::Types<S4S4, S8S8, U4S4, U8S8>;
+TYPED_TEST_SUITE(ArchMmaInt, IntMmaOps, IntMmaName);
+
+// One-hot A (value 1, then the all-ones element) over random B and C: where each A element lands,
+// and that it is read with A's signedness.
+TYPED_TEST(ArchMmaInt, OneHotAPlacesEachElement) {
+  using Op = TypeParam;
+  constexpr int K = Op::K;
+  std::mt19937 rng(1);
+  uint32_t B[K][8];
+  int32_t C[16][8];
+  this->fill(B, rng);
+  this->fill_small(C, rng);
+  for (const uint32_t one : {1u, Op::kAllOnes})
+    for (int i = 0; i < 16; ++i)
+      for (int j = 0; j < K; ++j) {
+        uint32_t A[16][K] = {};
+        A[i][j] = one;
+        int32_t D[16][8];
+        this->run(A, B, C, D);
+        for (int m = 0; m < 16; ++m)
+          for (int n = 0; n < 8; ++n) {
+            const int32_t want = C[m][n] + (m == i ? Op::a_value(one) * Op::b_value(B[j][n]) : 0);
+            ASSERT_EQ(D[m][n], want) << "A one-hot " << one << " at (" << i << "," << j << "), D("
+                                     << m << "," << n << ")";
+          }
+      }
+}
+
+// One-hot B (value 1, then the all-ones element), a fresh random A per position, C zero.
+TYPED_TEST(ArchMmaInt, OneHotBPlacesEachElement) {
+  using Op = TypeParam;
+  constexpr int K = Op::K;
+  std::mt19937 rng(2);
+  const int32_t zero[16][8] = {};
+  for (const uint32_t one : {1u, Op::kAllOnes})
+    for (int k = 0; k < K; ++k)
+      for (int n = 0; n < 8; ++n) {
+        uint32_t A[16][K], B[K][8] = {};
+        this->fill(A, rng);
+        B[k][n] = one;
+        int32_t D[16][8];
+        this->run(A, B, zero, D);
+        for (int m = 0; m < 16; ++m)
+          for (int nn = 0; nn < 8; ++nn)
+            ASSERT_EQ(D[m][nn], nn == n ? Op::a_value(A[m][k]) * Op::b_value(one) : 0)
+                << "B one-hot " << one << " at (" << k << "," << n << "), D(" << m << "," << nn
+                << ")";
+      }
+}
+
+// Random full-range elements and C against an int64 GEMM, wrapped to 32 bits.
+TYPED_TEST(ArchMmaInt, RandomMatchesInt64Gemm) {
+  using Op = TypeParam;
+  constexpr int K = Op::K;
+  std::mt19937 rng(3);
+  for (int trial = 0; trial < 200; ++trial) {
+    uint32_t A[16][K], B[K][8];
+    int32_t C[16][8], D[16][8];
+    this->fill(A, rng);
+    this->fill(B, rng);
     for (auto& row : C)
       for (auto& v : row) v = static_cast<int32_t>(rng());
-    run(A, B, C, D);
+    this->run(A, B, C, D);
     for (int m = 0; m < 16; ++m)
       for (int n = 0; n < 8; ++n) {
         int64_t s = C[m][n];
-        for (int k = 0; k < 32; ++k) s += static_cast<int64_t>(s8(A[m][k])) * s8(B[k][n]);
-        ASSERT_EQ(D[m][n], static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint64_t>(s))));
+        for (int k = 0; k < K; ++k)
+          s += static_cast<int64_t>(Op::a_value(A[m][k])) * Op::b_value(B[k][n]);
+        ASSERT_EQ(D[m][n], this->wrap(s)) << "trial " << trial << ", D(" << m << "," << n << ")";
       }
   }
+}
+
+// No .satfinite: a sum past the int32 range wraps (the wanted value worked out by hand).
+TYPED_TEST(ArchMmaInt, AccumulationWrapsWithoutSatfinite) {
+  using Op = TypeParam;
+  constexpr int K = Op::K;
+  uint32_t A[16][K] = {}, B[K][8] = {};
+  int32_t C[16][8], D[16][8];
+  for (auto& row : C)
+    for (auto& v : row) v = Op::kWrapC;
+  for (int k = 0; k < K; ++k) A[3][k] = Op::kWrapA, B[k][5] = Op::kWrapB;
+  this->run(A, B, C, D);
+  for (int m = 0; m < 16; ++m)
+    for (int n = 0; n < 8; ++n)
+      EXPECT_EQ(D[m][n], m == 3 && n == 5 ? Op::kWrapWant : Op::kWrapC)
+          << "D(" << m << "," << n << ")";
+}
+
+// Every (A code, B code) pair of 4-bit codes, as the kernels feed them (8-bit forms: through the
+// converters u4x8_to_u8x8 / s4x8_to_s8x8), A all one code and B all the other: D = C + K a b
+// exactly with the codes' meaning (a sign-extended unsigned A would give K (a - 16) b for a >= 8).
+// C zero, then C(m, n) = 100 m - 7 n.
+TYPED_TEST(ArchMmaInt, EveryCodePairIsExact) {
+  using Op = TypeParam;
+  constexpr int K = Op::K;
+  int32_t C[2][16][8];
+  for (int m = 0; m < 16; ++m)
+    for (int n = 0; n < 8; ++n) C[0][m][n] = 0, C[1][m][n] = 100 * m - 7 * n;
+  for (const auto& c : C)
+    for (uint32_t ca = 0; ca < 16; ++ca)
+      for (uint32_t cb = 0; cb < 16; ++cb) {
+        uint32_t A[16][K], B[K][8];
+        const uint32_t ea = Op::a_of_code(ca), eb = Op::b_of_code(cb);
+        for (auto& row : A)
+          for (auto& v : row) v = ea;
+        for (auto& row : B)
+          for (auto& v : row) v = eb;
+        int32_t D[16][8];
+        this->run(A, B, c, D);
+        for (int m = 0; m < 16; ++m)
+          for (int n = 0; n < 8; ++n)
+            ASSERT_EQ(D[m][n], c[m][n] + K * Op::a_code_value(ca) * s4(cb))
+                << "codes " << ca << " x " << cb;
+      }
 }
 
 // ================================ m16n8k32 .e4m3 ===============================================
@@ -667,137 +786,7 @@ TEST(ArchMmaTf32, OneHotAndRandomMatchFloat64Gemm) {
   }
 }
 
-// ================================ unsigned A: .u4.s4, .u8.s8, dp4a.u32.s32 =====================
-// The act_unsigned layers (docs/formats.md §6.1): activation codes 0..15 (unsigned) times signed
-// int4 weight codes. A's nibbles / bytes are zero-extended, B's sign-extended; the fragment maps
-// are those of the signed forms (the ISA's layouts depend on the element width only).
-int u4(uint32_t nibble) { return static_cast<int>(nibble & 0xF); }
-
-void run_u4s4(const uint32_t (&A)[16][64], const uint32_t (&B)[64][8], const int32_t (&C)[16][8],
-              int32_t (&D)[16][8]) {
-  uint32_t a[32][4], b[32][2];
-  int32_t c[32][4], d[32][4];
-  pack_a<64>(A, 4, isa_k64_a, a);
-  pack_b<64>(B, 4, isa_k64_b, b);
-  pack_c(C, c);
-  ref::mma_m16n8k64_u4s4s32(a, b, c, d);
-  unpack_d(d, D);
-}
-
-// Every (unsigned A code, signed B code) pair: A all ua, B all sb, so D = C + 64 ua s4(sb) exactly
-// (a sign-extended A would give 64 (ua - 16) s4(sb) for ua >= 8).
-TEST(ArchMmaU4S4, EveryCodePairIsExact) {
-  int32_t C[16][8];
-  for (int m = 0; m < 16; ++m)
-    for (int n = 0; n < 8; ++n) C[m][n] = 100 * m - 7 * n;
-  for (uint32_t ua = 0; ua < 16; ++ua)
-    for (uint32_t sb = 0; sb < 16; ++sb) {
-      uint32_t A[16][64], B[64][8];
-      for (auto& row : A)
-        for (auto& v : row) v = ua;
-      for (auto& row : B)
-        for (auto& v : row) v = sb;
-      int32_t D[16][8];
-      run_u4s4(A, B, C, D);
-      for (int m = 0; m < 16; ++m)
-        for (int n = 0; n < 8; ++n)
-          ASSERT_EQ(D[m][n], C[m][n] + 64 * u4(ua) * s4(sb)) << "codes " << ua << " x " << sb;
-    }
-}
-
-TEST(ArchMmaU4S4, OneHotAndRandomMatchInt64Gemm) {
-  std::mt19937 rng(21);
-  uint32_t Bm[64][8];
-  for (auto& row : Bm)
-    for (auto& v : row) v = rng() & 0xF;
-  const int32_t zero[16][8] = {};
-  for (int i = 0; i < 16; ++i)
-    for (int j = 0; j < 64; ++j) {
-      uint32_t A[16][64] = {};
-      A[i][j] = 0xF;  // 15 (unsigned), not -1
-      int32_t D[16][8];
-      run_u4s4(A, Bm, zero, D);
-      for (int m = 0; m < 16; ++m)
-        for (int n = 0; n < 8; ++n)
-          ASSERT_EQ(D[m][n], m == i ? 15 * s4(Bm[j][n]) : 0) << "A one-hot (" << i << "," << j << ")";
-    }
-  for (int trial = 0; trial < 100; ++trial) {
-    uint32_t A[16][64], B[64][8];
-    int32_t C[16][8], D[16][8];
-    for (auto& row : A)
-      for (auto& v : row) v = rng() & 0xF;
-    for (auto& row : B)
-      for (auto& v : row) v = rng() & 0xF;
-    for (auto& row : C)
-      for (auto& v : row) v = static_cast<int32_t>(rng());
-    run_u4s4(A, B, C, D);
-    for (int m = 0; m < 16; ++m)
-      for (int n = 0; n < 8; ++n) {
-        int64_t sum = C[m][n];
-        for (int k = 0; k < 64; ++k) sum += static_cast<int64_t>(u4(A[m][k])) * s4(B[k][n]);
-        ASSERT_EQ(D[m][n], static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint64_t>(sum))));
-      }
-  }
-  // Wrapping (no .satfinite): INT32_MIN + 64 * 15 * (-8) wraps to near INT32_MAX.
-  uint32_t A[16][64] = {}, B[64][8] = {};
-  int32_t C[16][8], D[16][8];
-  for (auto& row : C)
-    for (auto& v : row) v = std::numeric_limits<int32_t>::min();
-  for (int k = 0; k < 64; ++k) A[2][k] = 0xF, B[k][1] = 0x8;
-  run_u4s4(A, B, C, D);
-  EXPECT_EQ(D[2][1], static_cast<int32_t>(0x80000000u - 7680u));
-}
-
-// .u8.s8 (Hopper's route): u4x8_to_u8x8 (A) and s4x8_to_s8x8 (B) of packed code words, then the
-// 8-bit mma; every code pair, then random full-range u8 x s8 against int64.
-TEST(ArchMmaU8S8, ZeroExtendedCodePairsAndRandomMatchInt64Gemm) {
-  auto run = [](const uint32_t(&A)[16][32], const uint32_t(&B)[32][8], const int32_t(&C)[16][8],
-                int32_t(&D)[16][8]) {
-    uint32_t a[32][4], b[32][2];
-    int32_t c[32][4], d[32][4];
-    pack_a<32>(A, 8, isa_k32_a, a);
-    pack_b<32>(B, 8, isa_k32_b, b);
-    pack_c(C, c);
-    ref::mma_m16n8k32_u8s8s32(a, b, c, d);
-    unpack_d(d, D);
-  };
-  const int32_t zero[16][8] = {};
-  for (uint32_t ua = 0; ua < 16; ++ua)
-    for (uint32_t sb = 0; sb < 16; ++sb) {
-      uint32_t alo, ahi, blo, bhi;  // 8 copies of the code, converted as the kernel converts them
-      svdq::arch::u4x8_to_u8x8(ua * 0x11111111u, alo, ahi);
-      svdq::arch::s4x8_to_s8x8(sb * 0x11111111u, blo, bhi);
-      ASSERT_EQ(alo, ahi);
-      uint32_t A[16][32], B[32][8];
-      for (auto& row : A)
-        for (auto& v : row) v = alo & 0xFF;
-      for (auto& row : B)
-        for (auto& v : row) v = blo & 0xFF;
-      int32_t D[16][8];
-      run(A, B, zero, D);
-      for (int m = 0; m < 16; ++m)
-        for (int n = 0; n < 8; ++n) ASSERT_EQ(D[m][n], 32 * u4(ua) * s4(sb)) << "codes " << ua << " x " << sb;
-    }
-  std::mt19937 rng(22);
-  for (int trial = 0; trial < 100; ++trial) {
-    uint32_t A[16][32], B[32][8];
-    int32_t C[16][8], D[16][8];
-    for (auto& row : A)
-      for (auto& v : row) v = rng() & 0xFF;
-    for (auto& row : B)
-      for (auto& v : row) v = rng() & 0xFF;
-    for (auto& row : C)
-      for (auto& v : row) v = static_cast<int32_t>(rng());
-    run(A, B, C, D);
-    for (int m = 0; m < 16; ++m)
-      for (int n = 0; n < 8; ++n) {
-        int64_t sum = C[m][n];
-        for (int k = 0; k < 32; ++k) sum += static_cast<int64_t>(A[m][k]) * static_cast<int8_t>(B[k][n]);
-        ASSERT_EQ(D[m][n], static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint64_t>(sum))));
-      }
-  }
-}
-
+// ================================ converters and dp4a for unsigned A ============================
 // u4x8_to_u8x8: every code at every one of the 8 positions, and random words, against a per-element
 // zero extension.
 TEST(ArchConvertU4, ZeroExtensionOfEveryCodeAtEveryPosition) {

@@ -23,46 +23,17 @@
 #include "svdq/svdq.hpp"
 #include "svdq/testing.hpp"
 
+#include "gpu_check.hpp"  // the backend (memory, copies, skip) and the comparison with the reference
+
 #if defined(SVDQ_TEST_BACKEND_EMU)
-#include "emu/emu_linear.hpp"
 #include "linear_host.hpp"
 #else
 #include <cublas_v2.h>
-#include <cuda_runtime.h>
 #endif
 
 namespace {
 
-// The contract's budget for kernel vs reference on the same quantized operands.
-constexpr double kKernelVsReference = 1e-3;
-
-#if defined(SVDQ_TEST_BACKEND_EMU)
-using Linear = svdq::emu::EmuLinear;
-using Stream = void*;
-constexpr bool kEmu = true;
-#define SKIP_WITHOUT_GPU() (void)0
-// "Device" memory of the emulated device: 256-byte aligned host memory.
-void* dev_alloc(size_t bytes) { return std::aligned_alloc(256, (bytes + 256 + 255) / 256 * 256); }
-void dev_free(void* p) { std::free(p); }
-void to_dev(void* d, const void* h, size_t n) { std::memcpy(d, h, n); }
-void to_host(void* h, const void* d, size_t n) { std::memcpy(h, d, n); }
-void sync(Stream) {}
-#else
-using Linear = svdq::GpuLinear;
-using Stream = cudaStream_t;
-constexpr bool kEmu = false;
-#define SKIP_WITHOUT_GPU() \
-  if (svdq::gpu_device_count() == 0) GTEST_SKIP() << "no CUDA device"
-void* dev_alloc(size_t bytes) {
-  void* p = nullptr;
-  EXPECT_EQ(cudaMalloc(&p, bytes + 256), cudaSuccess);
-  return p;
-}
-void dev_free(void* p) { cudaFree(p); }
-void to_dev(void* d, const void* h, size_t n) { EXPECT_EQ(cudaMemcpy(d, h, n, cudaMemcpyHostToDevice), cudaSuccess); }
-void to_host(void* h, const void* d, size_t n) { EXPECT_EQ(cudaMemcpy(h, d, n, cudaMemcpyDeviceToHost), cudaSuccess); }
-void sync(Stream s) { ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess); }
-#endif
+using namespace svdq_test;  // NOLINT: the shared test backend and checks (tests/gpu_check.hpp)
 
 template <typename T>
 struct DeviceArray {
@@ -148,10 +119,6 @@ const Fixture& fixture() {
   return f;
 }
 
-svdq::ConstMatrixRef view16(const std::vector<uint16_t>& v, svdq::DType dt, int64_t rows, int64_t cols) {
-  return svdq::ConstMatrixRef(v.data(), dt, rows, cols, cols);
-}
-
 // Runs the layer on x; returns y (bits) and the quantized activations.
 void run_gpu(const Linear& g, const std::vector<uint16_t>& x, int64_t m, Stream s, std::vector<uint16_t>* y,
              svdq::QuantizedActivations* act) {
@@ -169,22 +136,6 @@ void run_gpu(const Linear& g, const std::vector<uint16_t>& x, int64_t m, Stream 
   *y = dy.download();
 }
 
-// Bit equality of two 16-bit outputs, except that a NaN equals any NaN (the device's canonical
-// NaN is 0x7FFF, the CPU's 0x7E00 / 0x7FC0). Returns the number of differing elements.
-size_t count_differences(const std::vector<uint16_t>& a, const std::vector<uint16_t>& b, svdq::DType dt) {
-  if (a.size() != b.size()) return std::max(a.size(), b.size());
-  size_t d = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    const bool na = std::isnan(svdq::bits16_to_float(a[i], dt)), nb = std::isnan(svdq::bits16_to_float(b[i], dt));
-    if (na || nb ? na != nb : a[i] != b[i]) ++d;
-  }
-  return d;
-}
-
-double rel_err(const std::vector<uint16_t>& a, const std::vector<uint16_t>& b, svdq::DType dt, int64_t m, int64_t n) {
-  return svdq::relative_error(view16(a, dt, m, n), view16(b, dt, m, n));
-}
-
 class GpuLayer : public ::testing::TestWithParam<Case> {};
 
 TEST_P(GpuLayer, MatchesTheCpuReference) {
@@ -198,18 +149,7 @@ TEST_P(GpuLayer, MatchesTheCpuReference) {
   std::vector<uint16_t> y_gpu;
   svdq::QuantizedActivations act_gpu;
   ASSERT_NO_FATAL_FAILURE(run_gpu(*g, x, c.m, nullptr, &y_gpu, &act_gpu));
-
-  std::vector<uint16_t> y_ref(static_cast<size_t>(c.m * f.n));
-  svdq::QuantizedActivations act_ref;
-  ASSERT_TRUE(svdq::test_support::reference_forward_with_activations(q, view16(x, c.dtype, c.m, f.k),
-                                      svdq::MatrixRef(y_ref.data(), c.dtype, c.m, f.n, f.n), &act_ref).ok());
-  EXPECT_EQ(act_gpu.codes, act_ref.codes) << "activation codes differ";
-  EXPECT_EQ(act_gpu.scales, act_ref.scales) << "activation scales differ";
-  if (c.rank == 0) {
-    EXPECT_EQ(count_differences(y_gpu, y_ref, c.dtype), 0u) << "rank 0 must match the reference bit for bit";
-  } else {
-    EXPECT_LE(rel_err(y_gpu, y_ref, c.dtype, c.m, f.n), kKernelVsReference);
-  }
+  expect_matches_reference(q, x, c.dtype, c.m, act_gpu.codes, act_gpu.scales, y_gpu);
 }
 
 std::vector<Case> cases() {
@@ -455,12 +395,10 @@ TEST(GpuLayerRepack, KTailRaggedNAndOddRanksOnEveryPath) {
       auto g = make_linear(q, svdq::DType::kF16, sm);
       ASSERT_TRUE(g.ok()) << g.status().to_string();
       const auto x = f.activations(m, svdq::DType::kF16);
-      std::vector<uint16_t> y_gpu, y_ref(static_cast<size_t>(m * f.n));
-      ASSERT_NO_FATAL_FAILURE(run_gpu(*g, x, m, nullptr, &y_gpu, nullptr));
-      ASSERT_TRUE(svdq::reference_forward(q, view16(x, svdq::DType::kF16, m, f.k),
-                                          svdq::MatrixRef(y_ref.data(), svdq::DType::kF16, m, f.n, f.n)).ok());
-      if (rank == 0) EXPECT_EQ(count_differences(y_gpu, y_ref, svdq::DType::kF16), 0u);
-      else EXPECT_LE(rel_err(y_gpu, y_ref, svdq::DType::kF16, m, f.n), kKernelVsReference);
+      std::vector<uint16_t> y_gpu;
+      svdq::QuantizedActivations act_gpu;
+      ASSERT_NO_FATAL_FAILURE(run_gpu(*g, x, m, nullptr, &y_gpu, &act_gpu));
+      expect_matches_reference(q, x, svdq::DType::kF16, m, act_gpu.codes, act_gpu.scales, y_gpu);
     }
 }
 
@@ -599,18 +537,9 @@ TEST(GpuLayerLaunch, NanRowStaysInItsRow) {
         if (i == 3) EXPECT_TRUE(std::isnan(v));
         else EXPECT_EQ(dirty[i * f.n + j], clean[i * f.n + j]);
       }
-    // Against the reference too: codes and scales byte-equal, outputs equal with NaN as NaN.
-    std::vector<uint16_t> y_ref(static_cast<size_t>(m * f.n));
-    svdq::QuantizedActivations act_ref;
-    ASSERT_TRUE(svdq::test_support::reference_forward_with_activations(
-                    q, view16(x, svdq::DType::kBF16, m, f.k),
-                    svdq::MatrixRef(y_ref.data(), svdq::DType::kBF16, m, f.n, f.n), &act_ref)
-                    .ok());
-    EXPECT_EQ(act.codes, act_ref.codes);
-    EXPECT_EQ(act.scales, act_ref.scales);
-    EXPECT_LE(rel_err(std::vector<uint16_t>(dirty.begin(), dirty.begin() + 3 * f.n),
-                      std::vector<uint16_t>(y_ref.begin(), y_ref.begin() + 3 * f.n), svdq::DType::kBF16, 3, f.n),
-              kKernelVsReference);
+    // Against the reference too: codes and scales byte-equal, outputs within the budget with NaN
+    // as NaN (row 3 NaN on both sides).
+    expect_matches_reference(q, x, svdq::DType::kBF16, m, act.codes, act.scales, dirty);
   }
 }
 
@@ -672,15 +601,7 @@ TEST(GpuLayerRotation, EveryPathMatchesTheCpuReference) {
       std::vector<uint16_t> y_gpu;
       svdq::QuantizedActivations act_gpu;
       ASSERT_NO_FATAL_FAILURE(run_gpu(*g, x, c.m, nullptr, &y_gpu, &act_gpu));
-      std::vector<uint16_t> y_ref(static_cast<size_t>(c.m * f.n));
-      svdq::QuantizedActivations act_ref;
-      ASSERT_TRUE(svdq::test_support::reference_forward_with_activations(
-                      q, view16(x, c.dtype, c.m, f.k), svdq::MatrixRef(y_ref.data(), c.dtype, c.m, f.n, f.n), &act_ref)
-                      .ok());
-      EXPECT_EQ(act_gpu.codes, act_ref.codes) << "activation codes differ";
-      EXPECT_EQ(act_gpu.scales, act_ref.scales) << "activation scales differ";
-      if (c.rank == 0) EXPECT_EQ(count_differences(y_gpu, y_ref, c.dtype), 0u);
-      else EXPECT_LE(rel_err(y_gpu, y_ref, c.dtype, c.m, f.n), kKernelVsReference);
+      expect_matches_reference(q, x, c.dtype, c.m, act_gpu.codes, act_gpu.scales, y_gpu);
     }
 }
 
@@ -746,28 +667,8 @@ std::vector<uint16_t> gelu_activations(int64_t k, int64_t m, svdq::DType dt, uin
   return b;
 }
 
-// NaN positions must agree; the finite outputs: bit-equal (exact) or within kKernelVsReference
-// (relative Frobenius error over the finite elements).
-void expect_outputs_match(const std::vector<uint16_t>& got, const std::vector<uint16_t>& ref, svdq::DType dt,
-                          bool exact) {
-  ASSERT_EQ(got.size(), ref.size());
-  size_t nan_mismatch = 0, diffs = 0;
-  double num = 0, den = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const float a = svdq::bits16_to_float(got[i], dt), b = svdq::bits16_to_float(ref[i], dt);
-    if (std::isnan(a) || std::isnan(b)) {
-      nan_mismatch += std::isnan(a) != std::isnan(b);
-      continue;
-    }
-    diffs += got[i] != ref[i];
-    num += (static_cast<double>(a) - b) * (static_cast<double>(a) - b);
-    den += static_cast<double>(b) * b;
-  }
-  EXPECT_EQ(nan_mismatch, 0u) << "NaN outputs differ";
-  if (exact) EXPECT_EQ(diffs, 0u) << "rank 0 must match the reference bit for bit";
-  else EXPECT_LE(std::sqrt(num / den), kKernelVsReference);
-}
-
+// One run of a variant layer against the reference (tests/gpu_check.hpp), and the codes' kind;
+// `nan_outputs` (optional): how many reference outputs are NaN.
 void check_variant(const svdq::QuantizedLinear& q, svdq::DType dt, int sm, const std::vector<uint16_t>& x, int64_t m,
                    size_t* nan_outputs = nullptr) {
   auto g = make_linear(q, dt, sm);
@@ -775,19 +676,12 @@ void check_variant(const svdq::QuantizedLinear& q, svdq::DType dt, int sm, const
   std::vector<uint16_t> y_gpu;
   svdq::QuantizedActivations act_gpu;
   ASSERT_NO_FATAL_FAILURE(run_gpu(*g, x, m, nullptr, &y_gpu, &act_gpu));
-  const int64_t k = q.in_features, n = q.out_features;
-  std::vector<uint16_t> y_ref(static_cast<size_t>(m * n));
-  svdq::QuantizedActivations act_ref;
-  ASSERT_TRUE(svdq::test_support::reference_forward_with_activations(q, view16(x, dt, m, k),
-                                                                     svdq::MatrixRef(y_ref.data(), dt, m, n, n), &act_ref)
-                  .ok());
-  EXPECT_EQ(act_gpu.codes, act_ref.codes) << "activation codes differ";
-  EXPECT_EQ(act_gpu.scales, act_ref.scales) << "activation scales differ";
+  Reference ref;
+  ASSERT_NO_FATAL_FAILURE(expect_matches_reference(q, x, dt, m, act_gpu.codes, act_gpu.scales, y_gpu, &ref));
   EXPECT_EQ(act_gpu.unsigned_codes, q.act_unsigned);
-  expect_outputs_match(y_gpu, y_ref, dt, q.rank == 0);
   if (nan_outputs != nullptr)
     *nan_outputs = static_cast<size_t>(
-        std::count_if(y_ref.begin(), y_ref.end(), [&](uint16_t v) { return std::isnan(svdq::bits16_to_float(v, dt)); }));
+        std::count_if(ref.y.begin(), ref.y.end(), [&](uint16_t v) { return std::isnan(svdq::bits16_to_float(v, dt)); }));
 }
 
 class GpuVariant : public ::testing::TestWithParam<VariantCase> {};

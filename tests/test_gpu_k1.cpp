@@ -16,6 +16,7 @@
 #include <map>
 #include <tuple>
 
+#include "gpu_check.hpp"  // the backend (memory, copies, skip) and the comparison with the reference
 #include "quantize_lora_down_plan.hpp"
 #include "svdq/svdq.hpp"
 #include "svdq/testing.hpp"
@@ -23,41 +24,19 @@
 #if defined(SVDQ_TEST_BACKEND_EMU)
 #include <random>
 
-#include "emu/emu_linear.hpp"
 #include "emu/runtime.hpp"
 #include "quantize_lora_down.cuh"  // hadamard_group, run in an emulated warp below
-#else
-#include <cuda_runtime.h>
 #endif
 
 namespace {
 
-constexpr double kKernelVsReference = 1e-3;
+using namespace svdq_test;  // NOLINT: the shared test backend and checks (tests/gpu_check.hpp)
 
 #if defined(SVDQ_TEST_BACKEND_EMU)
-using Linear = svdq::emu::EmuLinear;
-constexpr bool kEmu = true;
-#define SKIP_WITHOUT_GPU() (void)0
-void* dev_alloc(size_t bytes) { return std::aligned_alloc(256, (bytes + 256 + 255) / 256 * 256); }
-void dev_free(void* p) { std::free(p); }
-void to_dev(void* d, const void* h, size_t n) { std::memcpy(d, h, n); }
-void to_host(void* h, const void* d, size_t n) { std::memcpy(h, d, n); }
 // Kernel 2 on its dp4a path (sm 0): these tests are about kernel 1, and dp4a is the cheapest kernel 2
 // to emulate (test_gpu_emu runs every kernel-2 path).
 svdq::Result<Linear> make_linear(const svdq::QuantizedLinear& q, svdq::DType dt) { return Linear::create(q, dt, -1, 0); }
 #else
-using Linear = svdq::GpuLinear;
-constexpr bool kEmu = false;
-#define SKIP_WITHOUT_GPU() \
-  if (svdq::gpu_device_count() == 0) GTEST_SKIP() << "no CUDA device"
-void* dev_alloc(size_t bytes) {
-  void* p = nullptr;
-  EXPECT_EQ(cudaMalloc(&p, bytes + 256), cudaSuccess);
-  return p;
-}
-void dev_free(void* p) { cudaFree(p); }
-void to_dev(void* d, const void* h, size_t n) { EXPECT_EQ(cudaMemcpy(d, h, n, cudaMemcpyHostToDevice), cudaSuccess); }
-void to_host(void* h, const void* d, size_t n) { EXPECT_EQ(cudaMemcpy(h, d, n, cudaMemcpyDeviceToHost), cudaSuccess); }
 svdq::Result<Linear> make_linear(const svdq::QuantizedLinear& q, svdq::DType dt) { return Linear::create(q, dt); }
 #endif
 
@@ -174,10 +153,6 @@ void run(const Linear& g, const svdq::QuantizedLinear& q, const std::vector<uint
   dev_free(ws);
 }
 
-svdq::ConstMatrixRef view16(const std::vector<uint16_t>& v, svdq::DType dt, int64_t rows, int64_t cols) {
-  return svdq::ConstMatrixRef(v.data(), dt, rows, cols, cols);
-}
-
 // lora against the float64 product of the same operands (x in the act dtype, lora_down in the
 // storage dtype; every product is exact in fp32 and in float64). The bound, per element:
 //   |lora - lora64| <= U 2^-24 sum_k |x_k d_kj|  +  2^-38 max|d| sum_k |x_k|
@@ -260,22 +235,8 @@ TEST_P(Kernel1, CodesScalesLoraAndOutput) {
   const auto x = f.activations(c.m, c.dtype);
   Outcome got;
   ASSERT_NO_FATAL_FAILURE(run(*g, q, x, c.m, &got));
-
-  std::vector<uint16_t> y_ref(static_cast<size_t>(c.m * f.n));
-  svdq::QuantizedActivations act_ref;
-  ASSERT_TRUE(svdq::test_support::reference_forward_with_activations(
-                  q, view16(x, c.dtype, c.m, f.k), svdq::MatrixRef(y_ref.data(), c.dtype, c.m, f.n, f.n), &act_ref)
-                  .ok());
-  EXPECT_EQ(got.codes, act_ref.codes) << "activation codes differ";
-  EXPECT_EQ(got.scales, act_ref.scales) << "activation scales differ";
-  if (c.rank == 0) {
-    EXPECT_EQ(got.y, y_ref) << "rank 0 must match the reference bit for bit";
-  } else {
-    const double worst = check_lora(q, c.dtype, x, c.m, got.lora);
-    RecordProperty("lora_error_units", std::to_string(worst));
-    EXPECT_LE(svdq::relative_error(view16(got.y, c.dtype, c.m, f.n), view16(y_ref, c.dtype, c.m, f.n)),
-              kKernelVsReference);
-  }
+  expect_matches_reference(q, x, c.dtype, c.m, got.codes, got.scales, got.y);
+  if (c.rank > 0) RecordProperty("lora_error_units", std::to_string(check_lora(q, c.dtype, x, c.m, got.lora)));
 }
 
 std::vector<Case> cases() {
@@ -348,13 +309,9 @@ TEST(Kernel1Rows, NanAndInfRowsStayInTheirRows) {
       x[3 * f.k + 10] = nan;
       x[17 * f.k + 300] = inf;
       ASSERT_NO_FATAL_FAILURE(run(*g, q, x, m, &dirty));
-      svdq::QuantizedActivations act_ref;
-      std::vector<uint16_t> y_ref(static_cast<size_t>(m * f.n));
-      ASSERT_TRUE(svdq::test_support::reference_forward_with_activations(
-                      q, view16(x, dt, m, f.k), svdq::MatrixRef(y_ref.data(), dt, m, f.n, f.n), &act_ref)
-                      .ok());
-      EXPECT_EQ(dirty.codes, act_ref.codes);
-      EXPECT_EQ(dirty.scales, act_ref.scales);
+      Reference ref;
+      ASSERT_NO_FATAL_FAILURE(reference_of(q, x, dt, m, &ref));
+      expect_activations_match(dirty.codes, dirty.scales, ref);
       for (int64_t i = 0; i < m; ++i) {
         const bool bad_row = i == 3 || i == 17;
         for (int j = 0; j < q.rank; ++j) {
@@ -403,15 +360,8 @@ TEST(Kernel1Shapes, NarrowK) {
       for (size_t i = 0; i < x.size(); ++i) x[i] = svdq::float_to_bits16(xf[i], dt);
       Outcome got;
       ASSERT_NO_FATAL_FAILURE(run(*g, *q, x, m, &got));
-      std::vector<uint16_t> y_ref(static_cast<size_t>(m * n));
-      svdq::QuantizedActivations act_ref;
-      ASSERT_TRUE(svdq::test_support::reference_forward_with_activations(
-                      *q, view16(x, dt, m, k), svdq::MatrixRef(y_ref.data(), dt, m, n, n), &act_ref)
-                      .ok());
-      EXPECT_EQ(got.codes, act_ref.codes);
-      EXPECT_EQ(got.scales, act_ref.scales);
+      expect_matches_reference(*q, x, dt, m, got.codes, got.scales, got.y);
       check_lora(*q, dt, x, m, got.lora);
-      EXPECT_LE(svdq::relative_error(view16(got.y, dt, m, n), view16(y_ref, dt, m, n)), kKernelVsReference);
     }
 }
 
@@ -460,20 +410,8 @@ TEST(Kernel1SplitK, SplitMatchesTheReferenceAndTheUnsplitKernel) {
         for (size_t i = 0; i < x.size(); ++i) x[i] = svdq::float_to_bits16(xf[i], dt);
         Outcome got;
         ASSERT_NO_FATAL_FAILURE(run(*g, *q, x, m, &got));
-        std::vector<uint16_t> y_ref(static_cast<size_t>(m * n));
-        svdq::QuantizedActivations act_ref;
-        ASSERT_TRUE(svdq::test_support::reference_forward_with_activations(
-                        *q, view16(x, dt, m, k), svdq::MatrixRef(y_ref.data(), dt, m, n, n), &act_ref)
-                        .ok());
-        EXPECT_EQ(got.codes, act_ref.codes);
-        EXPECT_EQ(got.scales, act_ref.scales);
-        if (q->rank == 0) {
-          EXPECT_EQ(got.y, y_ref) << "rank 0 must match the reference bit for bit";
-        } else {
-          const double worst = check_lora(*q, dt, x, m, got.lora);
-          RecordProperty("split_lora_error_units", std::to_string(worst));
-          EXPECT_LE(svdq::relative_error(view16(got.y, dt, m, n), view16(y_ref, dt, m, n)), kKernelVsReference);
-        }
+        expect_matches_reference(*q, x, dt, m, got.codes, got.scales, got.y);
+        if (q->rank > 0) RecordProperty("split_lora_error_units", std::to_string(check_lora(*q, dt, x, m, got.lora)));
 #if defined(SVDQ_TEST_BACKEND_EMU)
         g->set_split_k(false);
         Outcome unsplit;
@@ -526,15 +464,11 @@ TEST(Kernel1Rotation, NonFiniteAndOverflowingGroupsStayInTheirRows) {
     x[inf_row * f.k + 300] = 0xFF80;  // -Inf
     for (int64_t j = gs; j < 2 * gs; ++j) x[ovf_row * f.k + j] = 0x7F7F;  // 3.3895e38, finite
     ASSERT_NO_FATAL_FAILURE(run(*g, q, x, m, &dirty));
-    svdq::QuantizedActivations act_ref;
-    std::vector<uint16_t> y_ref(static_cast<size_t>(m * f.n));
-    ASSERT_TRUE(svdq::test_support::reference_forward_with_activations(
-                    q, view16(x, dt, m, f.k), svdq::MatrixRef(y_ref.data(), dt, m, f.n, f.n), &act_ref)
-                    .ok());
-    ASSERT_FALSE(std::isfinite(act_ref.scale(ovf_row, 1))) << "the reference must see the overflow";
-    ASSERT_TRUE(std::isfinite(act_ref.scale(ovf_row, 0)));
-    EXPECT_EQ(dirty.codes, act_ref.codes);
-    EXPECT_EQ(dirty.scales, act_ref.scales);
+    Reference ref;
+    ASSERT_NO_FATAL_FAILURE(reference_of(q, x, dt, m, &ref));
+    ASSERT_FALSE(std::isfinite(ref.act.scale(ovf_row, 1))) << "the reference must see the overflow";
+    ASSERT_TRUE(std::isfinite(ref.act.scale(ovf_row, 0)));
+    expect_activations_match(dirty.codes, dirty.scales, ref);
     for (int64_t i = 0; i < m; ++i) {
       const bool bad_row = i == nan_row || i == inf_row || i == ovf_row;
       for (int j = 0; j < q.rank; ++j) {

@@ -18,3 +18,35 @@
     __trap();                                                                             \
   } while (0)
 #endif
+
+namespace svdq::arch {
+
+/// __CUDA_ARCH__ of the device code being compiled (800, 860, 890, 900, ...); 0 in host code and
+/// on the emulated device. Lets kernels choose with `if constexpr` instead of `#if`.
+#if defined(__CUDA_ARCH__)
+inline constexpr int kDeviceArch = __CUDA_ARCH__;
+#else
+inline constexpr int kDeviceArch = 0;
+#endif
+
+/// True when the build may JIT this device code from PTX on a newer architecture: its
+/// CMAKE_CUDA_ARCHITECTURES has a PTX (virtual) entry below 90 (cuda/CMakeLists.txt defines
+/// SVDQ_PTX_BELOW_SM90), e.g. "80" run on an H100. Such code keeps the newer devices' paths too.
+#if defined(SVDQ_PTX_BELOW_SM90) && SVDQ_PTX_BELOW_SM90
+inline constexpr bool kDevicePtxMayRunNewer = true;
+#else
+inline constexpr bool kDevicePtxMayRunNewer = false;
+#endif
+
+/// SVDQ_NO_DEVICE_CODE as a function, for a kernel body that this architecture's code leaves out
+/// (`if constexpr`): prints what is missing and traps. Never reached on the host or the emulated
+/// device (kDeviceArch 0 keeps every body).
+SVDQ_DEV void no_device_code(const char* what) {
+#if defined(__CUDA_ARCH__)
+  SVDQ_NO_DEVICE_CODE(what);
+#else
+  (void)what;
+#endif
+}
+
+}  // namespace svdq::arch

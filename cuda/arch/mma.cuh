@@ -219,82 +219,75 @@ void lane_d_float(const double (&A)[16][K], const double (&B)[K][8], const float
     d[r] = static_cast<float>(acc);
   }
 }
+// One lane's D of an integer mma.sync m16n8kK with .s32 accumulators: A (16 x K) and B (K x 8)
+// laid out from every lane's registers through the fragment maps (kElemsPerReg elements per
+// register) and the element decoders (signed or unsigned, 4 or 8 bits), then C + sum over k of
+// A*B, wrapping modulo 2^32 like .s32 without .satfinite. The four integer instructions below are
+// this template with their K, maps and decoders.
+template <int K, int kElemsPerReg, class MapA, class MapB, class DecodeA, class DecodeB>
+void mma_int_lane(MapA map_a, MapB map_b, DecodeA decode_a, DecodeB decode_b,
+                  const uint32_t a[32][4], const uint32_t b[32][2], const int32_t c[4], int lane,
+                  int32_t d[4]) {
+  int A[16][K], B[K][8];
+  gather_a<K, kElemsPerReg>(a, map_a, decode_a, A);
+  gather_b<K, kElemsPerReg>(b, map_b, decode_b, B);
+  for (int r = 0; r < 4; ++r) {
+    const Coord p = m16n8_c(lane, r);
+    uint32_t acc = static_cast<uint32_t>(c[r]);  // unsigned: wraps modulo 2^32 like .s32 in PTX
+    for (int k = 0; k < K; ++k) acc += static_cast<uint32_t>(A[p.row][k] * B[k][p.col]);
+    d[r] = static_cast<int32_t>(acc);
+  }
+}
+// The whole warp from a one-lane function: d[lane][reg] for every lane (any accumulator type).
+template <class LaneFn, class Acc>
+void mma_warp(LaneFn lane_fn, const uint32_t a[32][4], const uint32_t b[32][2], const Acc c[32][4],
+              Acc d[32][4]) {
+  for (int lane = 0; lane < 32; ++lane) lane_fn(a, b, c[lane], lane, d[lane]);
+}
 }  // namespace detail
 
 /// One lane's D = A*B + C of mma.sync.aligned.m16n8k64.row.col.s32.s4.s4.s32 (wrapping), given
 /// every lane's A and B registers and this lane's C.
 inline void mma_m16n8k64_s4s4s32_lane(const uint32_t a[32][4], const uint32_t b[32][2],
                                       const int32_t c[4], int lane, int32_t d[4]) {
-  int A[16][64], B[64][8];
-  detail::gather_a<64, 8>(a, m16n8k64_a, s4_element, A);
-  detail::gather_b<64, 8>(b, m16n8k64_b, s4_element, B);
-  for (int r = 0; r < 4; ++r) {
-    const Coord p = m16n8_c(lane, r);
-    uint32_t acc = static_cast<uint32_t>(c[r]);  // unsigned: wraps modulo 2^32 like .s32 in PTX
-    for (int k = 0; k < 64; ++k) acc += static_cast<uint32_t>(A[p.row][k] * B[k][p.col]);
-    d[r] = static_cast<int32_t>(acc);
-  }
+  detail::mma_int_lane<64, 8>(m16n8k64_a, m16n8k64_b, s4_element, s4_element, a, b, c, lane, d);
 }
 /// The whole warp: d[lane][reg] for every lane.
 inline void mma_m16n8k64_s4s4s32(const uint32_t a[32][4], const uint32_t b[32][2],
                                  const int32_t c[32][4], int32_t d[32][4]) {
-  for (int lane = 0; lane < 32; ++lane) mma_m16n8k64_s4s4s32_lane(a, b, c[lane], lane, d[lane]);
+  detail::mma_warp(mma_m16n8k64_s4s4s32_lane, a, b, c, d);
 }
 
 /// One lane's D of mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 (wrapping, as .s4 above).
 inline void mma_m16n8k32_s8s8s32_lane(const uint32_t a[32][4], const uint32_t b[32][2],
                                       const int32_t c[4], int lane, int32_t d[4]) {
-  int A[16][32], B[32][8];
-  detail::gather_a<32, 4>(a, m16n8k32_a, s8_element, A);
-  detail::gather_b<32, 4>(b, m16n8k32_b, s8_element, B);
-  for (int r = 0; r < 4; ++r) {
-    const Coord p = m16n8_c(lane, r);
-    uint32_t acc = static_cast<uint32_t>(c[r]);
-    for (int k = 0; k < 32; ++k) acc += static_cast<uint32_t>(A[p.row][k] * B[k][p.col]);
-    d[r] = static_cast<int32_t>(acc);
-  }
+  detail::mma_int_lane<32, 4>(m16n8k32_a, m16n8k32_b, s8_element, s8_element, a, b, c, lane, d);
 }
 inline void mma_m16n8k32_s8s8s32(const uint32_t a[32][4], const uint32_t b[32][2],
                                  const int32_t c[32][4], int32_t d[32][4]) {
-  for (int lane = 0; lane < 32; ++lane) mma_m16n8k32_s8s8s32_lane(a, b, c[lane], lane, d[lane]);
+  detail::mma_warp(mma_m16n8k32_s8s8s32_lane, a, b, c, d);
 }
 
 /// One lane's D of mma.sync.aligned.m16n8k64.row.col.s32.u4.s4.s32: A's nibbles unsigned (0..15),
 /// B's signed (-8..7), the .s4 fragment maps (the ISA gives one layout per element width), wrapping.
 inline void mma_m16n8k64_u4s4s32_lane(const uint32_t a[32][4], const uint32_t b[32][2],
                                       const int32_t c[4], int lane, int32_t d[4]) {
-  int A[16][64], B[64][8];
-  detail::gather_a<64, 8>(a, m16n8k64_a, u4_element, A);
-  detail::gather_b<64, 8>(b, m16n8k64_b, s4_element, B);
-  for (int r = 0; r < 4; ++r) {
-    const Coord p = m16n8_c(lane, r);
-    uint32_t acc = static_cast<uint32_t>(c[r]);
-    for (int k = 0; k < 64; ++k) acc += static_cast<uint32_t>(A[p.row][k] * B[k][p.col]);
-    d[r] = static_cast<int32_t>(acc);
-  }
+  detail::mma_int_lane<64, 8>(m16n8k64_a, m16n8k64_b, u4_element, s4_element, a, b, c, lane, d);
 }
 inline void mma_m16n8k64_u4s4s32(const uint32_t a[32][4], const uint32_t b[32][2],
                                  const int32_t c[32][4], int32_t d[32][4]) {
-  for (int lane = 0; lane < 32; ++lane) mma_m16n8k64_u4s4s32_lane(a, b, c[lane], lane, d[lane]);
+  detail::mma_warp(mma_m16n8k64_u4s4s32_lane, a, b, c, d);
 }
 
 /// One lane's D of mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32: A's bytes unsigned (0..255),
 /// B's signed, the 8-bit fragment maps, wrapping.
 inline void mma_m16n8k32_u8s8s32_lane(const uint32_t a[32][4], const uint32_t b[32][2],
                                       const int32_t c[4], int lane, int32_t d[4]) {
-  int A[16][32], B[32][8];
-  detail::gather_a<32, 4>(a, m16n8k32_a, u8_element, A);
-  detail::gather_b<32, 4>(b, m16n8k32_b, s8_element, B);
-  for (int r = 0; r < 4; ++r) {
-    const Coord p = m16n8_c(lane, r);
-    uint32_t acc = static_cast<uint32_t>(c[r]);
-    for (int k = 0; k < 32; ++k) acc += static_cast<uint32_t>(A[p.row][k] * B[k][p.col]);
-    d[r] = static_cast<int32_t>(acc);
-  }
+  detail::mma_int_lane<32, 4>(m16n8k32_a, m16n8k32_b, u8_element, s8_element, a, b, c, lane, d);
 }
 inline void mma_m16n8k32_u8s8s32(const uint32_t a[32][4], const uint32_t b[32][2],
                                  const int32_t c[32][4], int32_t d[32][4]) {
-  for (int lane = 0; lane < 32; ++lane) mma_m16n8k32_u8s8s32_lane(a, b, c[lane], lane, d[lane]);
+  detail::mma_warp(mma_m16n8k32_u8s8s32_lane, a, b, c, d);
 }
 
 /// One lane's D of mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 (order and rounding: see
@@ -308,7 +301,7 @@ inline void mma_m16n8k32_e4m3e4m3f32_lane(const uint32_t a[32][4], const uint32_
 }
 inline void mma_m16n8k32_e4m3e4m3f32(const uint32_t a[32][4], const uint32_t b[32][2],
                                      const float c[32][4], float d[32][4]) {
-  for (int lane = 0; lane < 32; ++lane) mma_m16n8k32_e4m3e4m3f32_lane(a, b, c[lane], lane, d[lane]);
+  detail::mma_warp(mma_m16n8k32_e4m3e4m3f32_lane, a, b, c, d);
 }
 
 /// One lane's D of mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32.
@@ -321,7 +314,7 @@ inline void mma_m16n8k16_bf16bf16f32_lane(const uint32_t a[32][4], const uint32_
 }
 inline void mma_m16n8k16_bf16bf16f32(const uint32_t a[32][4], const uint32_t b[32][2],
                                      const float c[32][4], float d[32][4]) {
-  for (int lane = 0; lane < 32; ++lane) mma_m16n8k16_bf16bf16f32_lane(a, b, c[lane], lane, d[lane]);
+  detail::mma_warp(mma_m16n8k16_bf16bf16f32_lane, a, b, c, d);
 }
 
 /// One lane's D of mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32.
@@ -334,7 +327,7 @@ inline void mma_m16n8k16_f16f16f32_lane(const uint32_t a[32][4], const uint32_t 
 }
 inline void mma_m16n8k16_f16f16f32(const uint32_t a[32][4], const uint32_t b[32][2],
                                    const float c[32][4], float d[32][4]) {
-  for (int lane = 0; lane < 32; ++lane) mma_m16n8k16_f16f16f32_lane(a, b, c[lane], lane, d[lane]);
+  detail::mma_warp(mma_m16n8k16_f16f16f32_lane, a, b, c, d);
 }
 /// A .tf32 operand register as a double: the fp32 value with its low 13 bits ignored (the ISA
 /// gives the operand as .b32 holding tf32 data; the kernels pass cvt.rna.tf32.f32 results or
@@ -357,7 +350,7 @@ inline void mma_m16n8k8_tf32tf32f32_lane(const uint32_t a[32][4], const uint32_t
 }
 inline void mma_m16n8k8_tf32tf32f32(const uint32_t a[32][4], const uint32_t b[32][2],
                                     const float c[32][4], float d[32][4]) {
-  for (int lane = 0; lane < 32; ++lane) mma_m16n8k8_tf32tf32f32_lane(a, b, c[lane], lane, d[lane]);
+  detail::mma_warp(mma_m16n8k8_tf32tf32f32_lane, a, b, c, d);
 }
 #endif  // !__CUDA_ARCH__
 
