@@ -119,6 +119,46 @@ __device__ __forceinline__ void load_stage(const GemmParams& p, int64_t kt, bool
   const uint4* sb = reinterpret_cast<const uint4*>(ws_tile + kt * (MmaLayout::kWarpsN * 4 * kScaleBytes));
   s.sw[0] = sb[0];
   if (kKind == 1) s.sw[1] = sb[1];
+  // A in fragment order (codecs.cuh, kActFragment) when the warp's 16 rows are a full tile:
+  // one 16-byte code load per lane (512 contiguous bytes per warp) and one 8-byte scale load.
+  const int64_t tile0 = row0 - (lane >> 2);  // the warp's first row (16-row aligned)
+  if (tile0 + 16 <= p.m) {
+    const int gk = kKind != 1 || 4 * kt + 4 <= groups ? 4 : static_cast<int>(groups - 4 * kt);  // nvfp4 K tail
+    const uint8_t* a_tile = p.a_codes + tile0 * row_bytes + kt * 512;
+    if (gk == 4) {
+      const uint4 v = *reinterpret_cast<const uint4*>(a_tile + 16 * lane);  // [rh][h] words
+      s.a[0][0] = v.x;
+      s.a[0][1] = v.y;
+      s.a[1][0] = v.z;
+      s.a[1][1] = v.w;
+    } else {  // nvfp4, the last k tile of a K tail (1-3 groups): [rh][gg < gk] byte pairs
+      const uint16_t* v = reinterpret_cast<const uint16_t*>(a_tile + 4 * gk * lane);
+#pragma unroll
+      for (int rh = 0; rh < 2; ++rh)
+#pragma unroll
+        for (int gg = 0; gg < 3; ++gg)
+          if (gg < gk) s.a[rh][gg >> 1] |= static_cast<uint32_t>(v[rh * gk + gg]) << (16 * (gg & 1));
+    }
+    const int gid = lane >> 2;
+    if (kKind != 1) {
+      const uint2 sv = *reinterpret_cast<const uint2*>(p.a_scales + (tile0 * groups + 16 * kt + 2 * gid) * 4);
+      s.sx[0] = sv.x;
+      s.sx[1] = sv.y;
+    } else if (gk == 4) {
+      const uint2 sv = *reinterpret_cast<const uint2*>(p.a_scales + tile0 * groups + 64 * kt + 8 * gid);
+      s.sx[0] = sv.x;
+      s.sx[1] = sv.y;
+    } else {
+      const uint8_t* sv = p.a_scales + tile0 * groups + 64 * kt + 2 * gk * gid;
+#pragma unroll
+      for (int rh = 0; rh < 2; ++rh)
+#pragma unroll
+        for (int gg = 0; gg < 3; ++gg)
+          if (gg < gk) s.sx[rh] |= static_cast<uint32_t>(sv[rh * gk + gg]) << (8 * gg);
+    }
+    return;
+  }
+  // The rows of a last partial tile (M % 16 of them): canonical, as kernel 1 leaves them.
 #pragma unroll
   for (int rh = 0; rh < 2; ++rh) {
     const int64_t row = row0 + 8 * rh;

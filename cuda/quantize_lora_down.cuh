@@ -113,8 +113,8 @@ struct QuantizeParams {
   int64_t m, k;
   const float* inv_smooth;  // (K) 1 / s
   float t_act;              // nvfp4 activation tensor scale (1 for int4)
-  uint8_t* codes;           // (M, K/2) packed, canonical layout
-  uint8_t* scales;          // (M, K/group) fp32 (int4) or E4M3 (nvfp4)
+  uint8_t* codes;           // (M, K/2) packed, in `layout`
+  uint8_t* scales;          // (M, K/group) fp32 (int4) or E4M3 (nvfp4), in `layout`
   const uint16_t* down;     // (rank_pad, K) T bits, lora_down transposed (hi); then lo if has_lo
   int rank;                 // r: lora's row stride
   int rank_pad;             // r rounded up to a multiple of 8 (zero columns)
@@ -129,6 +129,9 @@ struct QuantizeParams {
   // smoothing) is quantized unsigned (codecs.cuh kind 2); the low-rank branch reads the raw x.
   int act_unsigned = 0;
   float act_shift = 0.0f;
+  // Where codes and scales go (codecs.cuh, ActLayout): kActCanonical for the dp4a kernel 2,
+  // kActFragment (kernel 2's mma A-fragment order) for the mma paths; dispatch.hpp chooses.
+  int layout = kActCanonical;
 };
 
 struct LoraReduceParams {
@@ -219,8 +222,6 @@ SVDQ_DEV void hadamard_group(float (&v)[kChunk], int lane, float* a, bool* finit
 template <typename T, int kKind>
 __global__ void __launch_bounds__(kQuantThreads) quantize_lora_down_kernel(QuantizeParams p) {
   QuantSmem& sm = arch::shared<QuantSmem>();
-  constexpr int kGroup = kKind == 0 ? 64 : 16;
-  constexpr int kScaleBytes = kKind == 0 ? 4 : 1;
   const int tid = static_cast<int>(threadIdx.x);
   const int warp = tid / 32, lane = tid % 32;
   const int gid = lane >> 2, tig = lane & 3;  // mma groupID, threadID_in_group
@@ -308,8 +309,6 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_lora_down_kernel(Quant
         }
         if (active) {
           const int64_t c = s0 / kChunk + qc;  // the chunk's index in the row
-          uint8_t* codes_row = p.codes + qrow * (k / 2);
-          uint8_t* scales_row = p.scales + qrow * (k / kGroup) * kScaleBytes;
           uint8_t q[kChunk];
           uint8_t sb[4];
           quantize_group(kKind == 0 && p.act_unsigned ? 2 : kKind, xh, kChunk, a, finite, p.t_act, q, sb);
@@ -319,14 +318,26 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_lora_down_kernel(Quant
             lo |= static_cast<uint32_t>(q[i] & 0xF) << (4 * i);
             hi |= static_cast<uint32_t>(q[8 + i] & 0xF) << (4 * i);
           }
-          *reinterpret_cast<uint2*>(codes_row + c * (kChunk / 2)) = make_uint2(lo, hi);
+          // The chunk's 8 code bytes (canonical bytes 8 c .. 8 c + 7 of the row) and its scale, at
+          // their places in p.layout (codecs.cuh: act_code_offset / act_scale_offset). int4: the
+          // 8 bytes are words 2 tig, 2 tig + 1 of group c / 4 (tig = c % 4), contiguous in both
+          // layouts: one 8-byte store. nvfp4 fragment order: byte pair t goes to lane 4 gid + t.
+          const int64_t b0 = c * (kChunk / 2);
+          if (kKind == 0 || p.layout == kActCanonical || qrow >= p.m / kQuantRows * kQuantRows) {
+            *reinterpret_cast<uint2*>(p.codes + act_code_offset(p.layout, kKind, p.m, k, qrow, b0)) = make_uint2(lo, hi);
+          } else {
+#pragma unroll
+            for (int t = 0; t < 4; ++t)
+              *reinterpret_cast<uint16_t*>(p.codes + act_code_offset(p.layout, kKind, p.m, k, qrow, b0 + 2 * t)) =
+                  static_cast<uint16_t>((t < 2 ? lo : hi) >> (16 * (t & 1)));
+          }
           if (kKind == 0) {
             if ((c & 3) == 0)
-              *reinterpret_cast<uint32_t*>(scales_row + (c >> 2) * 4) =
+              *reinterpret_cast<uint32_t*>(p.scales + act_scale_offset(p.layout, kKind, p.m, k, qrow, c >> 2) * 4) =
                   static_cast<uint32_t>(sb[0]) | (static_cast<uint32_t>(sb[1]) << 8) |
                   (static_cast<uint32_t>(sb[2]) << 16) | (static_cast<uint32_t>(sb[3]) << 24);
           } else {
-            scales_row[c] = sb[0];
+            p.scales[act_scale_offset(p.layout, kKind, p.m, k, qrow, c)] = sb[0];
           }
         }
       }
