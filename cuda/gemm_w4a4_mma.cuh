@@ -12,10 +12,13 @@
 // registers, with no shared memory and no barrier:
 //   * B (weights, repacked at upload into fragment order, layouts below): 32 bytes per thread and
 //     stage = two 16-byte loads, a warp's 1 KiB contiguous;
-//   * A (activations, kernel 1's canonical (M, K/2) layout, unchanged): rows gid and gid + 8;
-//     int4 one 8-byte load per row (words 2 tig, 2 tig + 1 of the group), nvfp4 one 2-byte load per
-//     row and group (bytes 2 tig, 2 tig + 1 of the group's 8);
-//   * the scales: weights in fragment order (one or two 16-byte loads), activations canonical.
+//   * A (activations, written by kernel 1 in fragment order: codecs.cuh, kActFragment): rows gid
+//     and gid + 8 of the warp's 16-row tile, int4 words 2 tig, 2 tig + 1 of the group, nvfp4 bytes
+//     2 tig, 2 tig + 1 of each group's 8: one 16-byte load per lane for a full tile (a warp's 512
+//     bytes contiguous; 2-byte pieces in an nvfp4 K-tail k tile); the rows of a partial last tile
+//     (M % 16) are canonical: int4 one 8-byte load per row, nvfp4 one 2-byte load per row and group;
+//   * the scales: weights in fragment order (one or two 16-byte loads), activations in fragment
+//     order for full tiles (one 8-byte load: rows gid, gid + 8), canonical in the partial tile.
 // The k order inside a group is permuted identically for A and B (thread tig holds a contiguous
 // slice of each row, not the ISA's canonical k columns), which leaves every dot product, hence the
 // exact group sum, unchanged:
@@ -43,9 +46,9 @@
 //   * every B byte is consumed by the thread that loads it (fragment order), so a shared-memory
 //     stage would only add a store, a load and a barrier per stage; the A slice is read by the two
 //     N-warps of a row block, which L1 serves;
-//   * the activations keep kernel 1's canonical layout, which is not 16-byte addressable in general
-//     (nvfp4 rows are K/2 bytes, a multiple of 8 only), and cp.async here has 16-byte copies only
-//     (cuda/arch/cp_async.cuh), so A could not be staged by cp.async for every shape anyway;
+//   * A is in fragment order too (kernel 1 writes it so), so its bytes are also consumed by the
+//     thread that loads them; the partial last tile and nvfp4 K tails are not 16-byte addressable
+//     and cp.async here has 16-byte copies only (cuda/arch/cp_async.cuh);
 //   * the per-stage state is small (int4: 18 registers; nvfp4: 22), so two buffers fit well inside
 //     the register budget of 256 threads per CTA (docs/gpu.md: registers, no spills).
 // Not measured (no GPU in the sessions that wrote this): a deeper pipeline (kStages 3) or a

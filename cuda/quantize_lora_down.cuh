@@ -9,8 +9,10 @@
 //     slice, so an nvfp4 group (16) is one thread's chunk and an int4 group (64) is four
 //     consecutive lanes' chunks: the group absmax and finiteness flag are reduced over those 4
 //     lanes with xor-shuffles (max is order-independent, so the result is exact). Each thread
-//     applies the contract (codecs.cuh) to its 16 values and stores 8 packed bytes in the
-//     canonical layout the GEMM reads; the group's first lane stores the scale;
+//     applies the contract (codecs.cuh) to its 16 values and stores 8 packed bytes in the layout
+//     the dispatched GEMM reads (QuantizeParams::layout, codecs.cuh ActLayout: canonical for dp4a,
+//     the mma A-fragment order for full 16-row tiles on the mma paths); the group's first lane
+//     stores the scale;
 //   * the down-projection lora[m, :] = x[m, :] · lora_down on the RAW x: the slice's k16 steps
 //     are dealt to the warps round-robin (warp w takes steps w, w + 8, ...: a fixed assignment,
 //     ascending k within each warp); per step one ldmatrix.x4 of the A fragment (16 rows x 16 k)

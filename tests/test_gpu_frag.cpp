@@ -17,6 +17,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,11 @@ struct Shape {
   int sm;  // 80: mma.s4 path, 90: s4 -> s8 + mma.s8 path
   svdq::DType dtype = svdq::DType::kBF16;
 };
+
+void PrintTo(const Shape& s, std::ostream* os) {
+  *os << svdq::format_name(s.format) << " K " << s.k << " M " << s.m << " rank " << s.rank << " sm " << s.sm << " "
+      << svdq::dtype_name(s.dtype);
+}
 
 std::string shape_name(const ::testing::TestParamInfo<Shape>& info) {
   const Shape& s = info.param;
