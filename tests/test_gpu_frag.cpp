@@ -15,6 +15,7 @@
 // reference_forward) on the same shapes, which adds nvfp4 K tails to the mma paths' layer tests.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <ostream>
@@ -33,6 +34,9 @@ struct Shape {
   int rank;
   int sm;  // 80: mma.s4 path, 90: s4 -> s8 + mma.s8 path
   svdq::DType dtype = svdq::DType::kBF16;
+  // The layer variants and special rows (FragmentOrderVariants below).
+  enum Variant { kPlain, kRotated, kUnsigned, kWcscales } variant = kPlain;
+  bool specials = false;  // NaN in row 3, -Inf in row 20 (full tiles), NaN in row 40 (partial tile)
 };
 
 void PrintTo(const Shape& s, std::ostream* os) {
@@ -42,8 +46,10 @@ void PrintTo(const Shape& s, std::ostream* os) {
 
 std::string shape_name(const ::testing::TestParamInfo<Shape>& info) {
   const Shape& s = info.param;
+  static const char* const kVariant[] = {"", "_rot", "_unsigned", "_wcscales"};
   return std::string(svdq::format_name(s.format)) + "_k" + std::to_string(s.k) + "_m" + std::to_string(s.m) + "_r" +
-         std::to_string(s.rank) + "_sm" + std::to_string(s.sm) + "_" + svdq::dtype_name(s.dtype);
+         std::to_string(s.rank) + "_sm" + std::to_string(s.sm) + "_" + svdq::dtype_name(s.dtype) + kVariant[s.variant] +
+         (s.specials ? "_specials" : "");
 }
 
 struct Layer {
@@ -65,7 +71,26 @@ Layer make_layer(const Shape& s) {
   Layer l;
   l.q = *svdq::quantize_linear(svdq::MatrixView<const float>(layer.weight.data(), spec.out_features, s.k),
                                svdq::vector_view<const float>(layer.bias.data(), spec.out_features), &stats, c);
-  const auto x = svdq::synth::make_activations(layer, s.m, 7);
+  if (s.variant == Shape::kRotated) l.q.rotation = svdq::Rotation::kBlockHadamard;  // same operands, rotated path
+  if (s.variant == Shape::kUnsigned) {
+    auto u = svdq::to_unsigned_activations(l.q, svdq::kNunchakuGeluShift);
+    EXPECT_TRUE(u.ok()) << u.status().to_string();
+    l.q = *u;
+  }
+  if (s.variant == Shape::kWcscales) {  // c_n = 2^e (1 + j/8), one channel 0
+    l.q.wcscales.resize(static_cast<size_t>(l.q.out_features));
+    for (int64_t n = 0; n < l.q.out_features; ++n) {
+      const float v = n == 5 ? 0.0f : std::ldexp(1.0f + static_cast<float>(n % 8) / 8.0f, static_cast<int>(n % 5) - 2);
+      l.q.wcscales[static_cast<size_t>(n)] = svdq::float_to_bits16(v, l.q.storage);
+    }
+  }
+  EXPECT_TRUE(svdq::validate(l.q).ok());
+  auto x = svdq::synth::make_activations(layer, s.m, 7);
+  if (s.specials) {
+    x[static_cast<size_t>(3 * s.k + 10)] = std::nanf("");
+    x[static_cast<size_t>(20 * s.k + 70)] = -INFINITY;
+    if (s.m > 40) x[static_cast<size_t>(40 * s.k + 5)] = std::nanf("");
+  }
   l.x.resize(x.size());
   for (size_t i = 0; i < x.size(); ++i) l.x[i] = svdq::float_to_bits16(x[i], s.dtype);
   return l;
@@ -231,14 +256,33 @@ TEST_P(FragmentOrder, KernelOneWritesWhatTheIsaFragmentsConsume) {
   ASSERT_TRUE(g->read_activations(ws, s.m, nullptr, &act).ok());
   EXPECT_EQ(act.codes, ref.codes);
   EXPECT_EQ(act.scales, ref.scales);
-  if (s.rank == 0) {
-    size_t diff = 0;
-    for (size_t i = 0; i < y.size(); ++i) diff += y[i] != y_ref[i];
+  if (s.rank == 0) {  // bit-equal; a NaN equals any NaN (device 0x7FFF, CPU 0x7E00 / 0x7FC0)
+    size_t diff = 0, nans = 0;
+    for (size_t i = 0; i < y.size(); ++i) {
+      const bool na = std::isnan(svdq::bits16_to_float(y[i], s.dtype)), nb = std::isnan(svdq::bits16_to_float(y_ref[i], s.dtype));
+      nans += na;
+      diff += na || nb ? na != nb : y[i] != y_ref[i];
+    }
     EXPECT_EQ(diff, 0u) << "rank 0 must match the reference bit for bit";
+    if (s.specials)
+      EXPECT_EQ(nans, static_cast<size_t>((s.m > 40 ? 3 : 2) * l.q.out_features)) << "the special rows, and only them, are NaN";
   } else {
     EXPECT_LE(svdq::relative_error(svdq::ConstMatrixRef(y.data(), s.dtype, s.m, l.q.out_features, l.q.out_features),
                                    svdq::ConstMatrixRef(y_ref.data(), s.dtype, s.m, l.q.out_features, l.q.out_features)),
               1e-3);
+  }
+  if (s.specials) {  // the same bytes under another interleaving of the emulated threads and CTAs
+    svdq::emu::LaunchOptions o;
+    o.seed = 7;
+    g->set_options(o);
+    std::vector<uint8_t> ws1(ws, ws + ws_bytes);
+    std::vector<uint16_t> y1 = y;
+    std::memset(ws, 0x5A, ws_bytes);
+    ASSERT_TRUE(g->forward(l.x.data(), y.data(), s.m, ws, ws_bytes, nullptr).ok());
+    EXPECT_EQ(y, y1);
+    const size_t scale_bytes = static_cast<size_t>(s.m * (s.k / l.q.group)) * (s.format == svdq::Format::kInt4 ? 4 : 1);
+    EXPECT_EQ(0, std::memcmp(ws, ws1.data(), static_cast<size_t>(s.m * s.k / 2))) << "codes differ between interleavings";
+    EXPECT_EQ(0, std::memcmp(ws + codes_bytes, ws1.data() + codes_bytes, scale_bytes)) << "scales differ";
   }
   std::free(ws);
 }
@@ -253,6 +297,12 @@ std::vector<Shape> shapes() {
     // nvfp4: K tails of 3, 2 and 1 groups in the last k tile, and a whole one.
     for (int64_t k : {304, 288, 272, 256}) v.push_back({Format::kNvfp4, k, 44, 0, sm});
     v.push_back({Format::kNvfp4, 304, 129, 16, sm, svdq::DType::kF16});
+    // Layer variants with NaN / -Inf rows in full tiles and in the partial one, rank 0; and the
+    // same bytes under a second interleaving seed.
+    v.push_back({Format::kInt4, 320, 44, 0, sm, svdq::DType::kBF16, Shape::kRotated, true});
+    v.push_back({Format::kNvfp4, 304, 44, 0, sm, svdq::DType::kF16, Shape::kRotated, true});
+    v.push_back({Format::kInt4, 320, 44, 0, sm, svdq::DType::kF16, Shape::kUnsigned, true});
+    v.push_back({Format::kNvfp4, 304, 44, 0, sm, svdq::DType::kBF16, Shape::kWcscales, true});
   }
   return v;
 }
