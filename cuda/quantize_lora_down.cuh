@@ -309,24 +309,46 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_lora_down_kernel(Quant
           }
           finite = fin != 0;
         }
+        const int64_t c = s0 / kChunk + qc;  // the chunk's index in the row
+        uint32_t lo = 0, hi = 0;                // its 16 codes, packed (zeros in inactive lanes)
+        uint8_t sb[4] = {0, 0, 0, 0};
         if (active) {
-          const int64_t c = s0 / kChunk + qc;  // the chunk's index in the row
           uint8_t q[kChunk];
-          uint8_t sb[4];
           quantize_group(kKind == 0 && p.act_unsigned ? 2 : kKind, xh, kChunk, a, finite, p.t_act, q, sb);
-          uint32_t lo = 0, hi = 0;
 #pragma unroll
           for (int i = 0; i < 8; ++i) {
             lo |= static_cast<uint32_t>(q[i] & 0xF) << (4 * i);
             hi |= static_cast<uint32_t>(q[8 + i] & 0xF) << (4 * i);
           }
-          // The chunk's 8 code bytes (canonical bytes 8 c .. 8 c + 7 of the row) and its scale, at
-          // their places in p.layout (codecs.cuh: act_code_offset / act_scale_offset). int4: the
-          // 8 bytes are words 2 tig, 2 tig + 1 of group c / 4 (tig = c % 4), contiguous in both
-          // layouts: one 8-byte store. nvfp4 fragment order: byte pair t goes to lane 4 gid + t.
+        }
+        // The chunk's 8 code bytes (canonical bytes 8 c .. 8 c + 7 of the row) and its scale, at
+        // their places in p.layout (codecs.cuh: act_code_offset / act_scale_offset). int4: the 8
+        // bytes are words 2 tig, 2 tig + 1 of group c / 4 (tig = c % 4), contiguous in both
+        // layouts: one 8-byte store. nvfp4 fragment order (full 16-row tile): byte pair t of the
+        // group goes to lane 4 gid + t of the consumer, whose 8 bytes per row are the pairs of the
+        // k tile's 4 groups, i.e. of the 4 lanes (lane & ~3) + gg here: a 4 x 4 transpose of 16-bit
+        // pairs by shuffles (all lanes: the condition is CTA-uniform), then one 8-byte store for a
+        // whole k tile, 2-byte stores in a K-tail one.
+        const bool frag_tile = p.layout == kActFragment && m0 + kQuantRows <= p.m;  // CTA-uniform
+        uint32_t tlo = 0, thi = 0;  // nvfp4, frag_tile: pair t = lane & 3 of groups gg = 0..3
+        if (kKind == 1 && frag_tile) {
+          const int t = lane & 3;
+#pragma unroll
+          for (int gg = 0; gg < 4; ++gg) {
+            const uint32_t l = arch::shfl_idx(arch::kFullMask, lo, (lane & ~3) | gg);
+            const uint32_t h = arch::shfl_idx(arch::kFullMask, hi, (lane & ~3) | gg);
+            const uint32_t pair = ((t < 2 ? l : h) >> (16 * (t & 1))) & 0xFFFFu;
+            if (gg < 2) tlo |= pair << (16 * gg);
+            else thi |= pair << (16 * (gg - 2));
+          }
+        }
+        if (active) {
           const int64_t b0 = c * (kChunk / 2);
-          if (kKind == 0 || p.layout == kActCanonical || qrow >= p.m / kQuantRows * kQuantRows) {
+          if (kKind == 0 || !frag_tile) {
             *reinterpret_cast<uint2*>(p.codes + act_code_offset(p.layout, kKind, p.m, k, qrow, b0)) = make_uint2(lo, hi);
+          } else if (4 * (c / 4) + 4 <= k / kChunk) {  // a whole k tile: pairs t of groups 4 (c / 4) + 0..3
+            *reinterpret_cast<uint2*>(p.codes + act_code_offset(p.layout, kKind, p.m, k, qrow, 8 * (c & ~int64_t{3}) + 2 * (lane & 3))) =
+                make_uint2(tlo, thi);
           } else {
 #pragma unroll
             for (int t = 0; t < 4; ++t)
