@@ -142,4 +142,55 @@ SVDQ_HD void quantize_group(int kind, const float* xh, int gs, float a, bool fin
   for (int i = 0; i < gs; ++i) codes[i] = encode_e2m1(xh[i] * inv);
 }
 
+// ---- The activations' layout in the workspace (kernel 1 writes it, kernel 2 reads it) -----------
+// kActCanonical: codes (M, K/2) row-major, scales (M, G) row-major (fp32 int4 / E4M3 nvfp4), the
+// CPU reference's layout; the dp4a kernel reads it. kActFragment: the mma kernel's A-fragment
+// order (gemm_w4a4_mma.cuh), chosen by cuda/dispatch.hpp (act_layout_for). Rows are taken in tiles
+// of 16 (one mma M tile); every full tile (16 t .. 16 t + 15, all < M) is permuted inside its own
+// 16 K/2 code bytes and 16 G scales, and the rows of a last partial tile (M % 16 of them) keep
+// their canonical place, so the buffers have the canonical sizes and offsets. Inside a full tile,
+// row 16 t + gid + 8 rh (gid 0..7, rh 0..1), for lane = 4 gid + tig of the consuming warp:
+//   int4 codes: [g][lane 32][rh 2][h 2][4 B]: word 2 tig + h (bytes 8 tig + 4 h .. +4, channels
+//     64 g + 16 tig + 8 h .. +8) of group g of the row; lane's 16 bytes are its A registers for
+//     both mma paths (one 16-byte load; 512 contiguous bytes per warp and group);
+//   int4 scales: [g][gid 8][rh 2] fp32 (one 8-byte load per lane: rows gid and gid + 8);
+//   nvfp4 codes: [kt][lane][rh][gg Gk][2 B] with kt = g / 4, gg = g % 4, Gk = min(4, G - 4 kt)
+//     groups in this k tile (4 but in a K tail): bytes 2 tig, 2 tig + 1 of group 4 kt + gg (16-byte
+//     loads for whole k tiles);
+//   nvfp4 scales: [kt][gid][rh][gg Gk] E4M3 (8-byte loads for whole k tiles).
+// Bytes are never split (a byte is two channels 2c, 2c + 1 in both layouts). The functions below
+// give the position of the canonical byte / scale (row, i): the host un-permutes with them for the
+// test and debug accessor read_activations (which therefore always returns canonical bytes).
+enum ActLayout : int { kActCanonical = 0, kActFragment = 1 };
+
+/// Offset in the codes buffer (M rows, K channels; kind 0 int4 / 1 nvfp4) of the canonical code
+/// byte (row, b), b in [0, K/2).
+SVDQ_HD int64_t act_code_offset(int layout, int kind, int64_t m, int64_t k, int64_t row, int64_t b) {
+  const int64_t row_bytes = k / 2;
+  if (layout == kActCanonical || row >= m / 16 * 16) return row * row_bytes + b;
+  const int64_t base = row / 16 * 16 * row_bytes;
+  const int rr = static_cast<int>(row % 16), gid = rr % 8, rh = rr / 8;
+  if (kind == 0) {
+    const int64_t g = b / 32;
+    const int bt = static_cast<int>(b % 32), w = bt / 4, tig = w / 2, h = w % 2;
+    return base + g * 512 + (4 * gid + tig) * 16 + rh * 8 + h * 4 + bt % 4;
+  }
+  const int64_t groups = k / 16, g = b / 8, kt = g / 4;
+  const int gg = static_cast<int>(g % 4), gk = static_cast<int>(groups - 4 * kt < 4 ? groups - 4 * kt : 4);
+  const int bg = static_cast<int>(b % 8), tig = bg / 2;
+  return base + kt * 512 + (4 * gid + tig) * 4 * gk + rh * 2 * gk + 2 * gg + bg % 2;
+}
+
+/// Offset, in scale elements (fp32 for int4, bytes for nvfp4), of the scale of (row, group g).
+SVDQ_HD int64_t act_scale_offset(int layout, int kind, int64_t m, int64_t k, int64_t row, int64_t g) {
+  const int64_t groups = k / (kind == 0 ? 64 : 16);
+  if (layout == kActCanonical || row >= m / 16 * 16) return row * groups + g;
+  const int64_t base = row / 16 * 16 * groups;
+  const int rr = static_cast<int>(row % 16), gid = rr % 8, rh = rr / 8;
+  if (kind == 0) return base + g * 16 + 2 * gid + rh;
+  const int64_t kt = g / 4;
+  const int gg = static_cast<int>(g % 4), gk = static_cast<int>(groups - 4 * kt < 4 ? groups - 4 * kt : 4);
+  return base + kt * 64 + gid * 2 * gk + rh * gk + gg;
+}
+
 }  // namespace svdq::cuda

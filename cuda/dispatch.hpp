@@ -65,6 +65,11 @@ inline Result<GemmPath> gemm_path_for(int major, int minor, const char* fn) {
                     " has no svdq kernel; supported: sm_80, sm_86, sm_87, sm_89, sm_90");
 }
 
+/// The activations' layout kernel 1 writes for kernel 2's path (codecs.cuh, ActLayout): the dp4a
+/// kernel stages canonical rows through shared memory; the mma kernel loads its A fragments
+/// straight from global memory, in fragment order (16-byte loads), both formats and both mma paths.
+constexpr ActLayout act_layout_for(GemmPath p) { return p == GemmPath::kDp4a ? kActCanonical : kActFragment; }
+
 using GemmKernel = void (*)(GemmParams);
 
 /// The kernel 2 instantiation of a path for dtype T and format kKind (0 int4, 1 nvfp4).

@@ -27,8 +27,8 @@ constexpr int kBlkM = 64, kBlkN = 64;  // (BLK_M, BLK_N): one CTA's output tile
 /// (linear_host.hpp, repack_*_mma; the layouts are documented in gemm_w4a4_mma.cuh).
 struct GemmParams {
   int64_t m, n, k;
-  const uint8_t* a_codes;   // (M, K/2) activation codes, canonical (kernel 1's layout)
-  const uint8_t* a_scales;  // (M, G) fp32 (int4) or E4M3 (nvfp4), canonical (kernel 1's layout)
+  const uint8_t* a_codes;   // (M, K/2) activation codes: dp4a canonical, mma fragment order (codecs.cuh ActLayout)
+  const uint8_t* a_scales;  // (M, G) fp32 (int4) or E4M3 (nvfp4), in the same layout as a_codes
   const uint8_t* w_codes;   // dp4a: (N, K/2) canonical; mma: fragment order
   const uint8_t* w_scales;  // dp4a: (N, G) fp32 (exact decode); mma: fragment order, fp16 / E4M3
   float t_prod;             // nvfp4: t_act * t_w, rounded once in fp32 (as the CPU)

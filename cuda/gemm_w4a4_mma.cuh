@@ -12,10 +12,13 @@
 // registers, with no shared memory and no barrier:
 //   * B (weights, repacked at upload into fragment order, layouts below): 32 bytes per thread and
 //     stage = two 16-byte loads, a warp's 1 KiB contiguous;
-//   * A (activations, kernel 1's canonical (M, K/2) layout, unchanged): rows gid and gid + 8;
-//     int4 one 8-byte load per row (words 2 tig, 2 tig + 1 of the group), nvfp4 one 2-byte load per
-//     row and group (bytes 2 tig, 2 tig + 1 of the group's 8);
-//   * the scales: weights in fragment order (one or two 16-byte loads), activations canonical.
+//   * A (activations, written by kernel 1 in fragment order: codecs.cuh, kActFragment): rows gid
+//     and gid + 8 of the warp's 16-row tile, int4 words 2 tig, 2 tig + 1 of the group, nvfp4 bytes
+//     2 tig, 2 tig + 1 of each group's 8: one 16-byte load per lane for a full tile (a warp's 512
+//     bytes contiguous; 2-byte pieces in an nvfp4 K-tail k tile); the rows of a partial last tile
+//     (M % 16) are canonical: int4 one 8-byte load per row, nvfp4 one 2-byte load per row and group;
+//   * the scales: weights in fragment order (one or two 16-byte loads), activations in fragment
+//     order for full tiles (one 8-byte load: rows gid, gid + 8), canonical in the partial tile.
 // The k order inside a group is permuted identically for A and B (thread tig holds a contiguous
 // slice of each row, not the ISA's canonical k columns), which leaves every dot product, hence the
 // exact group sum, unchanged:
@@ -43,9 +46,9 @@
 //   * every B byte is consumed by the thread that loads it (fragment order), so a shared-memory
 //     stage would only add a store, a load and a barrier per stage; the A slice is read by the two
 //     N-warps of a row block, which L1 serves;
-//   * the activations keep kernel 1's canonical layout, which is not 16-byte addressable in general
-//     (nvfp4 rows are K/2 bytes, a multiple of 8 only), and cp.async here has 16-byte copies only
-//     (cuda/arch/cp_async.cuh), so A could not be staged by cp.async for every shape anyway;
+//   * A is in fragment order too (kernel 1 writes it so), so its bytes are also consumed by the
+//     thread that loads them; the partial last tile and nvfp4 K tails are not 16-byte addressable
+//     and cp.async here has 16-byte copies only (cuda/arch/cp_async.cuh);
 //   * the per-stage state is small (int4: 18 registers; nvfp4: 22), so two buffers fit well inside
 //     the register budget of 256 threads per CTA (docs/gpu.md: registers, no spills).
 // Not measured (no GPU in the sessions that wrote this): a deeper pipeline (kStages 3) or a
@@ -119,6 +122,46 @@ __device__ __forceinline__ void load_stage(const GemmParams& p, int64_t kt, bool
   const uint4* sb = reinterpret_cast<const uint4*>(ws_tile + kt * (MmaLayout::kWarpsN * 4 * kScaleBytes));
   s.sw[0] = sb[0];
   if (kKind == 1) s.sw[1] = sb[1];
+  // A in fragment order (codecs.cuh, kActFragment) when the warp's 16 rows are a full tile:
+  // one 16-byte code load per lane (512 contiguous bytes per warp) and one 8-byte scale load.
+  const int64_t tile0 = row0 - (lane >> 2);  // the warp's first row (16-row aligned)
+  if (tile0 + 16 <= p.m) {
+    const int gk = kKind != 1 || 4 * kt + 4 <= groups ? 4 : static_cast<int>(groups - 4 * kt);  // nvfp4 K tail
+    const uint8_t* a_tile = p.a_codes + tile0 * row_bytes + kt * 512;
+    if (gk == 4) {
+      const uint4 v = *reinterpret_cast<const uint4*>(a_tile + 16 * lane);  // [rh][h] words
+      s.a[0][0] = v.x;
+      s.a[0][1] = v.y;
+      s.a[1][0] = v.z;
+      s.a[1][1] = v.w;
+    } else {  // nvfp4, the last k tile of a K tail (1-3 groups): [rh][gg < gk] byte pairs
+      const uint16_t* v = reinterpret_cast<const uint16_t*>(a_tile + 4 * gk * lane);
+#pragma unroll
+      for (int rh = 0; rh < 2; ++rh)
+#pragma unroll
+        for (int gg = 0; gg < 3; ++gg)
+          if (gg < gk) s.a[rh][gg >> 1] |= static_cast<uint32_t>(v[rh * gk + gg]) << (16 * (gg & 1));
+    }
+    const int gid = lane >> 2;
+    if (kKind != 1) {
+      const uint2 sv = *reinterpret_cast<const uint2*>(p.a_scales + (tile0 * groups + 16 * kt + 2 * gid) * 4);
+      s.sx[0] = sv.x;
+      s.sx[1] = sv.y;
+    } else if (gk == 4) {
+      const uint2 sv = *reinterpret_cast<const uint2*>(p.a_scales + tile0 * groups + 64 * kt + 8 * gid);
+      s.sx[0] = sv.x;
+      s.sx[1] = sv.y;
+    } else {
+      const uint8_t* sv = p.a_scales + tile0 * groups + 64 * kt + 2 * gk * gid;
+#pragma unroll
+      for (int rh = 0; rh < 2; ++rh)
+#pragma unroll
+        for (int gg = 0; gg < 3; ++gg)
+          if (gg < gk) s.sx[rh] |= static_cast<uint32_t>(sv[rh * gk + gg]) << (8 * gg);
+    }
+    return;
+  }
+  // The rows of a last partial tile (M % 16 of them): canonical, as kernel 1 leaves them.
 #pragma unroll
   for (int rh = 0; rh < 2; ++rh) {
     const int64_t row = row0 + 8 * rh;

@@ -181,7 +181,9 @@ Status GpuLinear::read_activations(const void* d_workspace, int64_t m, void* str
   SVDQ_RETURN_IF_ERROR(cuda_status(cudaMemcpyAsync(out->codes.data(), ws, codes, cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync"));
   SVDQ_RETURN_IF_ERROR(cuda_status(cudaMemcpyAsync(out->scales.data(), ws + L.codes_bytes(m), scales,
                                                    cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync"));
-  return cuda_status(cudaStreamSynchronize(s), "cudaStreamSynchronize");
+  SVDQ_RETURN_IF_ERROR(cuda_status(cudaStreamSynchronize(s), "cudaStreamSynchronize"));
+  cuda::activations_to_canonical(L, m, out);  // the mma paths' fragment order -> canonical bytes
+  return Status::Ok();
 }
 
 }  // namespace svdq

@@ -280,6 +280,7 @@ inline Status plan_forward(const LinearPlan* p, const DeviceWeights& w, const vo
                        L.has_bias ? w.bias : nullptr, d_y};
   out->qp.act_unsigned = L.act_unsigned ? 1 : 0;  // the Nunchaku variants (formats.md §6.1, §6.2)
   out->qp.act_shift = L.act_shift;
+  out->qp.layout = act_layout_for(L.path);  // kernel 2's A order (dispatch.hpp)
   out->gp.wcscales = L.has_wcscales ? w.wcscales : nullptr;
   grids(L, m, &out->qgrid, &out->ggrid);
   out->qblock.x = kQuantThreads;
@@ -318,6 +319,24 @@ inline void activations_meta(const LinearPlan& L, int64_t m, QuantizedActivation
   *scales = static_cast<size_t>(m * (L.k / L.group) * (L.format == Format::kInt4 ? 4 : 1));
   out->codes.resize(*codes);
   out->scales.resize(*scales);
+}
+
+/// Puts host copies of the workspace's codes and scales (as kernel 1 wrote them, in the layout of
+/// the plan's kernel 2 path: act_layout_for) into the canonical order, in place: read_activations
+/// always returns the canonical bytes (the CPU reference's), whatever the device layout.
+inline void activations_to_canonical(const LinearPlan& L, int64_t m, QuantizedActivations* out) {
+  const int layout = act_layout_for(L.path);
+  if (layout == kActCanonical) return;
+  const int kind = L.format == Format::kNvfp4 ? 1 : 0;
+  const int64_t row_bytes = L.k / 2, groups = L.k / L.group, sb = kind == 0 ? 4 : 1;
+  const std::vector<uint8_t> codes = out->codes, scales = out->scales;
+  for (int64_t r = 0; r < m; ++r) {
+    for (int64_t b = 0; b < row_bytes; ++b)
+      out->codes[static_cast<size_t>(r * row_bytes + b)] = codes[static_cast<size_t>(act_code_offset(layout, kind, m, L.k, r, b))];
+    for (int64_t g = 0; g < groups; ++g)
+      std::memcpy(out->scales.data() + (r * groups + g) * sb,
+                  scales.data() + act_scale_offset(layout, kind, m, L.k, r, g) * sb, static_cast<size_t>(sb));
+  }
 }
 
 }  // namespace svdq::cuda

@@ -9,8 +9,10 @@
 //     slice, so an nvfp4 group (16) is one thread's chunk and an int4 group (64) is four
 //     consecutive lanes' chunks: the group absmax and finiteness flag are reduced over those 4
 //     lanes with xor-shuffles (max is order-independent, so the result is exact). Each thread
-//     applies the contract (codecs.cuh) to its 16 values and stores 8 packed bytes in the
-//     canonical layout the GEMM reads; the group's first lane stores the scale;
+//     applies the contract (codecs.cuh) to its 16 values and stores 8 packed bytes in the layout
+//     the dispatched GEMM reads (QuantizeParams::layout, codecs.cuh ActLayout: canonical for dp4a,
+//     the mma A-fragment order for full 16-row tiles on the mma paths); the group's first lane
+//     stores the scale;
 //   * the down-projection lora[m, :] = x[m, :] · lora_down on the RAW x: the slice's k16 steps
 //     are dealt to the warps round-robin (warp w takes steps w, w + 8, ...: a fixed assignment,
 //     ascending k within each warp); per step one ldmatrix.x4 of the A fragment (16 rows x 16 k)
@@ -113,8 +115,8 @@ struct QuantizeParams {
   int64_t m, k;
   const float* inv_smooth;  // (K) 1 / s
   float t_act;              // nvfp4 activation tensor scale (1 for int4)
-  uint8_t* codes;           // (M, K/2) packed, canonical layout
-  uint8_t* scales;          // (M, K/group) fp32 (int4) or E4M3 (nvfp4)
+  uint8_t* codes;           // (M, K/2) packed, in `layout`
+  uint8_t* scales;          // (M, K/group) fp32 (int4) or E4M3 (nvfp4), in `layout`
   const uint16_t* down;     // (rank_pad, K) T bits, lora_down transposed (hi); then lo if has_lo
   int rank;                 // r: lora's row stride
   int rank_pad;             // r rounded up to a multiple of 8 (zero columns)
@@ -129,6 +131,9 @@ struct QuantizeParams {
   // smoothing) is quantized unsigned (codecs.cuh kind 2); the low-rank branch reads the raw x.
   int act_unsigned = 0;
   float act_shift = 0.0f;
+  // Where codes and scales go (codecs.cuh, ActLayout): kActCanonical for the dp4a kernel 2,
+  // kActFragment (kernel 2's mma A-fragment order) for the mma paths; dispatch.hpp chooses.
+  int layout = kActCanonical;
 };
 
 struct LoraReduceParams {
@@ -219,8 +224,6 @@ SVDQ_DEV void hadamard_group(float (&v)[kChunk], int lane, float* a, bool* finit
 template <typename T, int kKind>
 __global__ void __launch_bounds__(kQuantThreads) quantize_lora_down_kernel(QuantizeParams p) {
   QuantSmem& sm = arch::shared<QuantSmem>();
-  constexpr int kGroup = kKind == 0 ? 64 : 16;
-  constexpr int kScaleBytes = kKind == 0 ? 4 : 1;
   const int tid = static_cast<int>(threadIdx.x);
   const int warp = tid / 32, lane = tid % 32;
   const int gid = lane >> 2, tig = lane & 3;  // mma groupID, threadID_in_group
@@ -306,27 +309,59 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_lora_down_kernel(Quant
           }
           finite = fin != 0;
         }
+        const int64_t c = s0 / kChunk + qc;  // the chunk's index in the row
+        uint32_t lo = 0, hi = 0;                // its 16 codes, packed (zeros in inactive lanes)
+        uint8_t sb[4] = {0, 0, 0, 0};
         if (active) {
-          const int64_t c = s0 / kChunk + qc;  // the chunk's index in the row
-          uint8_t* codes_row = p.codes + qrow * (k / 2);
-          uint8_t* scales_row = p.scales + qrow * (k / kGroup) * kScaleBytes;
           uint8_t q[kChunk];
-          uint8_t sb[4];
           quantize_group(kKind == 0 && p.act_unsigned ? 2 : kKind, xh, kChunk, a, finite, p.t_act, q, sb);
-          uint32_t lo = 0, hi = 0;
 #pragma unroll
           for (int i = 0; i < 8; ++i) {
             lo |= static_cast<uint32_t>(q[i] & 0xF) << (4 * i);
             hi |= static_cast<uint32_t>(q[8 + i] & 0xF) << (4 * i);
           }
-          *reinterpret_cast<uint2*>(codes_row + c * (kChunk / 2)) = make_uint2(lo, hi);
+        }
+        // The chunk's 8 code bytes (canonical bytes 8 c .. 8 c + 7 of the row) and its scale, at
+        // their places in p.layout (codecs.cuh: act_code_offset / act_scale_offset). int4: the 8
+        // bytes are words 2 tig, 2 tig + 1 of group c / 4 (tig = c % 4), contiguous in both
+        // layouts: one 8-byte store. nvfp4 fragment order (full 16-row tile): byte pair t of the
+        // group goes to lane 4 gid + t of the consumer, whose 8 bytes per row are the pairs of the
+        // k tile's 4 groups, i.e. of the 4 lanes (lane & ~3) + gg here: a 4 x 4 transpose of 16-bit
+        // pairs by shuffles (all lanes: the condition is CTA-uniform), then one 8-byte store for a
+        // whole k tile, 2-byte stores in a K-tail one.
+        const bool frag_tile = p.layout == kActFragment && m0 + kQuantRows <= p.m;  // CTA-uniform
+        uint32_t tlo = 0, thi = 0;  // nvfp4, frag_tile: pair t = lane & 3 of groups gg = 0..3
+        if (kKind == 1 && frag_tile) {
+          const int t = lane & 3;
+#pragma unroll
+          for (int gg = 0; gg < 4; ++gg) {
+            const uint32_t l = arch::shfl_idx(arch::kFullMask, lo, (lane & ~3) | gg);
+            const uint32_t h = arch::shfl_idx(arch::kFullMask, hi, (lane & ~3) | gg);
+            const uint32_t pair = ((t < 2 ? l : h) >> (16 * (t & 1))) & 0xFFFFu;
+            if (gg < 2) tlo |= pair << (16 * gg);
+            else thi |= pair << (16 * (gg - 2));
+          }
+        }
+        if (active) {
+          const int64_t b0 = c * (kChunk / 2);
+          if (kKind == 0 || !frag_tile) {
+            *reinterpret_cast<uint2*>(p.codes + act_code_offset(p.layout, kKind, p.m, k, qrow, b0)) = make_uint2(lo, hi);
+          } else if (4 * (c / 4) + 4 <= k / kChunk) {  // a whole k tile: pairs t of groups 4 (c / 4) + 0..3
+            *reinterpret_cast<uint2*>(p.codes + act_code_offset(p.layout, kKind, p.m, k, qrow, 8 * (c & ~int64_t{3}) + 2 * (lane & 3))) =
+                make_uint2(tlo, thi);
+          } else {
+#pragma unroll
+            for (int t = 0; t < 4; ++t)
+              *reinterpret_cast<uint16_t*>(p.codes + act_code_offset(p.layout, kKind, p.m, k, qrow, b0 + 2 * t)) =
+                  static_cast<uint16_t>((t < 2 ? lo : hi) >> (16 * (t & 1)));
+          }
           if (kKind == 0) {
             if ((c & 3) == 0)
-              *reinterpret_cast<uint32_t*>(scales_row + (c >> 2) * 4) =
+              *reinterpret_cast<uint32_t*>(p.scales + act_scale_offset(p.layout, kKind, p.m, k, qrow, c >> 2) * 4) =
                   static_cast<uint32_t>(sb[0]) | (static_cast<uint32_t>(sb[1]) << 8) |
                   (static_cast<uint32_t>(sb[2]) << 16) | (static_cast<uint32_t>(sb[3]) << 24);
           } else {
-            scales_row[c] = sb[0];
+            p.scales[act_scale_offset(p.layout, kKind, p.m, k, qrow, c)] = sb[0];
           }
         }
       }

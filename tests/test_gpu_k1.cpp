@@ -145,8 +145,16 @@ void run(const Linear& g, const svdq::QuantizedLinear& q, const std::vector<uint
   out->lora.resize(lora);
   to_host(out->y.data(), dy, out->y.size() * 2);
   const auto* w = static_cast<const uint8_t*>(ws);
-  to_host(out->codes.data(), w, codes);
-  to_host(out->scales.data(), w + align256(codes), scales);
+  // Codes and scales through read_activations: the canonical bytes whatever layout kernel 2's path
+  // has in the workspace (a GPU's mma path: fragment order, cuda/codecs.cuh ActLayout).
+  svdq::QuantizedActivations act;
+#if defined(SVDQ_TEST_BACKEND_EMU)
+  EXPECT_TRUE(g.read_activations(ws, m, nullptr, &act).ok());
+#else
+  EXPECT_TRUE(svdq::test_support::read_activations(g, ws, m, nullptr, &act).ok());
+#endif
+  out->codes = act.codes;
+  out->scales = act.scales;
   if (lora > 0) to_host(out->lora.data(), w + align256(codes) + align256(scales), lora * 4);
   dev_free(dx);
   dev_free(dy);

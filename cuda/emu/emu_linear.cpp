@@ -97,6 +97,7 @@ Status EmuLinear::read_activations(const void* workspace, int64_t m, void*, Quan
   const auto* ws = static_cast<const uint8_t*>(workspace);
   std::memcpy(out->codes.data(), ws, codes);
   std::memcpy(out->scales.data(), ws + impl_->plan.codes_bytes(m), scales);
+  cuda::activations_to_canonical(impl_->plan, m, out);  // fragment order on the mma paths
   return Status::Ok();
 }
 
