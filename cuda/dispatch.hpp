@@ -42,14 +42,16 @@ inline constexpr ArchEntry kArchTable[] = {
     {9, 0, GemmPath::kMmaS8},  // H100, H200
 };
 
-// The kernels' device code holds only the path its architecture dispatches (gemm_w4a4_mma.cuh,
+// The kernels' device code holds only the paths its architecture may run (gemm_w4a4_mma.cuh,
 // mma_path_compiled; dp4a: none on a GPU). The table and that rule must agree: each entry's path
-// compiled for its architecture, the other mma path not.
+// compiled for its architecture; path 2 (s8, sm_90 only) not below sm_90; path 1 kept on sm_90
+// (the sm_80 kernel's correctness run on an H200).
 constexpr bool arch_table_matches_device_code() {
   for (const ArchEntry& e : kArchTable) {
     const int arch = 100 * e.major + 10 * e.minor, path = static_cast<int>(e.path);
-    if (!mma_path_compiled(path, arch, false) || mma_path_compiled(3 - path, arch, false))
-      return false;
+    if (!mma_path_compiled(path, arch, false)) return false;
+    if (arch < 900 && mma_path_compiled(2, arch, false)) return false;
+    if (arch >= 900 && !mma_path_compiled(1, arch, false)) return false;
   }
   return true;
 }

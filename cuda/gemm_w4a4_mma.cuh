@@ -325,12 +325,16 @@ __device__ __forceinline__ void lowrank_up_tf32(const GemmParams& p, int64_t row
 /// which static_asserts the same): 1 on sm_80/86/87/89, 2 on sm_90.
 SVDQ_HD constexpr int mma_path_of_arch(int arch) { return arch >= 900 ? 2 : 1; }
 /// Whether this compilation holds the body of path kPath: always on the host and the emulated
-/// device (arch 0); on a GPU only the architecture's own path (and path 2 in PTX that may be JIT-
-/// compiled for sm_90, arch::kDevicePtxMayRunNewer). Every instantiation exists on every
-/// architecture (a __global__ template's instantiations must not depend on __CUDA_ARCH__); the
-/// others are a trap, which saves nvcc's time on code no device of that architecture runs.
+/// device (arch 0); on a GPU the architecture's own path, path 2 in PTX that may be JIT-compiled
+/// for sm_90 (arch::kDevicePtxMayRunNewer), and path 1 on sm_90 as well: issue 9 asks for the
+/// sm_80 s4 kernel's correctness cases to run on an H200 (ptxas emulates the s4 mma there: exact,
+/// slow), so sm_90 code keeps it for that test even though kArchTable dispatches path 2 there.
+/// Every instantiation exists on every architecture (a __global__ template's instantiations must
+/// not depend on __CUDA_ARCH__); the others are a trap, which saves nvcc's time on code no device
+/// of that architecture runs (path 2 on sm_80/86/89, the dp4a kernel on every GPU).
 SVDQ_HD constexpr bool mma_path_compiled(int path, int arch, bool ptx_may_run_newer) {
-  return arch == 0 || path == mma_path_of_arch(arch) || (path == 2 && ptx_may_run_newer);
+  return arch == 0 || path == mma_path_of_arch(arch) || (path == 2 && ptx_may_run_newer) ||
+         (path == 1 && arch >= 900);
 }
 
 /// kKind: 0 int4, 1 nvfp4, 2 int4 with unsigned activation codes (act_unsigned layers). kPath:
