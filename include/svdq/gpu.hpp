@@ -8,16 +8,18 @@
 //   layer->forward(d_x, d_y, M, d_workspace, bytes, stream); // no allocation, no sync, no read-back
 //
 // forward() runs two fused kernels: (1) quantize + low-rank down: each activation is read once;
-// the 4-bit codes and scales (byte-equal to svdq::quantize_activations) and x·lora_down (fp32)
-// are written to the workspace (for small M, K is split over several CTAs and a small fixed-order
+// the 4-bit codes and scales (byte-equal to svdq::quantize_activations, in the GEMM's fragment
+// order) and x·lora_down (fp32) are written to the workspace (for small M, K is split over several CTAs and a small fixed-order
 // pass adds their partial x·lora_down); (2) the 4-bit GEMM with the contract's group-ordered fp32
 // accumulation, + lora·lora_upᵀ + bias in the epilogue, y in the activation dtype. Deterministic
 // (no atomics): the same inputs give the same bits. Thread-safe: concurrent forward() calls on
 // different streams with different workspaces. Capturable in a CUDA graph.
 //
-// Kernel paths (docs/gpu.md): this version computes the group sums P_g exactly with integer
-// dot products (dp4a) on every architecture from sm_80; the tensor-core paths of docs/design.md §7
-// (mma.sync s4 on sm_80-89, FP8 on sm_90, bf16 for nvfp4) are the next step and are not here yet.
+// Kernel paths (docs/gpu.md): kernel 2 runs on tensor cores, mma.sync s4·s4 on sm_80/86/87/89,
+// s8·s8 (int4 codes widened) on sm_90, bf16 for nvfp4 on both; the int4 group sums P_g are exact
+// integers either way. Kernel 1's down-projection runs on bf16/f16 mma. In the workspace the
+// codes and scales are in the GEMM's fragment order (read_activations below returns the canonical
+// bytes). None of this has run on a GPU yet: it is tested on the emulated device (docs/gpu.md).
 #pragma once
 
 #include <cstddef>
