@@ -67,6 +67,21 @@ inline Result<GemmPath> gemm_path_for(int major, int minor, const char* fn) {
                     " has no svdq kernel; supported: sm_80, sm_86, sm_87, sm_89, sm_90");
 }
 
+/// The path called `name` (gemm_path_name's spelling); kErrorInvalidArgument naming the accepted
+/// names otherwise. For tests that force a path (svdq::test_support::create_on_gemm_path).
+inline Result<GemmPath> gemm_path_named(const std::string& name, const char* fn) {
+  for (GemmPath p : {GemmPath::kDp4a, GemmPath::kMmaS4, GemmPath::kMmaS8})
+    if (name == gemm_path_name(p)) return p;
+  return Status(StatusCode::kErrorInvalidArgument,
+                std::string(fn) + ": gemm_path '" + name + "' is not a kernel 2 path (dp4a, mma_s4, mma_s8)");
+}
+
+/// Whether a GPU kernel image for sm_<arch/10> holds path p's body: the mma paths by
+/// mma_path_compiled (PTX JIT not counted), dp4a on none (its body is the emulated device's).
+constexpr bool gemm_path_compiled(GemmPath p, int arch) {
+  return p != GemmPath::kDp4a && arch > 0 && mma_path_compiled(static_cast<int>(p), arch, false);
+}
+
 /// The activations' layout kernel 1 writes for kernel 2's path (codecs.cuh, ActLayout): the dp4a
 /// kernel stages canonical rows through shared memory; the mma kernel loads its A fragments
 /// straight from global memory, in fragment order (16-byte loads), both formats and both mma paths.

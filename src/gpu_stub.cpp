@@ -23,6 +23,9 @@ GpuLinear::~GpuLinear() = default;
 Result<GpuLinear> GpuLinear::create(const QuantizedLinear&, DType, int) {
   return not_built("GpuLinear::create");
 }
+Result<GpuLinear> GpuLinear::create_impl(const QuantizedLinear&, DType, int, const char*, const char* fn) {
+  return not_built(fn);
+}
 Status GpuLinear::can_implement(int64_t, DType) const { return not_built("GpuLinear::can_implement"); }
 size_t GpuLinear::workspace_size(int64_t) const noexcept { return 0; }
 Status GpuLinear::forward(const void*, void*, int64_t, void*, size_t, void*) const {

@@ -60,9 +60,12 @@ struct Case {
 };
 
 // The emulated device runs kernel 2's every path (cuda/dispatch.hpp): 0 = dp4a (CUDA cores),
-// 80 = mma.s4 (sm_80/86/89), 90 = s4 -> s8 + mma.s8 (sm_90). A CUDA device runs its own.
+// 80 = mma.s4 (sm_80/86/89), 90 = s4 -> s8 + mma.s8 (sm_90). A CUDA device runs its own path (0)
+// and the sm_80 kernel's s4 mma (80, forced through test_support::create_on_gemm_path: on an
+// H200 that is issue 9's "sm_80 s4 kernel's correctness cases", the s4 mma emulated by Hopper;
+// on sm_80/86/89 it is the device's own path again).
 const std::vector<int>& arch_params() {
-  static const std::vector<int> v = kEmu ? std::vector<int>{0, 80, 90} : std::vector<int>{0};
+  static const std::vector<int> v = kEmu ? std::vector<int>{0, 80, 90} : std::vector<int>{0, 80};
   return v;
 }
 
@@ -70,8 +73,31 @@ svdq::Result<Linear> make_linear(const svdq::QuantizedLinear& q, svdq::DType dt,
 #if defined(SVDQ_TEST_BACKEND_EMU)
   return Linear::create(q, dt, -1, sm);
 #else
+  if (sm == 0) return Linear::create(q, dt);
+  return svdq::test_support::create_on_gemm_path(q, dt, sm >= 90 ? "mma_s8" : "mma_s4", -1);
+#endif
+}
+
+#if !defined(SVDQ_TEST_BACKEND_EMU)
+// The current device's compute capability as 10 * major + minor (0 without a device).
+int device_sm() {
+  int dev = 0;
+  cudaDeviceProp prop{};
+  if (svdq::gpu_device_count() == 0 || cudaGetDevice(&dev) != cudaSuccess ||
+      cudaGetDeviceProperties(&prop, dev) != cudaSuccess)
+    return 0;
+  return 10 * prop.major + prop.minor;
+}
+#endif
+
+// A case on a forced path that is the device's own path anyway (mma_s4 on sm_80/86/89) repeats
+// its unforced twin: such cases are skipped.
+bool forced_path_repeats_the_devices_own(int sm) {
+#if defined(SVDQ_TEST_BACKEND_EMU)
   (void)sm;
-  return Linear::create(q, dt);
+  return false;
+#else
+  return sm == 80 && device_sm() < 90;
 #endif
 }
 
@@ -136,20 +162,39 @@ void run_gpu(const Linear& g, const std::vector<uint16_t>& x, int64_t m, Stream 
   *y = dy.download();
 }
 
+// One run of layer q on path `sm` against the reference (tests/gpu_check.hpp): activation codes
+// and scales byte-equal, their kind (signed / unsigned) the layer's, y bit-equal at rank 0 or within
+// the budget, NaN as NaN. `nan_outputs` (optional): how many reference outputs are NaN.
+void check_layer(const svdq::QuantizedLinear& q, svdq::DType dt, int sm, const std::vector<uint16_t>& x, int64_t m,
+                 size_t* nan_outputs = nullptr) {
+  auto g = make_linear(q, dt, sm);
+  ASSERT_TRUE(g.ok()) << g.status().to_string();
+  std::vector<uint16_t> y_gpu;
+  svdq::QuantizedActivations act_gpu;
+  ASSERT_NO_FATAL_FAILURE(run_gpu(*g, x, m, nullptr, &y_gpu, &act_gpu));
+  Reference ref;
+  ASSERT_NO_FATAL_FAILURE(expect_matches_reference(q, x, dt, m, act_gpu.codes, act_gpu.scales, y_gpu, &ref));
+  EXPECT_EQ(act_gpu.unsigned_codes, q.act_unsigned);
+  if (nan_outputs != nullptr)
+    *nan_outputs = static_cast<size_t>(
+        std::count_if(ref.y.begin(), ref.y.end(), [&](uint16_t v) { return std::isnan(svdq::bits16_to_float(v, dt)); }));
+}
+
+// The test-name suffix of path `sm` (emulated: every path by its sm; a device: its own path has
+// none, the forced s4 path "_mma_s4"). Names must be unique: gtest refuses the whole suite else.
+std::string path_suffix(int sm) {
+  if (kEmu) return "_sm" + std::to_string(sm);
+  return sm != 0 ? "_mma_s4" : "";
+}
+
 class GpuLayer : public ::testing::TestWithParam<Case> {};
 
 TEST_P(GpuLayer, MatchesTheCpuReference) {
   SKIP_WITHOUT_GPU();
   const Case c = GetParam();
+  if (forced_path_repeats_the_devices_own(c.sm)) GTEST_SKIP() << "mma_s4 is this device's own path";
   const Fixture& f = fixture();
-  const svdq::QuantizedLinear q = f.quantize(c.format, c.rank);
-  auto g = make_linear(q, c.dtype, c.sm);
-  ASSERT_TRUE(g.ok()) << g.status().to_string();
-  const auto x = f.activations(c.m, c.dtype);
-  std::vector<uint16_t> y_gpu;
-  svdq::QuantizedActivations act_gpu;
-  ASSERT_NO_FATAL_FAILURE(run_gpu(*g, x, c.m, nullptr, &y_gpu, &act_gpu));
-  expect_matches_reference(q, x, c.dtype, c.m, act_gpu.codes, act_gpu.scales, y_gpu);
+  check_layer(f.quantize(c.format, c.rank), c.dtype, c.sm, f.activations(c.m, c.dtype), c.m);
 }
 
 std::vector<Case> cases() {
@@ -169,7 +214,7 @@ std::vector<Case> cases() {
 std::string case_name(const ::testing::TestParamInfo<Case>& info) {
   const Case& c = info.param;
   return std::string(svdq::format_name(c.format)) + "_" + svdq::dtype_name(c.dtype) + "_r" + std::to_string(c.rank) +
-         "_m" + std::to_string(c.m) + (kEmu ? "_sm" + std::to_string(c.sm) : std::string());
+         "_m" + std::to_string(c.m) + path_suffix(c.sm);
 }
 INSTANTIATE_TEST_SUITE_P(All, GpuLayer, ::testing::ValuesIn(cases()), case_name);
 
@@ -302,6 +347,34 @@ TEST(GpuLayerLaunch, ArchitectureTableAndMismatch) {
   EXPECT_EQ(*svdq::cuda::gemm_path_for(9, 0, "t"), GemmPath::kMmaS8);
 }
 
+// The names test_support::create_on_gemm_path accepts, and which kernel image holds which path
+// (the rule a forced path is checked against on a device, where this test cannot run: a GPU
+// image of sm_80 SASS holds mma_s4 only, sm_90's both mma paths, none holds dp4a).
+TEST(GpuLayerLaunch, ForcedPathNamesAndKernelImages) {
+  using svdq::cuda::GemmPath;
+  for (GemmPath p : {GemmPath::kDp4a, GemmPath::kMmaS4, GemmPath::kMmaS8}) {
+    auto r = svdq::cuda::gemm_path_named(svdq::cuda::gemm_path_name(p), "t");
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(*r, p);
+  }
+  for (const char* bad : {"", "mma", "MMA_S4", "mma_s4 ", "s8"}) {
+    auto r = svdq::cuda::gemm_path_named(bad, "t");
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_EQ(r.status().code(), svdq::StatusCode::kErrorInvalidArgument);
+    EXPECT_NE(r.status().to_string().find("dp4a, mma_s4, mma_s8"), std::string::npos) << r.status().to_string();
+  }
+  struct Image {
+    int arch;
+    bool dp4a, s4, s8;
+  };
+  for (const Image& i : {Image{0, false, false, false}, Image{800, false, true, false}, Image{860, false, true, false},
+                         Image{890, false, true, false}, Image{900, false, true, true}}) {
+    EXPECT_EQ(svdq::cuda::gemm_path_compiled(GemmPath::kDp4a, i.arch), i.dp4a) << i.arch;
+    EXPECT_EQ(svdq::cuda::gemm_path_compiled(GemmPath::kMmaS4, i.arch), i.s4) << i.arch;
+    EXPECT_EQ(svdq::cuda::gemm_path_compiled(GemmPath::kMmaS8, i.arch), i.s8) << i.arch;
+  }
+}
+
 // The mma kernel's fragment order (linear_host.hpp, repack_*_mma) against an independent formula:
 // the library maps each repacked position back to its canonical element; the test maps each
 // canonical element forward to the position the kernel's thread reads it from (the warp's tile,
@@ -391,14 +464,7 @@ TEST(GpuLayerRepack, KTailRaggedNAndOddRanksOnEveryPath) {
   for (int sm : arch_params())
     for (int rank : {0, 5, 24}) {
       SCOPED_TRACE("sm " + std::to_string(sm) + " rank " + std::to_string(rank));
-      const auto q = f.quantize(svdq::Format::kNvfp4, rank);
-      auto g = make_linear(q, svdq::DType::kF16, sm);
-      ASSERT_TRUE(g.ok()) << g.status().to_string();
-      const auto x = f.activations(m, svdq::DType::kF16);
-      std::vector<uint16_t> y_gpu;
-      svdq::QuantizedActivations act_gpu;
-      ASSERT_NO_FATAL_FAILURE(run_gpu(*g, x, m, nullptr, &y_gpu, &act_gpu));
-      expect_matches_reference(q, x, svdq::DType::kF16, m, act_gpu.codes, act_gpu.scales, y_gpu);
+      check_layer(f.quantize(svdq::Format::kNvfp4, rank), svdq::DType::kF16, sm, f.activations(m, svdq::DType::kF16), m);
     }
 }
 
@@ -509,9 +575,35 @@ TEST(GpuLayerLaunch, EarlierPendingErrorIsAttributedToTheCaller) {
 
 TEST(GpuBuild, WithoutADeviceCreateSaysSo) {
   if (svdq::gpu_device_count() != 0) GTEST_SKIP() << "a device is present";
-  auto g = svdq::GpuLinear::create(fixture().quantize(svdq::Format::kInt4, 0), svdq::DType::kBF16);
+  const auto& q = fixture().quantize(svdq::Format::kInt4, 0);
+  auto g = svdq::GpuLinear::create(q, svdq::DType::kBF16);
   ASSERT_FALSE(g.ok());
   EXPECT_EQ(g.status().code(), svdq::StatusCode::kErrorNotSupported);
+  auto forced = svdq::test_support::create_on_gemm_path(q, svdq::DType::kBF16, "mma_s4", -1);
+  ASSERT_FALSE(forced.ok());
+  EXPECT_EQ(forced.status().code(), svdq::StatusCode::kErrorNotSupported);
+  EXPECT_NE(forced.status().to_string().find("create_on_gemm_path"), std::string::npos) << forced.status().to_string();
+  // The name is checked first, with or without a device.
+  auto bad = svdq::test_support::create_on_gemm_path(q, svdq::DType::kBF16, "mma_s16", -1);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), svdq::StatusCode::kErrorInvalidArgument);
+}
+
+// A forced path runs only where the device's kernel image holds it: mma_s4 everywhere (on an
+// H200 the sm_80 kernel's s4 mma, emulated there), mma_s8 on sm_90 only, dp4a nowhere.
+TEST(GpuLayerLaunch, ForcedPathRunsOnlyWhereItsImageHoldsIt) {
+  SKIP_WITHOUT_GPU();
+  const auto& q = fixture().quantize(svdq::Format::kInt4, 16);
+  const int sm = device_sm();
+  auto s4 = svdq::test_support::create_on_gemm_path(q, svdq::DType::kBF16, "mma_s4", -1);
+  EXPECT_TRUE(s4.ok()) << s4.status().to_string();
+  auto s8 = svdq::test_support::create_on_gemm_path(q, svdq::DType::kBF16, "mma_s8", -1);
+  EXPECT_EQ(s8.ok(), sm >= 90) << "sm_" << sm << ": " << (s8.ok() ? "ok" : s8.status().to_string());
+  if (!s8.ok()) EXPECT_EQ(s8.status().code(), svdq::StatusCode::kErrorArchMismatch);
+  auto dp4a = svdq::test_support::create_on_gemm_path(q, svdq::DType::kBF16, "dp4a", -1);
+  ASSERT_FALSE(dp4a.ok());
+  EXPECT_EQ(dp4a.status().code(), svdq::StatusCode::kErrorArchMismatch);
+  EXPECT_NE(dp4a.status().to_string().find("dp4a"), std::string::npos) << dp4a.status().to_string();
 }
 #endif
 
@@ -587,21 +679,15 @@ TEST(GpuLayerRotation, EveryPathMatchesTheCpuReference) {
   const RotCase per_path[3][2] = {{{i4, bf, 0, 7}, {f4, hf, 16, 7}},
                                   {{i4, hf, 16, 7}, {f4, bf, 0, 7}},
                                   {{i4, bf, 0, 7}, {f4, hf, 0, 7}}};
-  // Emulated: row i on path arch_params()[i]; a device: every case on its own path.
+  // Row i on path arch_params()[i] (a device: its own path, mma_s4, its own path).
   for (int i = 0; i < 3; ++i)
     for (const RotCase& c : per_path[i]) {
-      const int sm = kEmu ? arch_params()[static_cast<size_t>(i)] : 0;
+      const int sm = arch_params()[static_cast<size_t>(i) % arch_params().size()];
       SCOPED_TRACE("sm " + std::to_string(sm) + " " + svdq::format_name(c.format) + " " + svdq::dtype_name(c.dtype) +
                    " r" + std::to_string(c.rank) + " m" + std::to_string(c.m));
       svdq::QuantizedLinear q = f.quantize(c.format, c.rank);
       q.rotation = svdq::Rotation::kBlockHadamard;  // same operands, rotated activation path
-      auto g = make_linear(q, c.dtype, sm);
-      ASSERT_TRUE(g.ok()) << g.status().to_string();
-      const auto x = f.activations(c.m, c.dtype);
-      std::vector<uint16_t> y_gpu;
-      svdq::QuantizedActivations act_gpu;
-      ASSERT_NO_FATAL_FAILURE(run_gpu(*g, x, c.m, nullptr, &y_gpu, &act_gpu));
-      expect_matches_reference(q, x, c.dtype, c.m, act_gpu.codes, act_gpu.scales, y_gpu);
+      check_layer(q, c.dtype, sm, f.activations(c.m, c.dtype), c.m);
     }
 }
 
@@ -667,28 +753,12 @@ std::vector<uint16_t> gelu_activations(int64_t k, int64_t m, svdq::DType dt, uin
   return b;
 }
 
-// One run of a variant layer against the reference (tests/gpu_check.hpp), and the codes' kind;
-// `nan_outputs` (optional): how many reference outputs are NaN.
-void check_variant(const svdq::QuantizedLinear& q, svdq::DType dt, int sm, const std::vector<uint16_t>& x, int64_t m,
-                   size_t* nan_outputs = nullptr) {
-  auto g = make_linear(q, dt, sm);
-  ASSERT_TRUE(g.ok()) << g.status().to_string();
-  std::vector<uint16_t> y_gpu;
-  svdq::QuantizedActivations act_gpu;
-  ASSERT_NO_FATAL_FAILURE(run_gpu(*g, x, m, nullptr, &y_gpu, &act_gpu));
-  Reference ref;
-  ASSERT_NO_FATAL_FAILURE(expect_matches_reference(q, x, dt, m, act_gpu.codes, act_gpu.scales, y_gpu, &ref));
-  EXPECT_EQ(act_gpu.unsigned_codes, q.act_unsigned);
-  if (nan_outputs != nullptr)
-    *nan_outputs = static_cast<size_t>(
-        std::count_if(ref.y.begin(), ref.y.end(), [&](uint16_t v) { return std::isnan(svdq::bits16_to_float(v, dt)); }));
-}
-
 class GpuVariant : public ::testing::TestWithParam<VariantCase> {};
 
 TEST_P(GpuVariant, MatchesTheCpuReference) {
   SKIP_WITHOUT_GPU();
   const VariantCase c = GetParam();
+  if (forced_path_repeats_the_devices_own(c.sm)) GTEST_SKIP() << "mma_s4 is this device's own path";
   const svdq::QuantizedLinear q = variant_layer(c.unsigned_act, c.rank);
   ASSERT_EQ(q.act_unsigned, c.unsigned_act);
   const int64_t k = q.in_features;
@@ -698,13 +768,13 @@ TEST_P(GpuVariant, MatchesTheCpuReference) {
   {
     SCOPED_TRACE("gelu-like inputs with non-finite rows");
     size_t nans = 0;
-    check_variant(q, c.dtype, c.sm, gelu_activations(k, m, c.dtype, 5, true), m, &nans);
+    check_layer(q, c.dtype, c.sm, gelu_activations(k, m, c.dtype, 5, true), m, &nans);
     EXPECT_EQ(nans, static_cast<size_t>(2 * q.out_features)) << "rows 2 (NaN) and 4 (-Inf) are NaN, no other";
   }
   {
     SCOPED_TRACE("plain inputs");
     const int64_t m2 = kEmu ? 7 : 1000;
-    check_variant(q, c.dtype, c.sm, variant_fixture().activations(m2, c.dtype, 9), m2);
+    check_layer(q, c.dtype, c.sm, variant_fixture().activations(m2, c.dtype, 9), m2);
   }
 }
 
@@ -719,7 +789,7 @@ std::vector<VariantCase> variant_cases() {
 std::string variant_name(const ::testing::TestParamInfo<VariantCase>& info) {
   const VariantCase& c = info.param;
   return std::string(c.unsigned_act ? "int4_unsigned" : "nvfp4_wcscales") + "_" + svdq::dtype_name(c.dtype) + "_r" +
-         std::to_string(c.rank) + (kEmu ? "_sm" + std::to_string(c.sm) : std::string());
+         std::to_string(c.rank) + path_suffix(c.sm);
 }
 INSTANTIATE_TEST_SUITE_P(Variants, GpuVariant, ::testing::ValuesIn(variant_cases()), variant_name);
 
@@ -746,7 +816,7 @@ TEST(GpuVariantFixtures, DeepCompressorLayersMatchTheReference) {
     }
     const int64_t m = kEmu ? 19 : 300;
     // Emulated: two of the three paths per fixture, rotated (each path runs two fixtures, the mma
-    // paths an unsigned one each), to keep the ASan pass short; a device runs its own path.
+    // paths an unsigned one each), to keep the ASan pass short; a device runs its own and mma_s4.
     const std::vector<int>& paths = arch_params();
     for (size_t pi = 0; pi < paths.size(); ++pi) {
       if (paths.size() == 3 && pi != f && pi != (f + 1) % 3) continue;
@@ -764,7 +834,7 @@ TEST(GpuVariantFixtures, DeepCompressorLayersMatchTheReference) {
         e = svdq::float_to_bits16(static_cast<float>(unsigned_act ? 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0))) : v),
                                   q.storage);
       }
-      check_variant(q, q.storage, sm, x, m);
+      check_layer(q, q.storage, sm, x, m);
     }
   }
 }

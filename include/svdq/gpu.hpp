@@ -36,6 +36,8 @@ class GpuLinear;
 namespace test_support {
 SVDQ_API Status read_activations(const GpuLinear& layer, const void* d_workspace, int64_t m,
                                  void* stream, QuantizedActivations* out);
+SVDQ_API Result<GpuLinear> create_on_gemm_path(const QuantizedLinear& q, DType act_dtype,
+                                               const char* gemm_path, int device);
 }  // namespace test_support
 
 /// True when this build has the CUDA kernels (SVDQ_ENABLE_CUDA) — says nothing about a device.
@@ -74,9 +76,16 @@ class GpuLinear {
   struct Impl;
 
  private:
-  // Test-only: reached through svdq::test_support::read_activations (svdq/testing.hpp).
+  // Test-only: reached through svdq::test_support::read_activations and create_on_gemm_path
+  // (svdq/testing.hpp).
   friend Status test_support::read_activations(const GpuLinear&, const void*, int64_t, void*,
                                           QuantizedActivations*);
+  friend Result<GpuLinear> test_support::create_on_gemm_path(const QuantizedLinear&, DType,
+                                                             const char*, int);
+  // create() with kernel 2's path forced (gemm_path: a cuda/dispatch.hpp name; nullptr: the
+  // device's own); fn names the caller in errors.
+  static Result<GpuLinear> create_impl(const QuantizedLinear& q, DType act_dtype, int device,
+                                       const char* gemm_path, const char* fn);
   Status read_activations(const void* d_workspace, int64_t m, void* stream,
                           QuantizedActivations* out) const;
 
