@@ -258,37 +258,38 @@ std::vector<Case> cases() {
   // of each dimension, not the full cross (the emulated device's time under ASan).
   const Format i4 = Format::kInt4, f4 = Format::kNvfp4;
   const DType bf = DType::kBF16, hf = DType::kF16;
-  v = {{i4, bf, 0, 33},      {i4, bf, 16, 7},  {i4, bf, 128, 1},     {i4, bf, 64, 7, hf}, {i4, bf, 133, 17},
-       {i4, hf, 0, 1},        {i4, hf, 32, 7},  {i4, hf, 128, 129},   {i4, hf, 5, 17},     {i4, hf, 128, 7, hf},
-       {f4, bf, 0, 7},        {f4, bf, 64, 1},  {f4, bf, 128, 7, hf}, {f4, bf, 32, 33},   {f4, bf, 5, 17},
-       {f4, hf, 16, 1},       {f4, hf, 128, 7}, {f4, hf, 133, 17},    {f4, hf, 64, 7, hf}};
+  // Every case once: gtest refuses the whole suite when two share a name (case_name), and the
+  // device's full crosses below repeat some of the listed ones.
+  auto add = [&v](const Case& c) {
+    const bool listed = std::any_of(v.begin(), v.end(), [&](const Case& o) {
+      return o.format == c.format && o.dtype == c.dtype && o.rank == c.rank && o.m == c.m &&
+             o.storage == c.storage && o.rotated == c.rotated;
+    });
+    if (!listed) v.push_back(c);
+  };
+  for (const Case& c : std::vector<Case>{
+           {i4, bf, 0, 33},  {i4, bf, 16, 7},  {i4, bf, 128, 1},     {i4, bf, 64, 7, hf}, {i4, bf, 133, 17},
+           {i4, hf, 0, 1},   {i4, hf, 32, 7},  {i4, hf, 128, 129},   {i4, hf, 5, 17},     {i4, hf, 128, 7, hf},
+           {f4, bf, 0, 7},   {f4, bf, 64, 1},  {f4, bf, 128, 7, hf}, {f4, bf, 32, 33},    {f4, bf, 5, 17},
+           {f4, hf, 16, 1},  {f4, hf, 128, 7}, {f4, hf, 133, 17},    {f4, hf, 64, 7, hf}})
+    add(c);
   // Rotated layers (block-Hadamard, docs/formats.md §6.3): both formats and dtypes, rank 0 (output
   // bit-equal) and a branch, both storage dtypes, M with a partial CTA; K = 320 has a partial slice.
   for (const Case& c : std::vector<Case>{{i4, bf, 0, 17, bf, true},
                                           {i4, hf, 16, 7, hf, true},
                                           {f4, bf, 0, 17, bf, true},
                                           {f4, hf, 32, 1, bf, true}})
-    v.push_back(c);
+    add(c);
   if (!kEmu)  // a device: the full cross of the ranks, M and types as well
     for (auto fmt : {i4, f4})
       for (auto dt : {bf, hf})
         for (int r : {0, 16, 32, 64, 128})
-          for (int64_t m : {1, 7, 129, 1000}) {
-            const bool listed = std::any_of(v.begin(), v.end(), [&](const Case& c) {
-              return c.format == fmt && c.dtype == dt && c.rank == r && c.m == m && c.storage == bf;
-            });
-            if (!listed) v.push_back({fmt, dt, r, m});
-          }
+          for (int64_t m : {1, 7, 129, 1000}) add({fmt, dt, r, m});
   if (!kEmu)  // a device: rotated layers over the same formats and dtypes, ranks 0 / 32, three M
     for (auto fmt : {i4, f4})
       for (auto dt : {bf, hf})
         for (int r : {0, 32})
-          for (int64_t m : {1, 129, 1000}) {
-            const bool listed = std::any_of(v.begin(), v.end(), [&](const Case& c) {
-              return c.format == fmt && c.dtype == dt && c.rank == r && c.m == m && c.storage == bf && c.rotated;
-            });
-            if (!listed) v.push_back({fmt, dt, r, m, bf, true});
-          }
+          for (int64_t m : {1, 129, 1000}) add({fmt, dt, r, m, bf, true});
   return v;
 }
 std::string case_name(const ::testing::TestParamInfo<Case>& info) {
