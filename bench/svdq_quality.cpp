@@ -190,20 +190,30 @@ std::vector<float> dequantized_acts(svdq::Format f, const std::vector<float>& xt
   return out;
 }
 
+// The weight contract's nvfp4 tensor scale t = amax / (6 * 448) of rt, at least 2^-126 (1 for an
+// all-zero rt), and the absolute maximum of one group: the set-up both weight quantizers share.
+float nvfp4_weight_tensor_scale(const std::vector<float>& rt) {
+  float amax = 0;
+  for (float v : rt) amax = std::max(amax, std::fabs(v));
+  return amax > 0 ? std::max(amax / (6.0f * 448.0f), 0x1p-126f) : 1.0f;
+}
+float group_absmax(const float* w, int gs) {
+  float a = 0;
+  for (int e = 0; e < gs; ++e) a = std::max(a, std::fabs(w[e]));
+  return a;
+}
+
 // Round-to-nearest weight quantization of rt (N x K) by the weight contract (docs/formats.md §2),
 // dequantized: nvfp4 t = amax / (6 * 448), scale_g = E4M3(amax_g / 6 / t); int4 fp16(amax_g / 7).
 std::vector<float> rtn_weights(svdq::Format f, const std::vector<float>& rt, int64_t n, int64_t k) {
   using namespace svdq;
   const int gs = group_size(f);
-  float amax = 0;
-  for (float v : rt) amax = std::max(amax, std::fabs(v));
-  const float t = f == Format::kNvfp4 && amax > 0 ? std::max(amax / (6.0f * 448.0f), 0x1p-126f) : 1.0f;
+  const float t = f == Format::kNvfp4 ? nvfp4_weight_tensor_scale(rt) : 1.0f;
   std::vector<float> out(rt.size(), 0.0f);
   for (int64_t i = 0; i < n; ++i)
     for (int64_t g = 0; g < k / gs; ++g) {
       const float* w = rt.data() + i * k + g * gs;
-      float a = 0;
-      for (int e = 0; e < gs; ++e) a = std::max(a, std::fabs(w[e]));
+      const float a = group_absmax(w, gs);
       const float sc = f == Format::kNvfp4
                            ? decode_e4m3(encode_e4m3(a / 6.0f / t)) * t
                            : bits16_to_float(float_to_bits16(a / 7.0f, DType::kF16), DType::kF16);
@@ -250,15 +260,12 @@ std::vector<float> searched_weights(const std::vector<float>& rt, int64_t n, int
                                     const std::vector<double>* h) {
   using namespace svdq;
   const int gs = 16;
-  float amax = 0;
-  for (float v : rt) amax = std::max(amax, std::fabs(v));
-  const float t = amax > 0 ? std::max(amax / (6.0f * 448.0f), 0x1p-126f) : 1.0f;
+  const float t = nvfp4_weight_tensor_scale(rt);
   std::vector<float> out(rt.size(), 0.0f);
   for (int64_t i = 0; i < n; ++i)
     for (int64_t g = 0; g < k / gs; ++g) {
       const float* w = rt.data() + i * k + g * gs;
-      float a = 0;
-      for (int e = 0; e < gs; ++e) a = std::max(a, std::fabs(w[e]));
+      const float a = group_absmax(w, gs);
       const int c0 = encode_e4m3(a / 6.0f / t);
       double best = INFINITY;
       for (int c = std::max(1, c0 - down); c <= std::min(0x7E, c0 + up); ++c) {
@@ -286,8 +293,7 @@ std::vector<float> four_over_six_acts(const std::vector<float>& xt, int64_t m, i
   for (int64_t i = 0; i < m; ++i)
     for (int64_t g = 0; g < k / gs; ++g) {
       const float* x = xt.data() + i * k + g * gs;
-      float a = 0;
-      for (int e = 0; e < gs; ++e) a = std::max(a, std::fabs(x[e]));
+      const float a = group_absmax(x, gs);
       double best = INFINITY;
       for (float top : {6.0f, 4.0f}) {
         const float d = decode_e4m3(encode_e4m3(a / top));
