@@ -33,6 +33,12 @@ rm -rf "$dir"
 mkdir -p "$dir/bin" "$dir/lib"
 cp "$build/tests/test_gpu" "$build/bench/bench_gpu" "$build/svdq" "$build/examples/mlp_engine" "$dir/bin/"
 cp scripts/gpu_summary.py "$dir/"
+# Provenance for the numbers: the commit the pack was built from (and whether the tree had
+# uncommitted changes), the build time and the architectures; run.sh copies it next to the results.
+{
+  echo "commit $(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' +uncommitted changes')"
+  echo "packed $(date -u +%Y-%m-%dT%H:%M:%SZ), CUDA architectures $archs"
+} >"$dir/build.txt"
 # The DeepCompressor fixtures of the Nunchaku variants (test GpuVariantFixtures, SVDQ_TEST_DATA_DIR).
 mkdir -p "$dir/data/nunchaku"
 cp tests/data/nunchaku/*unsigned*.nunchaku.safetensors tests/data/nunchaku/*wcscales.nunchaku.safetensors "$dir/data/nunchaku/"
@@ -57,6 +63,7 @@ set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out="${OUT:-$here/out}"
 mkdir -p "$out"
+cp "$here/build.txt" "$out/build.txt" 2>/dev/null
 cublas_dirs=$(ls -d /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
               /opt/torch/.venv/lib/python3*/site-packages/nvidia/cu13/lib \
               /opt/torch/.venv/lib/python3*/site-packages/nvidia/cublas/lib 2>/dev/null | paste -sd:)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Summary table of the GPU suite (scripts/gpu_suite.sh): test counts and the benchmark medians.
 
-    python3 gpu_summary.py OUT_DIR     # reads OUT_DIR/gpus.txt, test_gpu.json and bench_gpu.json
+    python3 gpu_summary.py OUT_DIR     # reads OUT_DIR/gpus.txt, build.txt, test_gpu.json, bench_gpu.json
 
 Standard library only (runs on the GPU machine as it is)."""
 import json
@@ -15,6 +15,12 @@ def machine(path):
         return "GPU: unknown (no gpus.txt)"
     lines = [l.strip() for l in open(path) if l.strip()]
     return "GPU: " + ("; ".join(lines) if lines else "unknown (gpus.txt is empty)")
+
+
+def build(path):
+    if not os.path.exists(path):
+        return "build: unknown (no build.txt)"
+    return "build: " + "; ".join(l.strip() for l in open(path) if l.strip())
 
 
 def tests(path):
@@ -102,6 +108,7 @@ def main():
         return 2
     d = sys.argv[1]
     print(machine(os.path.join(d, "gpus.txt")))
+    print(build(os.path.join(d, "build.txt")))
     print(tests(os.path.join(d, "test_gpu.json")))
     print(bench(os.path.join(d, "bench_gpu.json")))
     return 0
