@@ -58,7 +58,9 @@ cat >"$dir/run.sh" <<'RUN'
 #!/usr/bin/env bash
 # Runs the svdq GPU suite; see scripts/gpu_suite.sh. Env: OUT (results folder), SVDQ_BENCH_SHAPES
 # (full | quick), SVDQ_GPU_TEST_FILTER (gtest filter of the GPU tests), SVDQ_CLI_BENCH_M (the token
-# counts of `svdq bench --gpu`).
+# counts of `svdq bench --gpu`), SVDQ_SUITE_STEPS (the steps to run, comma-separated, of tests,
+# memcheck, racecheck, bench, svdq_bench, mlp_engine; default all: a rerun after a step ran out of
+# time need not pay for the others again).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out="${OUT:-$here/out}"
@@ -74,10 +76,20 @@ filter="${SVDQ_GPU_TEST_FILTER:-*}"
 # splits, the partials and lora_reduce_kernel) and its rotation with non-finite rows (M = 20).
 san_filter="${SVDQ_SANITIZER_FILTER:-*MatchesTheCpuReference/int4_bf16_r32_m44:*MatchesTheCpuReference/nvfp4_bf16_r32_m44:GpuLayerLaunch.*:*GpuVariant.MatchesTheCpuReference/int4_unsigned_bf16_r16:*GpuVariant.MatchesTheCpuReference/nvfp4_wcscales_bf16_r16:Kernel1SplitK.*:Kernel1Rotation.*}"
 shapes="${SVDQ_BENCH_SHAPES:-full}"
+steps=",${SVDQ_SUITE_STEPS:-tests,memcheck,racecheck,bench,svdq_bench,mlp_engine},"
+for s in ${steps//,/ }; do
+  case "$s" in tests|memcheck|racecheck|bench|svdq_bench|mlp_engine) ;;
+    *) echo "run.sh: SVDQ_SUITE_STEPS: unknown step '$s' (tests, memcheck, racecheck, bench, svdq_bench, mlp_engine)" >&2; exit 2 ;;
+  esac
+done
 declare -a rows
 
 step() {  # step NAME LIMIT_S command...
   local name=$1 limit=$2; shift 2
+  if [ "$name" != start ] && [[ "$steps" != *",$name,"* ]]; then
+    rows+=("$(printf '%-12s not run (SVDQ_SUITE_STEPS)' "$name")")
+    return 0
+  fi
   local t0=$(date +%s)
   timeout "$limit" "$@" >"$out/$name.log" 2>&1
   local rc=$? t1=$(date +%s)
@@ -115,9 +127,9 @@ run_steps() {
 
   echo
   echo "== svdq bench --gpu ($out/svdq_bench.log)"
-  grep -E '^svdq bench|^ +[0-9]+ |error' "$out/svdq_bench.log"
+  grep -E '^svdq bench|^ +[0-9]+ |error' "$out/svdq_bench.log" 2>/dev/null
   echo "== mlp_engine on the GPU ($out/mlp_engine.log)"
-  grep -E '^MLP block|^on the GPU|^GPU vs CPU|error' "$out/mlp_engine.log"
+  grep -E '^MLP block|^on the GPU|^GPU vs CPU|error' "$out/mlp_engine.log" 2>/dev/null
 }
 
 # The binaries must start (libraries, --gtest_list_tests) before anything else runs; either way the
