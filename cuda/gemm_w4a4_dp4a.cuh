@@ -18,6 +18,7 @@
 
 #include "arch/convert.cuh"  // svdq::arch::dp4a
 #include "arch/fp.cuh"
+#include "arch/global.cuh"
 #include "arch/smem.cuh"
 #include "arch/warp.cuh"
 #include "codecs.cuh"
@@ -82,9 +83,9 @@ __global__ void __launch_bounds__(kGemmThreads) gemm_w4a4_dp4a_kernel(GemmParams
       const int r = idx / kPackedWords, wd = idx % kPackedWords;
       uint32_t wa = 0, ww = 0;
       if (m0 + r < p.m)
-        wa = *reinterpret_cast<const uint32_t*>(p.a_codes + (m0 + r) * row_bytes + g * (kGroup / 2) + wd * 4);
+        wa = arch::ld_global<uint32_t>(p.a_codes + (m0 + r) * row_bytes + g * (kGroup / 2) + wd * 4);
       if (n0 + r < p.n)
-        ww = *reinterpret_cast<const uint32_t*>(p.w_codes + (n0 + r) * row_bytes + g * (kGroup / 2) + wd * 4);
+        ww = arch::ld_global<uint32_t>(p.w_codes + (n0 + r) * row_bytes + g * (kGroup / 2) + wd * 4);
       int32_t ua[2], uw[2];
       unpack8<kKind>(wa, ua);                      // kind 2: unsigned activation codes, zero-extended
       unpack8<kKind == 2 ? 0 : kKind>(ww, uw);     // the weights are signed int4 in kinds 0 and 2
@@ -98,7 +99,7 @@ __global__ void __launch_bounds__(kGemmThreads) gemm_w4a4_dp4a_kernel(GemmParams
       float s = 0.0f;
       if (mm < p.m) {
         if (kKind != 1) {
-          s = *reinterpret_cast<const float*>(p.a_scales + (mm * groups + g) * 4);
+          s = arch::ld_global<float>(p.a_scales + (mm * groups + g) * 4);
         } else {
           s = decode_e4m3(p.a_scales[mm * groups + g]);
         }

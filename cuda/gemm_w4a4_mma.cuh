@@ -73,6 +73,7 @@
 
 #include "arch/convert.cuh"
 #include "arch/fp.cuh"
+#include "arch/global.cuh"
 #include "arch/mma.cuh"
 #include "codecs.cuh"
 #include "gemm_w4a4_epilogue.cuh"
@@ -115,13 +116,13 @@ __device__ __forceinline__ void load_stage(const GemmParams& p, int64_t kt, bool
   for (int rh = 0; rh < 2; ++rh) s.a[rh][0] = s.a[rh][1] = s.sx[rh] = 0;
   if (!pred) return;
   // B: this thread's 32 bytes of the (nt, kt, wn) block.
-  const uint4* wb = reinterpret_cast<const uint4*>(w_tile + kt * (MmaLayout::kWarpsN * 32 * MmaLayout::kThreadCodeBytes));
-  s.b[0] = wb[0];
-  s.b[1] = wb[1];
+  const uint8_t* wb = w_tile + kt * (MmaLayout::kWarpsN * 32 * MmaLayout::kThreadCodeBytes);
+  s.b[0] = arch::ld_global<uint4>(wb);
+  s.b[1] = arch::ld_global<uint4>(wb + 16);
   constexpr int kScaleBytes = MmaLayout::scale_bytes(kKind);
-  const uint4* sb = reinterpret_cast<const uint4*>(ws_tile + kt * (MmaLayout::kWarpsN * 4 * kScaleBytes));
-  s.sw[0] = sb[0];
-  if (kKind == 1) s.sw[1] = sb[1];
+  const uint8_t* sb = ws_tile + kt * (MmaLayout::kWarpsN * 4 * kScaleBytes);
+  s.sw[0] = arch::ld_global<uint4>(sb);
+  if (kKind == 1) s.sw[1] = arch::ld_global<uint4>(sb + 16);
   // A in fragment order (codecs.cuh, kActFragment) when the warp's 16 rows are a full tile:
   // one 16-byte code load per lane (512 contiguous bytes per warp) and one 8-byte scale load.
   const int64_t tile0 = row0 - (lane >> 2);  // the warp's first row (16-row aligned)
@@ -129,26 +130,27 @@ __device__ __forceinline__ void load_stage(const GemmParams& p, int64_t kt, bool
     const int gk = kKind != 1 || 4 * kt + 4 <= groups ? 4 : static_cast<int>(groups - 4 * kt);  // nvfp4 K tail
     const uint8_t* a_tile = p.a_codes + tile0 * row_bytes + kt * 512;
     if (gk == 4) {
-      const uint4 v = *reinterpret_cast<const uint4*>(a_tile + 16 * lane);  // [rh][h] words
+      const uint4 v = arch::ld_global<uint4>(a_tile + 16 * lane);  // [rh][h] words
       s.a[0][0] = v.x;
       s.a[0][1] = v.y;
       s.a[1][0] = v.z;
       s.a[1][1] = v.w;
     } else {  // nvfp4, the last k tile of a K tail (1-3 groups): [rh][gg < gk] byte pairs
-      const uint16_t* v = reinterpret_cast<const uint16_t*>(a_tile + 4 * gk * lane);
+      const uint8_t* v = a_tile + 4 * gk * lane;
 #pragma unroll
       for (int rh = 0; rh < 2; ++rh)
 #pragma unroll
         for (int gg = 0; gg < 3; ++gg)
-          if (gg < gk) s.a[rh][gg >> 1] |= static_cast<uint32_t>(v[rh * gk + gg]) << (16 * (gg & 1));
+          if (gg < gk)
+            s.a[rh][gg >> 1] |= static_cast<uint32_t>(arch::ld_global<uint16_t>(v + 2 * (rh * gk + gg))) << (16 * (gg & 1));
     }
     const int gid = lane >> 2;
     if (kKind != 1) {
-      const uint2 sv = *reinterpret_cast<const uint2*>(p.a_scales + (tile0 * groups + 16 * kt + 2 * gid) * 4);
+      const uint2 sv = arch::ld_global<uint2>(p.a_scales + (tile0 * groups + 16 * kt + 2 * gid) * 4);
       s.sx[0] = sv.x;
       s.sx[1] = sv.y;
     } else if (gk == 4) {
-      const uint2 sv = *reinterpret_cast<const uint2*>(p.a_scales + tile0 * groups + 64 * kt + 8 * gid);
+      const uint2 sv = arch::ld_global<uint2>(p.a_scales + tile0 * groups + 64 * kt + 8 * gid);
       s.sx[0] = sv.x;
       s.sx[1] = sv.y;
     } else {
@@ -168,17 +170,17 @@ __device__ __forceinline__ void load_stage(const GemmParams& p, int64_t kt, bool
     if (row >= p.m) continue;
     const uint8_t* a_row = p.a_codes + row * row_bytes + kt * MmaLayout::kTileBytes;
     if (kKind != 1) {
-      const uint2 w = *reinterpret_cast<const uint2*>(a_row + 8 * tig);  // words 2 tig, 2 tig + 1
+      const uint2 w = arch::ld_global<uint2>(a_row + 8 * tig);  // words 2 tig, 2 tig + 1
       s.a[rh][0] = w.x;
       s.a[rh][1] = w.y;
-      s.sx[rh] = *reinterpret_cast<const uint32_t*>(p.a_scales + (row * groups + kt) * 4);
+      s.sx[rh] = arch::ld_global<uint32_t>(p.a_scales + (row * groups + kt) * 4);
     } else {
       uint32_t sx = 0;
 #pragma unroll
       for (int gg = 0; gg < 4; ++gg) {
         const int64_t g = 4 * kt + gg;
         if (g >= groups) continue;
-        const uint32_t pair = *reinterpret_cast<const uint16_t*>(a_row + 8 * gg + 2 * tig);
+        const uint32_t pair = arch::ld_global<uint16_t>(a_row + 8 * gg + 2 * tig);
         s.a[rh][gg >> 1] |= pair << (16 * (gg & 1));
         sx |= static_cast<uint32_t>(p.a_scales[row * groups + g]) << (8 * gg);
       }
@@ -309,8 +311,8 @@ __device__ __forceinline__ void lowrank_up_tf32(const GemmParams& p, int64_t row
       hi[r] = arch::float_to_tf32_rna(v);
       lo[r] = arch::float_to_tf32_rna(arch::fadd_rn(v, -arch::detail::u32_as_float(hi[r])));
     }
-    const uint4* ub = reinterpret_cast<const uint4*>(up_tile + static_cast<int64_t>(s) * (MmaLayout::kWarpsN * 32 * 8));
-    const uint4 u0 = ub[0], u1 = ub[1];  // [j][e]: j 0-1, then j 2-3
+    const float* ub = up_tile + static_cast<int64_t>(s) * (MmaLayout::kWarpsN * 32 * 8);
+    const uint4 u0 = arch::ld_global<uint4>(ub), u1 = arch::ld_global<uint4>(ub + 4);  // [j][e]: j 0-1, then j 2-3
     const uint32_t uw[8] = {u0.x, u0.y, u0.z, u0.w, u1.x, u1.y, u1.z, u1.w};
 #pragma unroll
     for (int j = 0; j < 4; ++j) {

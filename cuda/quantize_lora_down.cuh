@@ -46,6 +46,7 @@
 
 #include "arch/convert.cuh"
 #include "arch/fp.cuh"
+#include "arch/global.cuh"
 #include "arch/ldmatrix.cuh"
 #include "arch/mma.cuh"
 #include "arch/smem.cuh"
@@ -260,7 +261,7 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_lora_down_kernel(Quant
         const int idx = tid + i * kQuantThreads;
         const int r = idx / (kSlice / 8), q = idx % (kSlice / 8);
         next[i] = make_uint4(0, 0, 0, 0);
-        if (m0 + r < p.m && 8 * q < len) next[i] = *reinterpret_cast<const uint4*>(x + (m0 + r) * k + s0 + 8 * q);
+        if (m0 + r < p.m && 8 * q < len) next[i] = arch::ld_global<uint4>(x + (m0 + r) * k + s0 + 8 * q);
       }
     };
     load(kb);
@@ -345,21 +346,21 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_lora_down_kernel(Quant
         if (active) {
           const int64_t b0 = c * (kChunk / 2);
           if (kKind == 0 || !frag_tile) {
-            *reinterpret_cast<uint2*>(p.codes + act_code_offset(p.layout, kKind, p.m, k, qrow, b0)) = make_uint2(lo, hi);
+            arch::st_global(p.codes + act_code_offset(p.layout, kKind, p.m, k, qrow, b0), make_uint2(lo, hi));
           } else if (4 * (c / 4) + 4 <= k / kChunk) {  // a whole k tile: pairs t of groups 4 (c / 4) + 0..3
-            *reinterpret_cast<uint2*>(p.codes + act_code_offset(p.layout, kKind, p.m, k, qrow, 8 * (c & ~int64_t{3}) + 2 * (lane & 3))) =
-                make_uint2(tlo, thi);
+            arch::st_global(p.codes + act_code_offset(p.layout, kKind, p.m, k, qrow, 8 * (c & ~int64_t{3}) + 2 * (lane & 3)),
+                            make_uint2(tlo, thi));
           } else {
 #pragma unroll
             for (int t = 0; t < 4; ++t)
-              *reinterpret_cast<uint16_t*>(p.codes + act_code_offset(p.layout, kKind, p.m, k, qrow, b0 + 2 * t)) =
-                  static_cast<uint16_t>((t < 2 ? lo : hi) >> (16 * (t & 1)));
+              arch::st_global(p.codes + act_code_offset(p.layout, kKind, p.m, k, qrow, b0 + 2 * t),
+                              static_cast<uint16_t>((t < 2 ? lo : hi) >> (16 * (t & 1))));
           }
           if (kKind == 0) {
             if ((c & 3) == 0)
-              *reinterpret_cast<uint32_t*>(p.scales + act_scale_offset(p.layout, kKind, p.m, k, qrow, c >> 2) * 4) =
-                  static_cast<uint32_t>(sb[0]) | (static_cast<uint32_t>(sb[1]) << 8) |
-                  (static_cast<uint32_t>(sb[2]) << 16) | (static_cast<uint32_t>(sb[3]) << 24);
+              arch::st_global(p.scales + act_scale_offset(p.layout, kKind, p.m, k, qrow, c >> 2) * 4,
+                              static_cast<uint32_t>(sb[0]) | (static_cast<uint32_t>(sb[1]) << 8) |
+                                  (static_cast<uint32_t>(sb[2]) << 16) | (static_cast<uint32_t>(sb[3]) << 24));
           } else {
             p.scales[act_scale_offset(p.layout, kKind, p.m, k, qrow, c)] = sb[0];
           }
@@ -378,12 +379,11 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_lora_down_kernel(Quant
             if (nt < ntiles) {
               // B (16 x 8, col): b0 = k 2 tig, +1 of column gid; b1 = k 2 tig + 8, +9.
               const uint16_t* col = p.down + static_cast<int64_t>(c0 + 8 * nt + gid) * k + kk;
-              uint32_t b[2] = {*reinterpret_cast<const uint32_t*>(col), *reinterpret_cast<const uint32_t*>(col + 8)};
+              uint32_t b[2] = {arch::ld_global<uint32_t>(col), arch::ld_global<uint32_t>(col + 8)};
               mma16816<T>(acc[nt], afrag, b);
               if (p.has_lo) {
                 const uint16_t* col_lo = col + static_cast<int64_t>(p.rank_pad) * k;
-                uint32_t bl[2] = {*reinterpret_cast<const uint32_t*>(col_lo),
-                                  *reinterpret_cast<const uint32_t*>(col_lo + 8)};
+                uint32_t bl[2] = {arch::ld_global<uint32_t>(col_lo), arch::ld_global<uint32_t>(col_lo + 8)};
                 mma16816<T>(acc[nt], afrag, bl);
               }
             }

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "arch/convert.cuh"
+#include "arch/global.cuh"
 #include "arch/ldmatrix.cuh"
 #include "arch/mma.cuh"
 #include "arch/smem.cuh"
@@ -208,6 +209,44 @@ TEST(ArchEmu, LdmatrixFromGlobalMemoryIsReported) {
   EXPECT_NE(err.find("kernel ldmatrix_kernel"), std::string::npos) << err;
   EXPECT_NE(err.find("ldmatrix.sync.aligned.m8n8.x4.shared.b16"), std::string::npos) << err;
   EXPECT_NE(err.find("not in the CTA's shared memory"), std::string::npos) << err;
+}
+
+// ---- global memory words (arch/global.cuh): aligned 2/4/8/16-byte loads and stores move the
+// bytes; a misaligned one is reported (the GPU faults with cudaErrorMisalignedAddress) ----
+__global__ void global_words_kernel(const uint8_t* in, uint8_t* out, int offset) {
+  const int t = threadIdx.x;  // thread t moves bytes [32 t, 32 t + 32) (+ offset in thread 5)
+  const int o = t == 5 ? offset : 0;
+  arch::st_global(out + 32 * t + o, arch::ld_global<uint4>(in + 32 * t + o));
+  arch::st_global(out + 32 * t + 16, arch::ld_global<uint2>(in + 32 * t + 16));
+  arch::st_global(out + 32 * t + 24, arch::ld_global<uint32_t>(in + 32 * t + 24));
+  arch::st_global(out + 32 * t + 28, arch::ld_global<uint16_t>(in + 32 * t + 28));
+  arch::st_global(out + 32 * t + 30, arch::ld_global<uint16_t>(in + 32 * t + 30));
+}
+std::string global_words(int offset, std::vector<uint8_t>* out) {
+  alignas(16) static uint8_t in[32 * 32 + 16];
+  alignas(16) static uint8_t dst[32 * 32 + 16];
+  for (size_t i = 0; i < sizeof in; ++i) in[i] = static_cast<uint8_t>(i * 37 + 11);
+  std::memset(dst, 0, sizeof dst);
+  const std::string err = emu::launch("global_words_kernel", dim3(1), dim3(32), 0, seeded(2),
+                                      [&] { global_words_kernel(in, dst, offset); });
+  out->assign(dst, dst + 32 * 32);
+  for (int i = 0; i < 32 * 32; ++i)
+    if (err.empty() && dst[i] != in[i]) return "byte " + std::to_string(i) + " not moved";
+  return err;
+}
+TEST(ArchEmu, GlobalWordsMoveTheirBytes) {
+  std::vector<uint8_t> out;
+  EXPECT_EQ(global_words(0, &out), "");
+}
+TEST(ArchEmu, MisalignedGlobalWordIsReported) {
+  std::vector<uint8_t> out;
+  for (int offset : {4, 8}) {
+    const std::string err = global_words(offset, &out);
+    EXPECT_NE(err.find("kernel global_words_kernel"), std::string::npos) << err;
+    EXPECT_NE(err.find("global load (ld.global)"), std::string::npos) << err;
+    EXPECT_NE(err.find("16-byte access"), std::string::npos) << err;
+    EXPECT_NE(err.find("not 16-byte aligned"), std::string::npos) << err;
+  }
 }
 
 // ---- an mma issued by part of a warp ----
