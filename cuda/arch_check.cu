@@ -3,6 +3,7 @@
 // kernel on the GPU. The kernel is never launched; it only has to exist in the fatbinary, where
 // `cuobjdump -sass` shows the tensor-core instructions each arch gets (docs/gpu.md).
 #include "arch/convert.cuh"
+#include "arch/global.cuh"
 #include "arch/ldmatrix.cuh"
 #include "arch/mma.cuh"
 
@@ -53,6 +54,9 @@ __global__ void arch_instruction_check_kernel(const uint32_t* in, uint32_t* out)
                      arch::f16_to_float(arch::float_to_f16_rn(cf[1])) + arch::e2m1_to_float(in[10]);
 
   uint32_t* o = out + 32 * lane;
+  const uint4 v4 = arch::ld_global<uint4>(in + 16);
+  arch::st_global(o + 8, arch::ld_global<uint2>(in + 20));
+  arch::st_global(o + 12, v4);
   o[0] = static_cast<uint32_t>(ci[0] + ci[1] + ci[2] + ci[3]);
   o[1] = __float_as_uint(cf[0] + cf[1] + cf[2] + cf[3] + back);
   o[2] = r1[0] ^ r2[0] ^ r2[1] ^ r4[0] ^ r4[1] ^ r4[2] ^ r4[3];

@@ -107,7 +107,7 @@ __global__ void __launch_bounds__(kGemmThreads) gemm_w4a4_dp4a_kernel(GemmParams
       sm.sx_s[threadIdx.x] = s;
     } else if (threadIdx.x < kBlkM + kBlkN) {
       const int64_t nn = n0 + (threadIdx.x - kBlkM);
-      sm.sw_s[threadIdx.x - kBlkM] = nn < p.n ? reinterpret_cast<const float*>(p.w_scales)[nn * groups + g] : 0.0f;
+      sm.sw_s[threadIdx.x - kBlkM] = nn < p.n ? arch::ld_global<float>(p.w_scales + (nn * groups + g) * 4) : 0.0f;
     }
     arch::syncthreads();
 #pragma unroll

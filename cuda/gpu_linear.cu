@@ -113,48 +113,49 @@ Result<GpuLinear> GpuLinear::create(const QuantizedLinear& q, DType act_dtype, i
 }
 
 Result<GpuLinear> GpuLinear::create_impl(const QuantizedLinear& q, DType act_dtype, int device,
-                                         const char* gemm_path, const char* kFn) {
+                                         const char* gemm_path, const char* fn) {
   // A forced path (test_support::create_on_gemm_path) must be one of dispatch.hpp's names.
   cuda::GemmPath forced{};
   if (gemm_path != nullptr) {
-    auto named = cuda::gemm_path_named(gemm_path, kFn);
+    auto named = cuda::gemm_path_named(gemm_path, fn);
     if (!named.ok()) return named.status();
     forced = *named;
   }
-  auto plan = cuda::make_plan(q, act_dtype, kFn);
+  auto plan = cuda::make_plan(q, act_dtype, fn);
   if (!plan.ok()) return plan.status();
   if (gpu_device_count() == 0)
-    return Status(StatusCode::kErrorNotSupported, std::string(kFn) + ": no CUDA device is visible");
+    return Status(StatusCode::kErrorNotSupported, std::string(fn) + ": no CUDA device is visible");
   if (device < 0) SVDQ_RETURN_IF_ERROR(cuda_status(cudaGetDevice(&device), "cudaGetDevice"));
   SVDQ_RETURN_IF_ERROR(cuda_status(cudaSetDevice(device), "cudaSetDevice"));
   cudaDeviceProp prop{};
   SVDQ_RETURN_IF_ERROR(cuda_status(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties"));
   if (prop.major < 8)
     return Status(StatusCode::kErrorArchMismatch,
-                  std::string(kFn) + ": device " + prop.name + " is sm_" + std::to_string(prop.major * 10 + prop.minor) +
+                  std::string(fn) + ": device " + prop.name + " is sm_" + std::to_string(prop.major * 10 + prop.minor) +
                       "; svdq's kernels need sm_80 or newer");
   // Kernel 2's path for this architecture (cuda/dispatch.hpp); any other is kErrorArchMismatch.
-  auto own = cuda::gemm_path_for(prop.major, prop.minor, kFn);
+  auto own = cuda::gemm_path_for(prop.major, prop.minor, fn);
   if (!own.ok()) return own.status();
-  const cuda::GemmPath* path = gemm_path != nullptr ? &forced : &*own;
+  const cuda::GemmPath path = gemm_path != nullptr ? forced : *own;
   // The build must hold code this device can run (SASS for it or PTX it can JIT).
   cudaFuncAttributes attr{};
-  if (cudaFuncGetAttributes(&attr, reinterpret_cast<const void*>(cuda::gemm_kernel<__nv_bfloat16, 0>(*path))) !=
+  if (cudaFuncGetAttributes(&attr, reinterpret_cast<const void*>(cuda::gemm_kernel<__nv_bfloat16, 0>(path))) !=
       cudaSuccess) {
     cudaGetLastError();
     return Status(StatusCode::kErrorArchMismatch,
-                  std::string(kFn) + ": this build has no kernel image for " + prop.name + " (sm_" +
+                  std::string(fn) + ": this build has no kernel image for " + prop.name + " (sm_" +
                       std::to_string(prop.major * 10 + prop.minor) + "); rebuild with it in CMAKE_CUDA_ARCHITECTURES");
   }
   // A forced path must have a body in the image the device runs (gemm_w4a4_mma.cuh's
   // mma_path_compiled; the image's architecture is attr.binaryVersion, e.g. 80 for the sm_80 SASS
-  // an sm_86 runs). Counted as not compiled when only PTX JIT could supply it: conservative.
-  if (gemm_path != nullptr && !cuda::gemm_path_compiled(*path, 10 * attr.binaryVersion))
+  // an sm_86 runs, the device's own for JIT-compiled PTX). Judged by that architecture's rule
+  // alone: PTX below sm_90 that keeps path 2 (SVDQ_PTX_BELOW_SM90) is not credited with it.
+  if (gemm_path != nullptr && !cuda::gemm_path_compiled(path, 10 * attr.binaryVersion))
     return Status(StatusCode::kErrorArchMismatch,
-                  std::string(kFn) + ": gemm_path " + cuda::gemm_path_name(*path) + " has no device code in the sm_" +
+                  std::string(fn) + ": gemm_path " + cuda::gemm_path_name(path) + " has no device code in the sm_" +
                       std::to_string(attr.binaryVersion) + " kernel image that " + prop.name +
                       " runs (mma_s4: sm_80 and newer; mma_s8: sm_90; dp4a: the emulated device only)");
-  cuda::use_gemm_path(&*plan, *path);  // repacks the weights for this path
+  cuda::use_gemm_path(&*plan, path);  // repacks the weights for this path
 
   auto impl = std::make_unique<Impl>();
   impl->device = device;

@@ -36,7 +36,12 @@ cp scripts/gpu_summary.py "$dir/"
 # Provenance for the numbers: the commit the pack was built from (and whether the tree had
 # uncommitted changes), the build time and the architectures; run.sh copies it next to the results.
 {
-  echo "commit $(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' +uncommitted changes')"
+  if commit=$(git rev-parse --short=12 HEAD 2>/dev/null); then
+    [ -z "$(git status --porcelain --untracked-files=normal 2>/dev/null)" ] || commit="$commit +uncommitted changes"
+  else
+    commit="unknown (not a git checkout)"
+  fi
+  echo "commit $commit"
   echo "packed $(date -u +%Y-%m-%dT%H:%M:%SZ), CUDA architectures $archs"
 } >"$dir/build.txt"
 # The DeepCompressor fixtures of the Nunchaku variants (test GpuVariantFixtures, SVDQ_TEST_DATA_DIR).
@@ -76,9 +81,12 @@ filter="${SVDQ_GPU_TEST_FILTER:-*}"
 # splits, the partials and lora_reduce_kernel) and its rotation with non-finite rows (M = 20).
 san_filter="${SVDQ_SANITIZER_FILTER:-*MatchesTheCpuReference/int4_bf16_r32_m44:*MatchesTheCpuReference/nvfp4_bf16_r32_m44:GpuLayerLaunch.*:*GpuVariant.MatchesTheCpuReference/int4_unsigned_bf16_r16:*GpuVariant.MatchesTheCpuReference/nvfp4_wcscales_bf16_r16:Kernel1SplitK.*:Kernel1Rotation.*}"
 shapes="${SVDQ_BENCH_SHAPES:-full}"
-steps=",${SVDQ_SUITE_STEPS:-tests,memcheck,racecheck,bench,svdq_bench,mlp_engine},"
-for s in ${steps//,/ }; do
-  case "$s" in tests|memcheck|racecheck|bench|svdq_bench|mlp_engine) ;;
+# The steps to run: the names between commas, blanks ignored (no glob expansion).
+IFS=, read -r -a wanted <<<"$(tr -d '[:space:]' <<<"${SVDQ_SUITE_STEPS:-tests,memcheck,racecheck,bench,svdq_bench,mlp_engine}")"
+steps=","
+for s in "${wanted[@]}"; do
+  [ -z "$s" ] && continue
+  case "$s" in tests|memcheck|racecheck|bench|svdq_bench|mlp_engine) steps="$steps$s," ;;
     *) echo "run.sh: SVDQ_SUITE_STEPS: unknown step '$s' (tests, memcheck, racecheck, bench, svdq_bench, mlp_engine)" >&2; exit 2 ;;
   esac
 done
@@ -87,6 +95,10 @@ declare -a rows
 step() {  # step NAME LIMIT_S command...
   local name=$1 limit=$2; shift 2
   if [ "$name" != start ] && [[ "$steps" != *",$name,"* ]]; then
+    # A reused OUT must not show an earlier run's results as this one's.
+    rm -f "$out/$name.log"
+    [ "$name" = tests ] && rm -f "$out/test_gpu.json"
+    [ "$name" = bench ] && rm -f "$out/bench_gpu.json"
     rows+=("$(printf '%-12s not run (SVDQ_SUITE_STEPS)' "$name")")
     return 0
   fi

@@ -25,7 +25,7 @@ def build(path):
 
 def tests(path):
     if not os.path.exists(path):
-        return "tests: no test_gpu.json (the test step did not finish)"
+        return "tests: no test_gpu.json (the tests step did not run or did not finish)"
     d = json.load(open(path))
     ran = skipped = failed = 0
     failures = []
@@ -48,7 +48,7 @@ NAME = re.compile(r"BM_Gpu/(?P<v>[a-z0-9_]+)(?:/(?P<fmt>int4|nvfp4))?/v:\d+/K:(?
 
 def bench(path):
     if not os.path.exists(path):
-        return "bench: no bench_gpu.json (the benchmark step did not finish)"
+        return "bench: no bench_gpu.json (the bench step did not run or did not finish)"
     d = json.load(open(path))
     ctx = d.get("context", {})
     rows, errors = {}, []

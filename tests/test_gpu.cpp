@@ -184,7 +184,7 @@ void check_layer(const svdq::QuantizedLinear& q, svdq::DType dt, int sm, const s
 // none, the forced s4 path "_mma_s4"). Names must be unique: gtest refuses the whole suite else.
 std::string path_suffix(int sm) {
   if (kEmu) return "_sm" + std::to_string(sm);
-  return sm != 0 ? "_mma_s4" : "";
+  return sm == 0 ? "" : sm >= 90 ? "_mma_s8" : "_mma_s4";  // make_linear's forced paths
 }
 
 class GpuLayer : public ::testing::TestWithParam<Case> {};
@@ -273,6 +273,21 @@ TEST(GpuLayerQuality, SameBudgetAsTheCpuAgainstADenseFp16Layer) {
     EXPECT_LE(e_gpu, e_cpu * 1.01 + 1e-4) << svdq::format_name(fmt);
     EXPECT_LT(e_cpu, 0.2);  // a W4A4 layer, not a broken one
   }
+}
+
+// Shapes the main fixture does not reach: an nvfp4 K that is not a multiple of the 64-k stage
+// (a tail stage of fewer than 4 groups), a ragged N tile, and ranks that are not multiples of 8.
+// On both backends (a device: its own path and mma_s4).
+TEST(GpuLayerRepack, KTailRaggedNAndOddRanksOnEveryPath) {
+  SKIP_WITHOUT_GPU();
+  const Fixture f(208, 72);
+  const int64_t m = 21;
+  for (int sm : arch_params())
+    for (int rank : {0, 5, 24}) {
+      SCOPED_TRACE("sm " + std::to_string(sm) + " rank " + std::to_string(rank));
+      ASSERT_NO_FATAL_FAILURE(check_layer(f.quantize(svdq::Format::kNvfp4, rank), svdq::DType::kF16, sm,
+                                          f.activations(m, svdq::DType::kF16), m));
+    }
 }
 
 #if defined(SVDQ_TEST_BACKEND_EMU)
@@ -454,18 +469,6 @@ TEST(GpuLayerRepack, FragmentOrderMatchesAnIndependentFormula) {
     for (size_t i = 0; i < urep.size(); ++i)
       if (uhit[i] == 0) EXPECT_EQ(urep[i], 0.0f) << "up padding at " << i;
   }
-}
-
-// Shapes the main fixture does not reach: an nvfp4 K that is not a multiple of the 64-k stage
-// (a tail stage of fewer than 4 groups), a ragged N tile, and ranks that are not multiples of 8.
-TEST(GpuLayerRepack, KTailRaggedNAndOddRanksOnEveryPath) {
-  const Fixture f(208, 72);
-  const int64_t m = 21;
-  for (int sm : arch_params())
-    for (int rank : {0, 5, 24}) {
-      SCOPED_TRACE("sm " + std::to_string(sm) + " rank " + std::to_string(rank));
-      check_layer(f.quantize(svdq::Format::kNvfp4, rank), svdq::DType::kF16, sm, f.activations(m, svdq::DType::kF16), m);
-    }
 }
 
 // The tensor-core low-rank branch (lowrank_up_tf32: lora split into two tf32 terms, 16-bit up
@@ -687,7 +690,7 @@ TEST(GpuLayerRotation, EveryPathMatchesTheCpuReference) {
                    " r" + std::to_string(c.rank) + " m" + std::to_string(c.m));
       svdq::QuantizedLinear q = f.quantize(c.format, c.rank);
       q.rotation = svdq::Rotation::kBlockHadamard;  // same operands, rotated activation path
-      check_layer(q, c.dtype, sm, f.activations(c.m, c.dtype), c.m);
+      ASSERT_NO_FATAL_FAILURE(check_layer(q, c.dtype, sm, f.activations(c.m, c.dtype), c.m));
     }
 }
 
@@ -834,7 +837,7 @@ TEST(GpuVariantFixtures, DeepCompressorLayersMatchTheReference) {
         e = svdq::float_to_bits16(static_cast<float>(unsigned_act ? 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0))) : v),
                                   q.storage);
       }
-      check_layer(q, q.storage, sm, x, m);
+      ASSERT_NO_FATAL_FAILURE(check_layer(q, q.storage, sm, x, m));
     }
   }
 }
