@@ -82,23 +82,23 @@ filter="${SVDQ_GPU_TEST_FILTER:-*}"
 san_filter="${SVDQ_SANITIZER_FILTER:-*MatchesTheCpuReference/int4_bf16_r32_m44:*MatchesTheCpuReference/nvfp4_bf16_r32_m44:GpuLayerLaunch.*:*GpuVariant.MatchesTheCpuReference/int4_unsigned_bf16_r16:*GpuVariant.MatchesTheCpuReference/nvfp4_wcscales_bf16_r16:Kernel1SplitK.*:Kernel1Rotation.*}"
 shapes="${SVDQ_BENCH_SHAPES:-full}"
 # The steps to run: the names between commas, blanks ignored (no glob expansion).
-IFS=, read -r -a wanted <<<"$(tr -d '[:space:]' <<<"${SVDQ_SUITE_STEPS:-tests,memcheck,racecheck,bench,svdq_bench,mlp_engine}")"
+all_steps=",tests,memcheck,racecheck,bench,svdq_bench,mlp_engine,"
+IFS=, read -r -a wanted <<<"$(tr -d '[:space:]' <<<"${SVDQ_SUITE_STEPS:-$all_steps}")"
 steps=","
 for s in "${wanted[@]}"; do
   [ -z "$s" ] && continue
-  case "$s" in tests|memcheck|racecheck|bench|svdq_bench|mlp_engine) steps="$steps$s," ;;
-    *) echo "run.sh: SVDQ_SUITE_STEPS: unknown step '$s' (tests, memcheck, racecheck, bench, svdq_bench, mlp_engine)" >&2; exit 2 ;;
-  esac
+  [[ "$all_steps" == *",$s,"* ]] || { echo "run.sh: SVDQ_SUITE_STEPS: unknown step '$s' (one of $all_steps)" >&2; exit 2; }
+  steps="$steps$s,"
 done
 declare -a rows
 
 step() {  # step NAME LIMIT_S command...
   local name=$1 limit=$2; shift 2
+  # A reused OUT must not show an earlier run's results as this one's: a step's outputs go first,
+  # whether it then runs, is skipped, or is killed before writing them.
+  rm -f "$out/$name.log"
+  case "$name" in tests) rm -f "$out/test_gpu.json" ;; bench) rm -f "$out/bench_gpu.json" ;; esac
   if [ "$name" != start ] && [[ "$steps" != *",$name,"* ]]; then
-    # A reused OUT must not show an earlier run's results as this one's.
-    rm -f "$out/$name.log"
-    [ "$name" = tests ] && rm -f "$out/test_gpu.json"
-    [ "$name" = bench ] && rm -f "$out/bench_gpu.json"
     rows+=("$(printf '%-12s not run (SVDQ_SUITE_STEPS)' "$name")")
     return 0
   fi

@@ -69,24 +69,30 @@ const std::vector<int>& arch_params() {
   return v;
 }
 
+// On a CUDA device: the kernel-2 path (cuda/dispatch.hpp's name) that `sm` != 0 forces.
+const char* forced_path_name(int sm) { return sm >= 90 ? "mma_s8" : "mma_s4"; }
+
 svdq::Result<Linear> make_linear(const svdq::QuantizedLinear& q, svdq::DType dt, int sm) {
 #if defined(SVDQ_TEST_BACKEND_EMU)
   return Linear::create(q, dt, -1, sm);
 #else
   if (sm == 0) return Linear::create(q, dt);
-  return svdq::test_support::create_on_gemm_path(q, dt, sm >= 90 ? "mma_s8" : "mma_s4", -1);
+  return svdq::test_support::create_on_gemm_path(q, dt, forced_path_name(sm), -1);
 #endif
 }
 
 #if !defined(SVDQ_TEST_BACKEND_EMU)
-// The current device's compute capability as 10 * major + minor (0 without a device).
+// The current device's compute capability as 10 * major + minor (0 without a device), read once.
 int device_sm() {
-  int dev = 0;
-  cudaDeviceProp prop{};
-  if (svdq::gpu_device_count() == 0 || cudaGetDevice(&dev) != cudaSuccess ||
-      cudaGetDeviceProperties(&prop, dev) != cudaSuccess)
-    return 0;
-  return 10 * prop.major + prop.minor;
+  static const int sm = [] {
+    int dev = 0;
+    cudaDeviceProp prop{};
+    if (svdq::gpu_device_count() == 0 || cudaGetDevice(&dev) != cudaSuccess ||
+        cudaGetDeviceProperties(&prop, dev) != cudaSuccess)
+      return 0;
+    return 10 * prop.major + prop.minor;
+  }();
+  return sm;
 }
 #endif
 
@@ -181,10 +187,10 @@ void check_layer(const svdq::QuantizedLinear& q, svdq::DType dt, int sm, const s
 }
 
 // The test-name suffix of path `sm` (emulated: every path by its sm; a device: its own path has
-// none, the forced s4 path "_mma_s4"). Names must be unique: gtest refuses the whole suite else.
+// none, a forced one its name). Names must be unique: gtest refuses the whole suite else.
 std::string path_suffix(int sm) {
   if (kEmu) return "_sm" + std::to_string(sm);
-  return sm == 0 ? "" : sm >= 90 ? "_mma_s8" : "_mma_s4";  // make_linear's forced paths
+  return sm == 0 ? std::string() : std::string("_") + forced_path_name(sm);
 }
 
 class GpuLayer : public ::testing::TestWithParam<Case> {};

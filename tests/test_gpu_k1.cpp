@@ -218,6 +218,7 @@ struct Case {
   int64_t m;
   svdq::DType storage = svdq::DType::kBF16;
   bool rotated = false;  // the layer with rotation = block-hadamard (kernel 1 rotates each group)
+  bool operator==(const Case&) const = default;
 };
 
 // The layer `q` with rotation = block-hadamard: a valid layer (its weights are whatever they are;
@@ -261,11 +262,7 @@ std::vector<Case> cases() {
   // Every case once: gtest refuses the whole suite when two share a name (case_name), and the
   // device's full crosses below repeat some of the listed ones.
   auto add = [&v](const Case& c) {
-    const bool listed = std::any_of(v.begin(), v.end(), [&](const Case& o) {
-      return o.format == c.format && o.dtype == c.dtype && o.rank == c.rank && o.m == c.m &&
-             o.storage == c.storage && o.rotated == c.rotated;
-    });
-    if (!listed) v.push_back(c);
+    if (std::find(v.begin(), v.end(), c) == v.end()) v.push_back(c);
   };
   for (const Case& c : std::vector<Case>{
            {i4, bf, 0, 33},  {i4, bf, 16, 7},  {i4, bf, 128, 1},     {i4, bf, 64, 7, hf}, {i4, bf, 133, 17},
